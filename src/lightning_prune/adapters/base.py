@@ -1,0 +1,125 @@
+"""What every model adapter offers: its FFN layers, batching, and the task's outputs.
+
+An adapter binds one model to one task. Scorers, pruning and the Lightning modules only talk to this
+interface, so a new architecture needs an adapter and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_model
+from torch import Tensor, nn
+
+from lightning_prune.tasks import Example, TaskSpec
+
+Batch = dict[str, Tensor]
+WEIGHTS_FILE = "model.safetensors"
+
+
+@dataclass
+class FFNLayer:
+    """One feed-forward block: its neurons are the inputs of ``down`` (the outputs of each ``up``)."""
+
+    name: str
+    block: nn.Module
+    up: tuple[str, ...]  # paths of the up (and gate) projections inside ``block``
+    down: str  # path of the down projection inside ``block``
+    side: str = "encoder"  # which token mask applies: "encoder" or "decoder"
+
+    @property
+    def down_proj(self) -> nn.Linear:
+        return self.block.get_submodule(self.down)
+
+    @property
+    def up_projs(self) -> list[nn.Linear]:
+        return [self.block.get_submodule(path) for path in self.up]
+
+    @property
+    def size(self) -> int:
+        return self.down_proj.in_features
+
+
+ActivationHook = Callable[[FFNLayer, Tensor], Tensor]
+
+
+class PrunableModel(nn.Module, ABC):
+    """A model bound to one task, exposing its FFN neurons.
+
+    Outputs are task-level: ``predict`` gives a class index (or a float for regression), and
+    ``target_log_prob`` the log-probability of a given answer — what attribution explains.
+    """
+
+    architecture: str
+
+    def __init__(self, task: TaskSpec, tokenizer, max_length: int) -> None:
+        super().__init__()
+        self.task = task
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+
+    @abstractmethod
+    def ffn_layers(self) -> list[FFNLayer]:
+        """The FFN layers, in network order."""
+
+    @abstractmethod
+    def collate(self, examples: list[Example]) -> Batch:
+        """Tokenize examples into a batch holding ``labels`` and ``index`` besides the model inputs."""
+
+    @abstractmethod
+    def target_log_prob(self, batch: Batch, labels: Tensor) -> Tensor:
+        """Log-probability of the answer ``labels`` for each example, shape ``[batch]``."""
+
+    @abstractmethod
+    def predict(self, batch: Batch) -> Tensor:
+        """The model's answer per example: class index, or a float for regression."""
+
+    @abstractmethod
+    def token_mask(self, batch: Batch, side: str, labels: Tensor) -> Tensor:
+        """``[batch, tokens]`` mask of the real tokens that FFN layers on ``side`` see (decoders: of ``labels``)."""
+
+    @property
+    @abstractmethod
+    def weights_module(self) -> nn.Module:
+        """The Hugging Face model whose weights are saved to ``model.safetensors``."""
+
+    def save_extras(self, directory: Path) -> None:
+        """Write what the adapter needs besides config, tokenizer and weights."""
+
+    def save(self, directory: Path) -> None:
+        """Write config, tokenizer, weights (shared tensors once) and the adapter's extras."""
+        self.weights_module.config.save_pretrained(directory)
+        self.tokenizer.save_pretrained(directory)
+        save_model(self.weights_module, str(directory / WEIGHTS_FILE))
+        self.save_extras(directory)
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    @contextlib.contextmanager
+    def hook_activations(self, layers: list[FFNLayer], hook: ActivationHook) -> Iterator[None]:
+        """Route each layer's neuron activations (the down projection's input) through ``hook``."""
+
+        def make(layer: FFNLayer):
+            return lambda _module, args: (hook(layer, args[0]), *args[1:])
+
+        handles = [layer.down_proj.register_forward_pre_hook(make(layer)) for layer in layers]
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+
+def expand_batch(batch: Batch, repeats: int) -> Batch:
+    """Repeat each example ``repeats`` times in a row (example i fills rows i*repeats ... i*repeats+repeats-1)."""
+    return {key: value.repeat_interleave(repeats, dim=0) for key, value in batch.items()}
+
+
+def as_float_tensor(values: list[float | int], regression: bool) -> Tensor:
+    return torch.tensor(values, dtype=torch.float32 if regression else torch.long)

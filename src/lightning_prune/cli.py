@@ -1,0 +1,108 @@
+"""The ``lightning-prune`` command: a LightningCLI whose subcommands are the functions in ``commands``.
+
+``fit-free`` and ``evaluate`` take ``--model.*`` (``TaskModel``), ``--data.*`` (``TaskDataModule``),
+``--trainer.*`` (devices, strategy: DDP for many GPUs) and the command's own options; every option can
+also come from YAML (``--config``), and ``--print_config`` shows the resolved configuration.
+"""
+
+from __future__ import annotations
+
+import sys
+import warnings
+from typing import Any
+
+from lightning import Trainer
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from lightning_prune.commands.evaluate import evaluate
+from lightning_prune.commands.fit_free import check_request, fit_free
+from lightning_prune.data import TaskDataModule
+from lightning_prune.errors import UsageError
+from lightning_prune.modules import TaskModel
+
+TRAINER_DEFAULTS: dict[str, Any] = {
+    "inference_mode": False,  # attribution needs gradients inside trainer.predict
+    "logger": False,
+    "enable_checkpointing": False,
+    "enable_model_summary": False,
+    "use_distributed_sampler": False,  # TaskDataModule shards without duplicates itself
+    "devices": 1,
+}
+
+
+class PruneTrainer(Trainer):
+    """A Trainer whose extra entry points are the training-free commands."""
+
+    resolved_config: str | None = None  # written next to the results by fit-free
+    fit_free = fit_free
+    evaluate = evaluate
+
+
+# Subcommand names are looked up as Trainer attributes; the user-facing name has a hyphen.
+setattr(PruneTrainer, "fit-free", fit_free)
+
+
+class PruneCLI(LightningCLI):
+    @staticmethod
+    def subcommands() -> dict[str, set[str]]:
+        return {"fit-free": {"model", "datamodule"}, "evaluate": {"model", "datamodule"}}
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("data.task", "model.task")
+        parser.link_arguments("data.labels", "model.labels")
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit-free":
+            c = self.config[self.subcommand]
+            check_request(
+                c.scorer, c.scorer_options, c.labels, c.sparsity, c.scope, c.min_keep, c.output_dir, c.overwrite
+            )
+
+    def after_instantiate_classes(self) -> None:
+        if self.subcommand is not None:
+            parser = self._parser(self.subcommand)
+            self.trainer.resolved_config = parser.dump(self.config[self.subcommand], skip_none=False)
+
+
+def list_scorers() -> None:
+    """``lightning-prune scorers``: every registered scorer, where it comes from and what it needs."""
+    from lightning_prune.scorers import importable_scorers, load_scorer_class, scorer_infos
+
+    infos = scorer_infos()
+    print(f"{'name':<14}{'distribution':<28}{'version':<10}{'data':<6}{'gradients':<11}labels")
+    for name in importable_scorers():
+        cls = load_scorer_class(name)
+        info = infos[name]
+        flags = [cls.needs_data, cls.needs_gradients, cls.needs_labels]
+        print(
+            f"{name:<14}{info.distribution:<28}{info.version:<10}"
+            + "".join(f"{'yes' if flag else 'no':<{width}}" for flag, width in zip(flags, (6, 11, 6), strict=True))
+        )
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if args is None else args
+    # Scoring returns nothing from predict_step on purpose; Lightning's own pytree deprecation is not ours.
+    warnings.filterwarnings("ignore", message=r".*predict returned None.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    try:
+        if argv[:1] == ["scorers"]:
+            list_scorers()
+            return
+        PruneCLI(
+            TaskModel,
+            TaskDataModule,
+            trainer_class=PruneTrainer,
+            trainer_defaults=TRAINER_DEFAULTS,
+            save_config_callback=None,
+            seed_everything_default=0,
+            auto_configure_optimizers=False,
+            parser_kwargs={
+                "description": "Task-specific FFN pruning without training. "
+                "`lightning-prune scorers` lists the installed scorers."
+            },
+            args=args,
+        )
+    except UsageError as error:
+        print(f"lightning-prune: error: {error}", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,174 @@
+"""``lightning-prune fit-free``: score -> prune -> evaluate dense and pruned -> save, without training."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from lightning import Trainer
+from lightning.pytorch.utilities import rank_zero_info
+from safetensors.torch import save_file
+
+from lightning_prune.data import TaskDataModule
+from lightning_prune.errors import UsageError
+from lightning_prune.io import atomic_directory, write_json
+from lightning_prune.modules import LabelSource, ScoringModule, TaskModel
+from lightning_prune.pruning import Scope, prune_model, select_neurons
+from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer
+
+SCORES_FILE = "scores.safetensors"
+METRICS_FILE = "metrics.json"
+CONFIG_FILE = "config.yaml"
+MODEL_DIR = "model"
+
+
+def check_request(
+    scorer: str,
+    scorer_options: dict[str, Any] | None,
+    labels: str,
+    sparsity: float,
+    scope: str,
+    min_keep: int,
+    output_dir: str,
+    overwrite: bool,
+) -> NeuronScorer:
+    """Reject bad settings before any model or data is loaded; return the scorer they describe."""
+    select_neurons([], sparsity, scope, min_keep)  # validates sparsity, scope and min_keep
+    if labels not in ("gold", "pseudo"):
+        raise UsageError(f"labels {labels!r} is not supported: use 'gold' (supervised) or 'pseudo' (unsupervised)")
+    out = Path(output_dir)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"output_dir {out} is a file: choose a folder path")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        raise UsageError(f"output_dir {out} already holds files: choose another folder or pass --overwrite true")
+    return create_scorer(scorer, scorer_options)
+
+
+def _neuron_counts(model: TaskModel) -> dict[str, int]:
+    return {layer.name: layer.size for layer in model.net.ffn_layers()}
+
+
+def _test(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule) -> dict[str, float]:
+    results = trainer.test(model, datamodule=datamodule, verbose=False)
+    return {name: float(value) for name, value in results[0].items()}
+
+
+def fit_free(
+    trainer: Trainer,
+    model: TaskModel,
+    datamodule: TaskDataModule,
+    scorer: str = "attribution",
+    scorer_options: dict[str, Any] | None = None,
+    labels: LabelSource = "gold",
+    sparsity: float = 0.5,
+    scope: Scope = "layer",
+    min_keep: int = 1,
+    output_dir: str = "runs/fit-free",
+    overwrite: bool = False,
+    evaluate_dense: bool = True,
+) -> dict[str, Any]:
+    """Prune the task's least important FFN neurons and save the smaller model.
+
+    Args:
+        scorer: a registered scorer (``lightning-prune scorers`` lists them): attribution, activation,
+            magnitude, random, or a plugin's.
+        scorer_options: the scorer's own settings, e.g. ``{"steps": 20, "aggregate": "sum"}`` for attribution.
+        labels: ``gold`` labels (supervised) or ``pseudo``: the model's own predictions (unsupervised).
+        sparsity: fraction of FFN neurons to remove, in [0, 1).
+        scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide).
+        min_keep: neurons every layer keeps at least.
+        output_dir: receives metrics.json, scores.safetensors, the pruned model and config.yaml, all at once.
+        overwrite: replace an ``output_dir`` that already holds files.
+        evaluate_dense: also evaluate the model before pruning.
+    """
+    scorer_impl = check_request(scorer, scorer_options, labels, sparsity, scope, min_keep, output_dir, overwrite)
+    if scorer_impl.needs_data:
+        datamodule.score_examples()  # bad data fails now, not after the dense evaluation
+    datamodule.eval_examples()
+    seconds: dict[str, float] = {}
+    dense_parameters = model.net.num_parameters()
+    dense_neurons = _neuron_counts(model)
+
+    dense_metrics = None
+    if evaluate_dense:
+        start = time.perf_counter()
+        dense_metrics = _test(trainer, model, datamodule)
+        seconds["evaluate_dense"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    layers = model.net.ffn_layers()
+    if scorer_impl.needs_data:
+        scoring = ScoringModule(model.net, scorer_impl, scorer, labels)
+        trainer.predict(scoring, datamodule=datamodule, return_predictions=False)
+        scores, examples_scored = scoring.scores, int(scoring.examples_seen)
+    else:
+        scores, examples_scored = check_scores(scorer, scorer_impl(model.net, None), layers), 0
+    seconds["score"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    kept = select_neurons(scores, sparsity, scope, min_keep)
+    plan = prune_model(model.net, kept)
+    seconds["prune"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    pruned_metrics = _test(trainer, model, datamodule)
+    seconds["evaluate_pruned"] = time.perf_counter() - start
+
+    summary: dict[str, Any] = {
+        "task": model.spec.name,
+        "model": model.hparams.path,
+        "architecture": model.net.architecture,
+        "scorer": scorer,
+        "scorer_options": scorer_options or {},
+        "labels": labels,
+        "examples_scored": examples_scored,
+        "sparsity": sparsity,
+        "scope": scope,
+        "primary_metric": model.spec.primary_metric,
+        "dense_metrics": dense_metrics,
+        "pruned_metrics": pruned_metrics,
+        "parameters": {"dense": dense_parameters, "pruned": model.net.num_parameters()},
+        "ffn_neurons": {
+            name: {"dense": dense_neurons[name], "kept": len(k)} for name, k in zip(dense_neurons, kept, strict=True)
+        },
+        "world_size": trainer.world_size,
+        "seconds": seconds,
+    }
+    if trainer.is_global_zero:
+        start = time.perf_counter()
+        with atomic_directory(Path(output_dir), overwrite=overwrite) as tmp:
+            save_file(
+                {layer.name: score.contiguous() for layer, score in zip(layers, scores, strict=True)},
+                str(tmp / SCORES_FILE),
+                metadata={
+                    "task": model.spec.name,
+                    "scorer": scorer,
+                    "labels": labels,
+                    "scorer_options": json.dumps(scorer_options or {}),
+                    "examples": str(examples_scored),
+                    "layers": json.dumps([layer.name for layer in layers]),
+                },
+            )
+            model.net.save(tmp / MODEL_DIR)
+            write_json(tmp / MODEL_DIR / "pruning_plan.json", plan)
+            config_text = getattr(trainer, "resolved_config", None)
+            if config_text:
+                (tmp / CONFIG_FILE).write_text(config_text)
+            seconds["save"] = time.perf_counter() - start
+            write_json(tmp / METRICS_FILE, summary)
+        rank_zero_info(_report(summary, output_dir))
+    trainer.strategy.barrier()
+    return summary
+
+
+def _report(summary: dict[str, Any], output_dir: str) -> str:
+    metric = summary["primary_metric"]
+    dense = summary["dense_metrics"][metric] if summary["dense_metrics"] else float("nan")
+    pruned = summary["pruned_metrics"][metric]
+    params = summary["parameters"]
+    return (
+        f"{summary['task']}: {metric} dense {dense:.4f} -> pruned {pruned:.4f} at FFN sparsity {summary['sparsity']} "
+        f"({summary['scorer']}); parameters {params['dense']:,} -> {params['pruned']:,}; wrote {output_dir}"
+    )

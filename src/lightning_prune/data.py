@@ -1,0 +1,114 @@
+"""The task's data as a LightningDataModule: scoring examples (predict) and evaluation examples (test).
+
+Under DDP every example is seen by exactly one process: the samplers never pad with duplicates, so
+summed scores and synced metrics equal a single-process run.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+from lightning import LightningDataModule
+from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
+from torch.utils.data import DataLoader
+
+from lightning_prune.errors import UsageError
+from lightning_prune.tasks import Example, TaskSpec, get_task, load_split, read_tsv
+
+
+def subsample(examples: list[Example], count: int | None, seed: int, what: str) -> list[Example]:
+    """``count`` examples drawn without replacement with ``seed`` (all of them if ``count`` is None)."""
+    if count is None:
+        return examples
+    if not 0 < count <= len(examples):
+        raise UsageError(f"{what}: asked for {count} examples but 1..{len(examples)} are available")
+    picked = sorted(random.Random(seed).sample(range(len(examples)), count))
+    return [examples[i] for i in picked]
+
+
+class TaskDataModule(LightningDataModule):
+    """One task's examples for scoring and for evaluation.
+
+    Args:
+        task: a GLUE task (sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte), or any name together with ``labels``
+            for a single-sentence task read from ``sentence<TAB>label`` files.
+        data_dir: folder of GLUE TSV files (``<data_dir>/<task>/train.tsv``); None loads ``nyu-mll/glue``
+            from the hub through ``datasets``.
+        labels: label names, in the head's output order, of a single-sentence task that is not in GLUE.
+        score_split / eval_split: ``train`` or ``validation`` split used for scoring / for evaluation.
+        score_file / eval_file: a TSV file that replaces the split (e.g. another domain's sentence<TAB>label set).
+        num_examples: how many scoring examples to draw (low-resource setting); None uses all.
+        eval_examples: how many evaluation examples to draw; None uses all.
+        seed: seed of both draws.
+    """
+
+    def __init__(
+        self,
+        task: str = "sst2",
+        data_dir: str | None = None,
+        labels: list[str] | None = None,
+        score_split: str = "train",
+        eval_split: str = "validation",
+        score_file: str | None = None,
+        eval_file: str | None = None,
+        num_examples: int | None = None,
+        eval_examples: int | None = None,
+        seed: int = 0,
+        batch_size: int = 16,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.spec: TaskSpec = get_task(task, labels)
+        if labels and (score_file is None or eval_file is None):
+            raise UsageError(f"task {task!r} given with labels is read from files: give score_file and eval_file")
+        if data_dir is not None and not Path(data_dir).is_dir():
+            raise UsageError(f"data_dir {data_dir} is not a folder: give the folder holding <task>/train.tsv, dev.tsv")
+        if batch_size < 1:
+            raise UsageError(f"batch_size {batch_size} must be at least 1")
+        for name, file in (("score_file", score_file), ("eval_file", eval_file)):
+            if file is not None and not Path(file).is_file():
+                raise UsageError(f"{name} {file} does not exist: check the path")
+        self._cache: dict[str, list[Example]] = {}
+
+    def _examples(self, file: str | None, split: str) -> list[Example]:
+        return read_tsv(file, self.spec) if file is not None else load_split(self.spec, split, self.hparams.data_dir)
+
+    def score_examples(self) -> list[Example]:
+        """The scoring examples (read once; a bad file fails here, before any model work if called early)."""
+        h = self.hparams
+        if "score" not in self._cache:
+            examples = self._examples(h.score_file, h.score_split)
+            self._cache["score"] = subsample(examples, h.num_examples, h.seed, "num_examples")
+        return self._cache["score"]
+
+    def eval_examples(self) -> list[Example]:
+        """The evaluation examples (read once)."""
+        h = self.hparams
+        if "eval" not in self._cache:
+            examples = self._examples(h.eval_file, h.eval_split)
+            self._cache["eval"] = subsample(examples, h.eval_examples, h.seed, "eval_examples")
+        return self._cache["eval"]
+
+    def _loader(self, examples: list[Example]) -> DataLoader:
+        trainer = self.trainer
+        sampler = None
+        if trainer is not None and trainer.world_size > 1:
+            sampler = UnrepeatedDistributedSampler(
+                examples, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+            )
+        return DataLoader(
+            examples,  # type: ignore[arg-type]
+            batch_size=self.hparams.batch_size,
+            sampler=sampler,
+            shuffle=False,
+            num_workers=self.hparams.num_workers,
+            collate_fn=trainer.lightning_module.collate,
+        )
+
+    def predict_dataloader(self) -> DataLoader:
+        return self._loader(self.score_examples())
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.eval_examples())

@@ -1,0 +1,64 @@
+"""The pruning plan: which neurons of which layer a saved model kept, so it can be rebuilt and loaded."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from lightning_prune.errors import UsageError
+from lightning_prune.pruning.slicing import slice_ffn
+
+if TYPE_CHECKING:
+    from lightning_prune.adapters.base import FFNLayer, PrunableModel
+
+PLAN_FILE = "pruning_plan.json"
+
+
+def prune_model(model: PrunableModel, kept: list[Tensor]) -> dict:
+    """Slice every FFN layer of ``model`` to its ``kept`` neurons; return the plan that rebuilds it."""
+    layers = model.ffn_layers()
+    dense_sizes = [layer.size for layer in layers]
+    for layer, keep in zip(layers, kept, strict=True):
+        slice_ffn(layer, keep)
+    return {
+        "format": "lightning-prune/pruning-plan",
+        "version": 1,
+        "architecture": model.architecture,
+        "layers": [
+            {"name": layer.name, "dense_size": size, "kept": k.tolist()}
+            for layer, size, k in zip(layers, dense_sizes, kept, strict=True)
+        ],
+    }
+
+
+def read_plan(folder: Path) -> dict | None:
+    path = folder / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{path} is not valid JSON ({error}): the pruned model folder is damaged") from None
+
+
+def apply_plan(layers: list[FFNLayer], plan: dict, source: Path) -> None:
+    """Shrink freshly built dense ``layers`` to the plan's shapes (weights are loaded afterwards)."""
+    entries = plan.get("layers", [])
+    names = [layer.name for layer in layers]
+    if [entry.get("name") for entry in entries] != names:
+        raise UsageError(
+            f"{source / PLAN_FILE} does not match the model's FFN layers ({len(entries)} planned, "
+            f"{len(layers)} in the model): the plan belongs to another model"
+        )
+    for layer, entry in zip(layers, entries, strict=True):
+        kept = torch.tensor(entry["kept"], dtype=torch.long)
+        if entry["dense_size"] != layer.size or kept.numel() == 0 or int(kept.max()) >= layer.size:
+            raise UsageError(
+                f"{source / PLAN_FILE}: layer {layer.name} has {layer.size} neurons, the plan expects "
+                f"{entry['dense_size']}: the plan belongs to another model"
+            )
+        slice_ffn(layer, kept)

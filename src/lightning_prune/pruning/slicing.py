@@ -1,0 +1,42 @@
+"""Low-level slicing: rebuild an FFN layer's Linear modules with only the kept neurons.
+
+No policy here: callers decide what to keep (``selection``) and where it is recorded (``plan``).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor, nn
+
+if TYPE_CHECKING:
+    from lightning_prune.adapters.base import FFNLayer
+
+
+def _sliced_linear(linear: nn.Linear, keep: Tensor, dim: int) -> nn.Linear:
+    """A new Linear holding the rows (dim 0: outputs) or columns (dim 1: inputs) ``keep`` of ``linear``."""
+    weight = linear.weight.detach().index_select(dim, keep.to(linear.weight.device))
+    out_features, in_features = weight.shape
+    sliced = nn.Linear(
+        in_features, out_features, bias=linear.bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    with torch.no_grad():
+        sliced.weight.copy_(weight)
+        if linear.bias is not None:
+            bias = linear.bias.detach()
+            sliced.bias.copy_(bias.index_select(0, keep.to(bias.device)) if dim == 0 else bias)
+    sliced.weight.requires_grad_(linear.weight.requires_grad)
+    if sliced.bias is not None:
+        sliced.bias.requires_grad_(linear.weight.requires_grad)
+    return sliced
+
+
+def slice_ffn(layer: FFNLayer, keep: Tensor) -> None:
+    """Keep neurons ``keep`` (sorted indices) of ``layer``: rows of up/gate projections, columns of down."""
+    keep = keep.long()
+    if keep.numel() == 0:
+        raise ValueError(f"refusing to remove every neuron of {layer.name}")
+    for path in layer.up:
+        layer.block.set_submodule(path, _sliced_linear(layer.block.get_submodule(path), keep, dim=0))
+    layer.block.set_submodule(layer.down, _sliced_linear(layer.down_proj, keep, dim=1))

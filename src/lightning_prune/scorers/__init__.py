@@ -1,0 +1,124 @@
+"""The scorer registry: every scorer, built-in or third-party, comes from the entry-point group
+``lightning_prune.scorers`` (``name = "module:Class"``); this package registers its own four in its
+``pyproject.toml`` exactly as a plugin would."""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+from dataclasses import dataclass
+from importlib.metadata import EntryPoint, entry_points
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_prune.adapters.base import FFNLayer
+from lightning_prune.errors import UsageError
+from lightning_prune.scorers.base import NeuronScorer
+
+ENTRY_POINT_GROUP = "lightning_prune.scorers"
+
+__all__ = ["ENTRY_POINT_GROUP", "NeuronScorer", "ScorerInfo", "check_scores", "create_scorer", "scorer_infos"]
+
+
+@dataclass(frozen=True)
+class ScorerInfo:
+    name: str
+    distribution: str
+    version: str
+    entry_point: EntryPoint
+
+
+def _distribution(entry_point: EntryPoint) -> tuple[str, str]:
+    dist = getattr(entry_point, "dist", None)
+    return (dist.name, dist.version) if dist is not None else ("?", "?")
+
+
+def scorer_infos() -> dict[str, ScorerInfo]:
+    """Registered scorers by name; two distributions claiming one name is an error naming both."""
+    found: dict[str, ScorerInfo] = {}
+    for entry_point in entry_points(group=ENTRY_POINT_GROUP):
+        dist, version = _distribution(entry_point)
+        info = ScorerInfo(entry_point.name, dist, version, entry_point)
+        previous = found.get(entry_point.name)
+        if previous is not None and (previous.distribution, previous.entry_point.value) != (dist, entry_point.value):
+            raise UsageError(
+                f"scorer name {entry_point.name!r} is claimed by two installed distributions: "
+                f"{previous.distribution} ({previous.entry_point.value}) and {dist} ({entry_point.value}); "
+                "uninstall one of them"
+            )
+        found[entry_point.name] = info
+    return found
+
+
+def load_scorer_class(name: str) -> type[NeuronScorer]:
+    infos = scorer_infos()
+    if name not in infos:
+        raise UsageError(f"unknown scorer {name!r}: choose one of {', '.join(sorted(infos)) or 'none installed'}")
+    info = infos[name]
+    try:
+        scorer_class = info.entry_point.load()
+    except Exception as error:  # a broken plugin must not look like a bug of ours
+        raise UsageError(
+            f"scorer {name!r} from {info.distribution} {info.version} failed to import "
+            f"({type(error).__name__}: {error}); reinstall or fix that plugin"
+        ) from None
+    if not (inspect.isclass(scorer_class) and issubclass(scorer_class, NeuronScorer)):
+        raise UsageError(
+            f"scorer {name!r} from {info.distribution} is {info.entry_point.value}, which is not a "
+            "lightning_prune.scorers.NeuronScorer subclass; fix that plugin"
+        )
+    return scorer_class
+
+
+def importable_scorers() -> list[str]:
+    """Names of the scorers that import; a broken plugin is reported as a warning, not an error."""
+    names = []
+    for name in sorted(scorer_infos()):
+        try:
+            load_scorer_class(name)
+        except UsageError as error:
+            warnings.warn(str(error), stacklevel=2)
+            continue
+        names.append(name)
+    return names
+
+
+def create_scorer(name: str, options: dict[str, Any] | None = None) -> NeuronScorer:
+    """Instantiate scorer ``name`` with ``options``, rejecting options its constructor does not take."""
+    scorer_class = load_scorer_class(name)
+    options = dict(options or {})
+    parameters = inspect.signature(scorer_class).parameters
+    accepted = [p for p in parameters if parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    unknown = sorted(set(options) - set(accepted))
+    if unknown and not takes_any:
+        raise UsageError(
+            f"scorer {name!r} has no option {', '.join(unknown)}: its options are {', '.join(accepted) or 'none'}"
+        )
+    try:
+        return scorer_class(**options)
+    except (TypeError, ValueError) as error:
+        raise UsageError(f"scorer {name!r} rejected its options {options}: {error}") from None
+
+
+def check_scores(name: str, scores: list[Tensor], layers: list[FFNLayer]) -> list[Tensor]:
+    """Scores as float64 CPU tensors, after checking count, shapes, dtype and finiteness, naming the scorer."""
+    if not isinstance(scores, (list, tuple)) or len(scores) != len(layers):
+        count = len(scores) if isinstance(scores, (list, tuple)) else type(scores).__name__
+        raise UsageError(f"scorer {name!r} returned {count} score tensors for {len(layers)} FFN layers; fix the scorer")
+    checked = []
+    for layer, score in zip(layers, scores, strict=True):
+        if not isinstance(score, Tensor) or not score.is_floating_point():
+            kind = score.dtype if isinstance(score, Tensor) else type(score).__name__
+            raise UsageError(f"scorer {name!r} returned {kind} scores for {layer.name}; scores must be float tensors")
+        if tuple(score.shape) != (layer.size,):
+            raise UsageError(
+                f"scorer {name!r} returned shape {tuple(score.shape)} for {layer.name}, which has {layer.size} neurons"
+            )
+        if not bool(torch.isfinite(score).all()):
+            bad = int((~torch.isfinite(score)).sum())
+            raise UsageError(f"scorer {name!r} returned {bad} NaN/inf scores for {layer.name}; nothing was pruned")
+        checked.append(score.detach().to("cpu", torch.float64))
+    return checked

@@ -1,0 +1,22 @@
+"""Random scores: the baseline every informed scorer must beat."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_prune.adapters.base import Batch, PrunableModel
+from lightning_prune.scorers.base import NeuronScorer
+
+
+class RandomScorer(NeuronScorer):
+    """Data-free, seeded: the same seed gives the same scores on every process and machine."""
+
+    needs_data = False
+
+    def __init__(self, seed: int = 0) -> None:
+        self.seed = seed
+
+    def __call__(self, model: PrunableModel, batch: Batch | None = None) -> list[Tensor]:
+        generator = torch.Generator().manual_seed(self.seed)
+        return [torch.rand(layer.size, generator=generator) for layer in model.ffn_layers()]

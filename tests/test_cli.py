@@ -1,0 +1,226 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from lightning_prune import load_pruned_model
+from lightning_prune.cli import main
+from lightning_prune.tasks import TASKS, read_tsv
+
+QUIET = ["--trainer.enable_progress_bar", "false"]
+
+
+def fit_free_args(model_dir, glue_dir, out, *extra):
+    return [
+        "fit-free",
+        "--model.path",
+        str(model_dir),
+        "--data.task",
+        "sst2",
+        "--data.data_dir",
+        str(glue_dir),
+        "--data.batch_size",
+        "8",
+        "--scorer",
+        "attribution",
+        "--scorer_options",
+        '{"steps": 3}',
+        "--sparsity",
+        "0.5",
+        "--output_dir",
+        str(out),
+        *QUIET,
+        *extra,
+    ]
+
+
+def run_main(args, capsys) -> tuple[int, str]:
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    return code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fixture", ["bert_dir", "t5_gated_dir"])
+def test_fit_free_writes_every_output(request, glue_dir, tmp_path, fixture):
+    model_dir = request.getfixturevalue(fixture)
+    out = tmp_path / "run"
+    main(fit_free_args(model_dir, glue_dir, out))
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "model", "scores.safetensors"]
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["task"] == "sst2" and metrics["scorer"] == "attribution" and metrics["sparsity"] == 0.5
+    assert set(metrics["dense_metrics"]) == set(metrics["pruned_metrics"]) == {"accuracy"}
+    assert metrics["parameters"]["pruned"] < metrics["parameters"]["dense"]
+    assert all(v["kept"] == v["dense"] // 2 for v in metrics["ffn_neurons"].values())
+    assert set(metrics["seconds"]) == {"evaluate_dense", "score", "prune", "evaluate_pruned", "save"}
+    assert metrics["examples_scored"] == 48
+    scores = load_file(str(out / "scores.safetensors"))
+    assert sorted(scores) == sorted(metrics["ffn_neurons"])
+    assert [scores[name].numel() for name in metrics["ffn_neurons"]] == [
+        v["dense"] for v in metrics["ffn_neurons"].values()
+    ]
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["scorer"] == "attribution" and config["model"]["path"] == str(model_dir)
+    assert not list(tmp_path.glob(".run.*"))  # no temporary directory left behind
+
+    # The saved model loads back at its pruned size and scores as fit-free measured.
+    pruned = load_pruned_model(str(out / "model"), "sst2")
+    assert pruned.num_parameters() == metrics["parameters"]["pruned"]
+    evaluation = tmp_path / "eval.json"
+    main(
+        [
+            "evaluate",
+            "--model.path",
+            str(out / "model"),
+            "--data.task",
+            "sst2",
+            "--data.data_dir",
+            str(glue_dir),
+            "--output_file",
+            str(evaluation),
+            *QUIET,
+        ]
+    )
+    assert json.loads(evaluation.read_text())["metrics"] == pytest.approx(metrics["pruned_metrics"])
+
+
+def test_config_file_and_print_config(bert_dir, glue_dir, tmp_path, capsys):
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "model": {"path": str(bert_dir)},
+                "data": {"task": "sst2", "data_dir": str(glue_dir)},
+                "scorer": "magnitude",
+                "sparsity": 0.25,
+                "output_dir": str(tmp_path / "out"),
+            }
+        )
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["fit-free", "--config", str(config), "--print_config"])
+    assert exit_.value.code == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["scorer"] == "magnitude" and printed["sparsity"] == 0.25 and printed["data"]["task"] == "sst2"
+    main(["fit-free", "--config", str(config), *QUIET])
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["scorer"] == "magnitude" and metrics["examples_scored"] == 0
+    assert all(v["kept"] == 36 for v in metrics["ffn_neurons"].values())
+
+
+def test_unseen_domain_evaluation_file(bert_dir, glue_dir, tmp_path):
+    domain = tmp_path / "domain.tsv"
+    domain.write_text("sentence\tlabel\ngood movie\t1\nawful plot\t0\nnice cast\t1\nboring story\t0\n")
+    out = tmp_path / "run"
+    main(
+        fit_free_args(
+            bert_dir, glue_dir, out, "--data.eval_file", str(domain), "--scorer", "activation", "--scorer_options", "{}"
+        )
+    )
+    metrics = json.loads((out / "metrics.json").read_text())
+    model = load_pruned_model(str(out / "model"), "sst2")
+    with torch.no_grad():
+        predictions = model.predict(model.collate(read_tsv(domain, TASKS["sst2"])))
+    expected = float((predictions == torch.tensor([1, 0, 1, 0])).float().mean())
+    assert metrics["pruned_metrics"]["accuracy"] == pytest.approx(expected)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--scorer", "fisher2"], "unknown scorer 'fisher2'"),
+        (["--data.task", "sst3"], "unknown task 'sst3'"),
+        (["--sparsity", "1.0"], "sparsity 1.0 is outside [0, 1)"),
+        (["--sparsity", "-0.2"], "sparsity -0.2 is outside [0, 1)"),
+        (["--data.score_file", "/nonexistent/x.tsv"], "does not exist"),
+        (["--model.path", "/nonexistent/model"], "is not a folder"),
+        (["--scorer_options", '{"stpes": 3}'], "has no option stpes"),
+    ],
+)
+def test_bad_input_gives_one_line_exit_2_and_writes_nothing(bert_dir, glue_dir, tmp_path, capsys, change, message):
+    out = tmp_path / "run"
+    code, err = run_main(fit_free_args(bert_dir, glue_dir, out, *change), capsys)
+    lines = [line for line in err.splitlines() if line.startswith("lightning-prune: error:")]
+    assert code == 2 and len(lines) == 1 and message in lines[0], err
+    assert not out.exists()
+
+
+def test_bad_data_and_models(bert_dir, glue_dir, tmp_path, capsys):
+    bad_labels = tmp_path / "labels.tsv"
+    bad_labels.write_text("sentence\tlabel\ngood movie\t3\n")
+    empty = tmp_path / "empty.tsv"
+    empty.write_text("")
+    not_a_model = tmp_path / "not_a_model"
+    not_a_model.mkdir()
+    (not_a_model / "notes.txt").write_text("hello")
+    unsupported = tmp_path / "gpt2"
+    unsupported.mkdir()
+    (unsupported / "config.json").write_text(json.dumps({"model_type": "gpt2"}))
+    cases = [
+        (["--data.score_file", str(bad_labels)], "label '3' is not in the label set of task sst2"),
+        (["--data.eval_file", str(empty)], "is empty"),
+        (["--model.path", str(not_a_model)], "is not a model folder"),
+        (["--model.path", str(unsupported)], "architecture 'gpt2'"),
+    ]
+    for change, message in cases:
+        out = tmp_path / "run"
+        code, err = run_main(fit_free_args(bert_dir, glue_dir, out, *change), capsys)
+        assert code == 2 and message in err, (change, err)
+        assert not out.exists()
+
+
+def test_existing_output_dir_is_not_overwritten_unless_asked(bert_dir, glue_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "keep.txt").write_text("earlier run")
+    code, err = run_main(fit_free_args(bert_dir, glue_dir, out), capsys)
+    assert code == 2 and "already holds files" in err
+    main(fit_free_args(bert_dir, glue_dir, out, "--overwrite", "true", "--scorer", "random", "--scorer_options", "{}"))
+    assert (out / "metrics.json").is_file() and not (out / "keep.txt").exists()
+
+
+def test_scorers_command_lists_built_ins(capsys):
+    main(["scorers"])
+    out = capsys.readouterr().out
+    for name in ("attribution", "activation", "magnitude", "random"):
+        assert f"\n{name} " in out and "lightning-prune" in out
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux CI")
+def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
+    """Two CPU processes (gloo) score each of 47 examples exactly once and all-reduce to the 1-process scores."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = fit_free_args(bert_dir, glue_dir, tmp_path / "one", "--data.num_examples", "47", "--data.batch_size", "4")
+    runs = {"one": [], "two": ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]}
+    for name, extra in runs.items():
+        args = [a if a != str(tmp_path / "one") else str(tmp_path / name) for a in base]
+        result = subprocess.run(
+            [sys.executable, "-m", "lightning_prune", *args, *extra],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+    one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
+    assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert one["examples_scored"] == two["examples_scored"] == 47
+    assert one["pruned_metrics"] == pytest.approx(two["pruned_metrics"])
+    scores_one, scores_two = (load_file(str(tmp_path / n / "scores.safetensors")) for n in ("one", "two"))
+    for key in scores_one:
+        torch.testing.assert_close(scores_one[key], scores_two[key], rtol=1e-5, atol=1e-9)
+    assert one["ffn_neurons"] == two["ffn_neurons"]
+    assert (
+        Path(tmp_path / "two" / "model" / "pruning_plan.json").read_text()
+        == Path(tmp_path / "one" / "model" / "pruning_plan.json").read_text()
+    )

@@ -1,0 +1,106 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lightning_prune import load_model
+from lightning_prune.errors import UsageError
+from lightning_prune.pruning import PLAN_FILE, prune_model, select_neurons
+from lightning_prune.scorers import create_scorer
+from lightning_prune.tasks import TASKS, load_split
+
+
+def _batch(model, glue_dir, task="sst2", count=6):
+    return model.collate(load_split(TASKS[task], "validation", glue_dir)[:count])
+
+
+def _outputs(model, batch):
+    with torch.no_grad():
+        return model.target_log_prob(batch, batch["labels"]), model.predict(batch)
+
+
+@pytest.mark.parametrize("task", ["sst2", "stsb"])
+def test_sparsity_zero_keeps_outputs_identical(model_dir, glue_dir, task):
+    model = load_model(model_dir, TASKS[task])
+    batch = _batch(model, glue_dir, task)
+    before = _outputs(model, batch)
+    scores = create_scorer("magnitude")(model, None)
+    prune_model(model, select_neurons(scores, 0.0))
+    after = _outputs(model, batch)
+    assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
+
+
+def test_sliced_model_equals_masked_model(model_dir, glue_dir):
+    model = load_model(model_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir)
+    kept = select_neurons(create_scorer("random", {"seed": 1})(model, None), 0.6)
+    layers = model.ffn_layers()
+    masks = {layer.name: torch.zeros(layer.size).index_fill(0, k, 1.0) for layer, k in zip(layers, kept, strict=True)}
+    with model.hook_activations(model.ffn_layers(), lambda layer, a: a * masks[layer.name]):
+        masked = _outputs(model, batch)
+    prune_model(model, kept)
+    assert [layer.size for layer in model.ffn_layers()] == [len(k) for k in kept]
+    sliced = _outputs(model, batch)
+    torch.testing.assert_close(sliced[0], masked[0], rtol=1e-5, atol=1e-6)
+    assert torch.equal(sliced[1], masked[1])
+
+
+def test_gated_t5_slices_both_up_projections(t5_gated_dir):
+    model = load_model(t5_gated_dir, TASKS["sst2"])
+    layer = model.ffn_layers()[0]
+    assert layer.up == ("wi_0", "wi_1")
+    prune_model(model, select_neurons(create_scorer("magnitude")(model, None), 0.5))
+    assert [p.out_features for p in layer.up_projs] == [20, 20] and layer.down_proj.in_features == 20
+
+
+def test_t5_covers_encoder_and_decoder(t5_dir):
+    sides = [layer.side for layer in load_model(t5_dir, TASKS["sst2"]).ffn_layers()]
+    assert sides == ["encoder", "encoder", "decoder", "decoder"]
+
+
+def test_save_load_round_trip(model_dir, glue_dir, tmp_path):
+    model = load_model(model_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir)
+    plan = prune_model(model, select_neurons(create_scorer("random")(model, None), 0.7, scope="global"))
+    model.save(tmp_path)
+    (tmp_path / PLAN_FILE).write_text(__import__("json").dumps(plan))
+    loaded = load_model(tmp_path, TASKS["sst2"])
+    assert [layer.size for layer in loaded.ffn_layers()] == [layer.size for layer in model.ffn_layers()]
+    assert loaded.num_parameters() == model.num_parameters()
+    expected, got = _outputs(model, batch), _outputs(loaded, batch)
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+
+
+def test_plan_from_another_model_is_refused(bert_dir, t5_dir, tmp_path):
+    t5 = load_model(t5_dir, TASKS["sst2"])
+    bert = load_model(bert_dir, TASKS["sst2"])
+    plan = prune_model(t5, select_neurons(create_scorer("random")(t5, None), 0.5))
+    bert.save(tmp_path)
+    (tmp_path / PLAN_FILE).write_text(__import__("json").dumps(plan))
+    with pytest.raises(UsageError, match="plan belongs to another model"):
+        load_model(tmp_path, TASKS["sst2"])
+
+
+def test_layer_selection_keeps_top_scores_per_layer():
+    scores = [torch.tensor([0.1, 0.9, 0.5, 0.3]), torch.tensor([4.0, 1.0, 2.0, 3.0])]
+    kept = select_neurons(scores, 0.5)
+    assert [k.tolist() for k in kept] == [[1, 2], [0, 3]]
+
+
+def test_global_selection_ranks_model_wide_with_a_floor():
+    scores = [torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([4.0, 1.0, 2.0, 3.0])]
+    kept = select_neurons(scores, 0.5, scope="global", min_keep=1)
+    assert [k.tolist() for k in kept] == [[3], [0, 2, 3]]  # layer 0 keeps only its floor
+
+
+def test_ties_are_broken_by_index():
+    kept = select_neurons([torch.ones(6)], 0.5)
+    assert kept[0].tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize(
+    ("sparsity", "scope", "min_keep"), [(1.0, "layer", 1), (-0.1, "layer", 1), (0.5, "row", 1), (0.5, "layer", 0)]
+)
+def test_bad_selection_settings(sparsity, scope, min_keep):
+    with pytest.raises(UsageError):
+        select_neurons([torch.ones(4)], sparsity, scope, min_keep)

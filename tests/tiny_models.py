@@ -1,0 +1,141 @@
+"""Tiny models built from configs, with tokenizers trained on the fly: what the tests prune."""
+
+from __future__ import annotations
+
+import json
+import random
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+from lightning_prune.tasks import TASKS
+
+POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
+NEGATIVE = ["bad", "awful", "poor", "dull", "boring", "weak"]
+NOUNS = ["movie", "film", "plot", "cast", "story", "scene", "music", "ending"]
+
+
+def sentiment_rows(count: int, seed: int) -> list[tuple[str, int]]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(count):
+        label = rng.randint(0, 1)
+        words = [rng.choice(POSITIVE if label else NEGATIVE), rng.choice(NOUNS)]
+        words += [rng.choice(NOUNS) for _ in range(rng.randint(0, 4))]
+        rng.shuffle(words)
+        rows.append((" ".join(words), label))
+    return rows
+
+
+def write_glue_dir(root: Path, train: int = 48, dev: int = 24) -> Path:
+    """A GLUE-style folder with sst2 and stsb, in the original TSV formats."""
+    for split, count, seed in (("train", train, 1), ("dev", dev, 2)):
+        sst2 = root / "sst2"
+        sst2.mkdir(parents=True, exist_ok=True)
+        lines = ["sentence\tlabel", *(f"{s}\t{y}" for s, y in sentiment_rows(count, seed))]
+        (sst2 / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+        stsb = root / "stsb"
+        stsb.mkdir(parents=True, exist_ok=True)
+        pairs = sentiment_rows(2 * count, seed + 10)
+        header = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore"
+        lines = [header] + [
+            f"{i}\tmain\tf\t2012\t{i}\ts\ts\t{a[0]}\t{b[0]}\t{5.0 * (a[1] == b[1]) * (0.4 + 0.6 * (i % 2)):.2f}"
+            for i, (a, b) in enumerate(zip(pairs[::2], pairs[1::2], strict=True))
+        ]
+        (stsb / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def _corpus() -> list[str]:
+    words = POSITIVE + NEGATIVE + NOUNS
+    label_words = [w for spec in TASKS.values() for w in spec.t5_label_words]
+    prefixes = [spec.t5_prefix + " " + " ".join(f"{f}:" for f in spec.t5_field_names) for spec in TASKS.values()]
+    return [" ".join(words)] * 5 + [" ".join(label_words)] * 5 + prefixes * 5 + [s for s, _ in sentiment_rows(200, 3)]
+
+
+def bert_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
+    tok.normalizer = normalizers.BertNormalizer(lowercase=True)
+    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    tok.train_from_iterator(_corpus(), trainers.WordPieceTrainer(vocab_size=300, special_tokens=specials))
+    cls, sep = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
+    tok.post_processor = processors.TemplateProcessing(
+        single="[CLS] $A [SEP]", pair="[CLS] $A [SEP] $B:1 [SEP]:1", special_tokens=[("[CLS]", cls), ("[SEP]", sep)]
+    )
+    tok.decoder = decoders.WordPiece()
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="[PAD]",
+        unk_token="[UNK]",
+        cls_token="[CLS]",
+        sep_token="[SEP]",
+        mask_token="[MASK]",
+        model_input_names=["input_ids", "token_type_ids", "attention_mask"],
+    )
+
+
+def t5_tokenizer() -> PreTrainedTokenizerFast:
+    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def build_bert_with_heads(folder: Path, pooling: str = "mean", seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    tokenizer = bert_tokenizer()
+    config = BertConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=48,
+        max_position_embeddings=64,
+        hidden_act="gelu",
+    )
+    BertModel(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    heads = {"sst2": 2, "stsb": 1, "mnli": 3, "rte": 2}
+    weights = {}
+    for name, outputs in heads.items():
+        weights[f"{name}.weight"] = torch.randn(outputs, 32) * 0.5
+        weights[f"{name}.bias"] = torch.randn(outputs) * 0.1
+    save_file(weights, str(folder / "multitask_heads.safetensors"))
+    spec = {"pooling": pooling, "heads": {name: {"num_labels": n} for name, n in heads.items()}}
+    (folder / "multitask_heads.json").write_text(json.dumps(spec))
+    return folder
+
+
+def build_t5(folder: Path, gated: bool = False, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    tokenizer = t5_tokenizer()
+    config = T5Config(
+        vocab_size=len(tokenizer),
+        d_model=32,
+        d_ff=40,
+        d_kv=16,
+        num_layers=2,
+        num_decoder_layers=2,
+        num_heads=2,
+        feed_forward_proj="gated-gelu" if gated else "relu",
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        dropout_rate=0.0,
+        tie_word_embeddings=not gated,
+    )
+    T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
