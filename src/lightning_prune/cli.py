@@ -65,19 +65,25 @@ class PruneCLI(LightningCLI):
 
 
 def list_scorers() -> None:
-    """``lightning-prune scorers``: every registered scorer, where it comes from and what it needs."""
-    from lightning_prune.scorers import importable_scorers, load_scorer_class, scorer_infos
+    """``lightning-prune scorers``: every registered scorer, where it comes from and what it needs.
 
-    infos = scorer_infos()
+    A plugin that cannot be used (fails to import, or shares its name with another) is reported on
+    stderr and skipped; it only becomes an error when a run chooses it.
+    """
+    from lightning_prune.scorers import load_scorer_class, scorer_infos
+
     print(f"{'name':<14}{'distribution':<28}{'version':<10}{'data':<6}{'gradients':<11}labels")
-    for name in importable_scorers():
-        cls = load_scorer_class(name)
-        info = infos[name]
-        flags = [cls.needs_data, cls.needs_gradients, cls.needs_labels]
-        print(
-            f"{name:<14}{info.distribution:<28}{info.version:<10}"
-            + "".join(f"{'yes' if flag else 'no':<{width}}" for flag, width in zip(flags, (6, 11, 6), strict=True))
+    for name, info in scorer_infos().items():
+        try:
+            cls = load_scorer_class(name)
+        except UsageError as error:
+            print(f"lightning-prune: warning: {error}", file=sys.stderr)
+            continue
+        flags = "".join(
+            f"{'yes' if flag else 'no':<{width}}"
+            for flag, width in ((cls.needs_data, 6), (cls.needs_gradients, 11), (cls.needs_labels, 6))
         )
+        print(f"{name:<14}{info.distribution:<28}{info.version:<10}{flags}".rstrip())
 
 
 def main(args: list[str] | None = None) -> None:

@@ -5,7 +5,6 @@
 from __future__ import annotations
 
 import inspect
-import warnings
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 from typing import Any
@@ -35,28 +34,32 @@ def _distribution(entry_point: EntryPoint) -> tuple[str, str]:
     return (dist.name, dist.version) if dist is not None else ("?", "?")
 
 
-def scorer_infos() -> dict[str, ScorerInfo]:
-    """Registered scorers by name; two distributions claiming one name is an error naming both."""
-    found: dict[str, ScorerInfo] = {}
+def _claims() -> dict[str, list[ScorerInfo]]:
+    """Every installed claim on each scorer name (the same distribution seen twice counts once)."""
+    claims: dict[str, list[ScorerInfo]] = {}
     for entry_point in entry_points(group=ENTRY_POINT_GROUP):
         dist, version = _distribution(entry_point)
         info = ScorerInfo(entry_point.name, dist, version, entry_point)
-        previous = found.get(entry_point.name)
-        if previous is not None and (previous.distribution, previous.entry_point.value) != (dist, entry_point.value):
-            raise UsageError(
-                f"scorer name {entry_point.name!r} is claimed by two installed distributions: "
-                f"{previous.distribution} ({previous.entry_point.value}) and {dist} ({entry_point.value}); "
-                "uninstall one of them"
-            )
-        found[entry_point.name] = info
-    return found
+        known = claims.setdefault(entry_point.name, [])
+        if all((c.distribution, c.entry_point.value) != (dist, entry_point.value) for c in known):
+            known.append(info)
+    return claims
+
+
+def scorer_infos() -> dict[str, ScorerInfo]:
+    """Registered scorers by name (for a name claimed twice, the first claim; choosing it is an error)."""
+    return {name: infos[0] for name, infos in sorted(_claims().items())}
 
 
 def load_scorer_class(name: str) -> type[NeuronScorer]:
-    infos = scorer_infos()
-    if name not in infos:
-        raise UsageError(f"unknown scorer {name!r}: choose one of {', '.join(sorted(infos)) or 'none installed'}")
-    info = infos[name]
+    """The scorer class registered as ``name``, with a clear error for unknown, ambiguous or broken plugins."""
+    claims = _claims()
+    if name not in claims:
+        raise UsageError(f"unknown scorer {name!r}: choose one of {', '.join(sorted(claims)) or 'none installed'}")
+    if len(claims[name]) > 1:
+        owners = " and ".join(f"{c.distribution} ({c.entry_point.value})" for c in claims[name])
+        raise UsageError(f"scorer name {name!r} is claimed by several installed distributions: {owners}; uninstall one")
+    info = claims[name][0]
     try:
         scorer_class = info.entry_point.load()
     except Exception as error:  # a broken plugin must not look like a bug of ours
@@ -70,19 +73,6 @@ def load_scorer_class(name: str) -> type[NeuronScorer]:
             "lightning_prune.scorers.NeuronScorer subclass; fix that plugin"
         )
     return scorer_class
-
-
-def importable_scorers() -> list[str]:
-    """Names of the scorers that import; a broken plugin is reported as a warning, not an error."""
-    names = []
-    for name in sorted(scorer_infos()):
-        try:
-            load_scorer_class(name)
-        except UsageError as error:
-            warnings.warn(str(error), stacklevel=2)
-            continue
-        names.append(name)
-    return names
 
 
 def create_scorer(name: str, options: dict[str, Any] | None = None) -> NeuronScorer:

@@ -1,0 +1,38 @@
+"""Fisher-information neuron importance (Kwon et al. 2022) as a lightning-prune scorer plugin."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from lightning_prune.adapters import Batch, FFNLayer, PrunableModel
+from lightning_prune.scorers import NeuronScorer
+
+__all__ = ["FisherScorer"]
+
+
+class FisherScorer(NeuronScorer):
+    """``I_i = sum over examples of (dL/dm_i)^2`` for a mask m = 1 on every FFN neuron, L = -log p(answer).
+
+    Each example gets its own mask copy, so one backward pass yields every per-example gradient.
+    """
+
+    needs_gradients = True
+    needs_labels = True
+
+    def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
+        assert batch is not None
+        rows = batch["labels"].shape[0]
+        layers = model.ffn_layers()
+        masks: dict[str, Tensor] = {}
+
+        def apply_mask(layer: FFNLayer, activations: Tensor) -> Tensor:
+            shape = (rows,) + (1,) * (activations.dim() - 2) + (layer.size,)
+            mask = torch.ones(shape, dtype=activations.dtype, device=activations.device, requires_grad=True)
+            masks[layer.name] = mask
+            return activations * mask
+
+        with torch.enable_grad(), model.hook_activations(layers, apply_mask):
+            loss = -model.target_log_prob(batch, batch["labels"])
+            gradients = torch.autograd.grad(loss.sum(), [masks[layer.name] for layer in layers])
+        return [g.reshape(rows, -1).float().pow(2).sum(0) for g in gradients]
