@@ -9,6 +9,12 @@ from lightning_prune.testing import build_bert_with_heads, build_t5, write_glue_
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
+@pytest.fixture(autouse=True)
+def isolated_score_cache(tmp_path_factory, monkeypatch):
+    """Every test gets its own score cache (subprocesses inherit it), never the user's."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
+
+
 @pytest.fixture(scope="session")
 def glue_dir(tmp_path_factory) -> Path:
     return write_glue_dir(tmp_path_factory.mktemp("glue"))
@@ -38,3 +44,25 @@ def require_shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+def fit_free_args(model_dir: Path, glue_dir: Path, out: Path, *extra: str) -> list[str]:
+    """A small attribution run on a tiny model; later options in ``extra`` override earlier ones."""
+    return [
+        "fit-free", "--model.path", str(model_dir), "--data.task", "sst2", "--data.data_dir", str(glue_dir),
+        "--data.batch_size", "8", "--scorer", "attribution", "--scorer_options", '{"steps": 3}', "--sparsity", "0.5",
+        "--output_dir", str(out), "--trainer.enable_progress_bar", "false", *extra,
+    ]  # fmt: skip
+
+
+def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
+    """Run ``lightning-prune`` in-process: exit code, stdout, stderr."""
+    from lightning_prune.cli import main
+
+    try:
+        main(args)
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import fit_free_args, run_cli
 from safetensors.torch import load_file
 
 from lightning_prune import load_pruned_model
@@ -16,39 +17,6 @@ from lightning_prune.cli import main
 from lightning_prune.tasks import TASKS, read_tsv
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
-
-
-def fit_free_args(model_dir, glue_dir, out, *extra):
-    return [
-        "fit-free",
-        "--model.path",
-        str(model_dir),
-        "--data.task",
-        "sst2",
-        "--data.data_dir",
-        str(glue_dir),
-        "--data.batch_size",
-        "8",
-        "--scorer",
-        "attribution",
-        "--scorer_options",
-        '{"steps": 3}',
-        "--sparsity",
-        "0.5",
-        "--output_dir",
-        str(out),
-        *QUIET,
-        *extra,
-    ]
-
-
-def run_main(args, capsys) -> tuple[int, str]:
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    return code, capsys.readouterr().err
 
 
 @pytest.mark.parametrize("fixture", ["bert_dir", "t5_gated_dir"])
@@ -149,7 +117,7 @@ def test_unseen_domain_evaluation_file(bert_dir, glue_dir, tmp_path):
 )
 def test_bad_input_gives_one_line_exit_2_and_writes_nothing(bert_dir, glue_dir, tmp_path, capsys, change, message):
     out = tmp_path / "run"
-    code, err = run_main(fit_free_args(bert_dir, glue_dir, out, *change), capsys)
+    code, _, err = run_cli(fit_free_args(bert_dir, glue_dir, out, *change), capsys)
     lines = [line for line in err.splitlines() if line.startswith("lightning-prune: error:")]
     assert code == 2 and len(lines) == 1 and message in lines[0], err
     assert not out.exists()
@@ -174,7 +142,7 @@ def test_bad_data_and_models(bert_dir, glue_dir, tmp_path, capsys):
     ]
     for change, message in cases:
         out = tmp_path / "run"
-        code, err = run_main(fit_free_args(bert_dir, glue_dir, out, *change), capsys)
+        code, _, err = run_cli(fit_free_args(bert_dir, glue_dir, out, *change), capsys)
         assert code == 2 and message in err, (change, err)
         assert not out.exists()
 
@@ -183,7 +151,7 @@ def test_existing_output_dir_is_not_overwritten_unless_asked(bert_dir, glue_dir,
     out = tmp_path / "run"
     out.mkdir()
     (out / "keep.txt").write_text("earlier run")
-    code, err = run_main(fit_free_args(bert_dir, glue_dir, out), capsys)
+    code, _, err = run_cli(fit_free_args(bert_dir, glue_dir, out), capsys)
     assert code == 2 and "already holds files" in err
     main(fit_free_args(bert_dir, glue_dir, out, "--overwrite", "true", "--scorer", "random", "--scorer_options", "{}"))
     assert (out / "metrics.json").is_file() and not (out / "keep.txt").exists()

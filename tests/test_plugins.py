@@ -6,6 +6,7 @@ import json
 import textwrap
 
 import pytest
+from conftest import fit_free_args, run_cli
 
 from lightning_prune.cli import main
 
@@ -53,18 +54,8 @@ def fake_plugins(tmp_path, monkeypatch):
     return site
 
 
-def run(args, capsys):
-    try:
-        main(args)
-        code = 0
-    except SystemExit as exit_:
-        code = exit_.code
-    captured = capsys.readouterr()
-    return code, captured.out, captured.err
-
-
 def test_listing_warns_about_unusable_plugins_and_lists_the_rest(fake_plugins, capsys):
-    code, out, err = run(["scorers"], capsys)
+    code, out, err = run_cli(["scorers"], capsys)
     assert code == 0
     names = {line.split()[0] for line in out.splitlines()[1:]}
     assert {"activation", "attribution", "magnitude", "nan_scores", "wrong_shape"} <= names
@@ -77,21 +68,7 @@ def test_listing_warns_about_unusable_plugins_and_lists_the_rest(fake_plugins, c
 
 
 def _fit_free(bert_dir, glue_dir, out, scorer):
-    return [
-        "fit-free",
-        "--model.path",
-        str(bert_dir),
-        "--data.task",
-        "sst2",
-        "--data.data_dir",
-        str(glue_dir),
-        "--scorer",
-        scorer,
-        "--output_dir",
-        str(out),
-        "--trainer.enable_progress_bar",
-        "false",
-    ]
+    return fit_free_args(bert_dir, glue_dir, out, "--scorer", scorer, "--scorer_options", "{}")
 
 
 def test_a_broken_plugin_does_not_break_other_scorers(fake_plugins, bert_dir, glue_dir, tmp_path):
@@ -113,6 +90,6 @@ def test_a_chosen_bad_plugin_fails_clearly_before_pruning(
     fake_plugins, bert_dir, glue_dir, tmp_path, capsys, scorer, message
 ):
     out = tmp_path / "run"
-    code, _, err = run(_fit_free(bert_dir, glue_dir, out, scorer), capsys)
+    code, _, err = run_cli(_fit_free(bert_dir, glue_dir, out, scorer), capsys)
     assert code == 2 and message in err, err
     assert not out.exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import sys
 import warnings
+from argparse import ArgumentError
 from typing import Any
 
 from lightning import Trainer
@@ -105,10 +106,20 @@ def main(args: list[str] | None = None) -> None:
             auto_configure_optimizers=False,
             parser_kwargs={
                 "description": "Task-specific FFN pruning without training. "
-                "`lightning-prune scorers` lists the installed scorers."
+                "`lightning-prune scorers` lists the installed scorers.",
+                "exit_on_error": False,  # parse errors become one line, below
+                **{name: {"exit_on_error": False} for name in PruneCLI.subcommands()},
             },
             args=args,
         )
     except UsageError as error:
         print(f"lightning-prune: error: {error}", file=sys.stderr)
+        sys.exit(2)
+    except ArgumentError as error:  # jsonargparse: unknown option or config key, wrong type, ...
+        message = " ".join(str(error).split())
+        command = next((a for a in argv if a in PruneCLI.subcommands()), "")
+        print(
+            f"lightning-prune: error: {message} (see: lightning-prune {command} --help)".replace("  ", " "),
+            file=sys.stderr,
+        )
         sys.exit(2)

@@ -27,11 +27,30 @@ def atomic_path(final: Path) -> Iterator[Path]:
             tmp.unlink()
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_siblings(final: Path) -> None:
+    """Delete temporary siblings of ``final`` left by runs that were killed (their process is gone)."""
+    for leftover in final.parent.glob(f".{final.name}.*-*"):
+        kind, _, pid = leftover.name.rpartition("-")
+        if kind.endswith((".tmp", ".old")) and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
     """Yield an empty temporary directory that replaces ``final`` once the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_siblings(final)
     tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

@@ -10,6 +10,7 @@ from lightning import LightningModule
 from torch import Tensor
 
 from lightning_prune.adapters import Batch, PrunableModel, load_model
+from lightning_prune.cache import Progress, ScoreCache
 from lightning_prune.scorers import NeuronScorer, check_scores
 from lightning_prune.tasks import Example, build_metrics, get_task, metric_inputs
 
@@ -53,27 +54,43 @@ class ScoringModule(LightningModule):
 
     No optimizer and no ``training_step``: gradients, where the scorer needs them, are taken w.r.t.
     activations only. With ``labels="pseudo"`` the model's own predictions replace the gold labels, so
-    supervised and unsupervised scoring differ only in the labels the scorer sees.
+    supervised and unsupervised scoring differ only in the labels the scorer sees. With a ``cache``, each
+    process saves its partial sums every ``checkpoint_every`` batches and (with ``resume``) starts from them.
     """
 
     def __init__(
-        self, net: PrunableModel, scorer: NeuronScorer, scorer_name: str, labels: LabelSource = "gold"
+        self,
+        net: PrunableModel,
+        scorer: NeuronScorer,
+        scorer_name: str,
+        labels: LabelSource = "gold",
+        cache: ScoreCache | None = None,
+        checkpoint_every: int = 10,
+        resume: bool = True,
     ) -> None:
         super().__init__()
-        self.save_hyperparameters(ignore=["net", "scorer"])
+        self.save_hyperparameters(ignore=["net", "scorer", "cache"])
         self.net = net
         self.scorer = scorer
-        self.scores: list[Tensor] = []  # per FFN layer, summed over examples (and processes, once done)
-        self.examples_seen = torch.zeros((), dtype=torch.float64)
+        self.cache = cache
+        self.progress = Progress([], 0.0, 0)  # per FFN layer, summed over examples (and processes, once done)
 
     def collate(self, examples: list[Example]) -> Batch:
         return self.net.collate(examples)
 
+    def _shard(self) -> tuple[int, int]:
+        return self.trainer.global_rank, self.trainer.world_size
+
     def on_predict_epoch_start(self) -> None:
-        self.scores = [torch.zeros(layer.size, dtype=torch.float64) for layer in self.net.ffn_layers()]
-        self.examples_seen = torch.zeros((), dtype=torch.float64)
+        layers = self.net.ffn_layers()
+        resume = self.cache is not None and self.hparams.resume
+        resumed = self.cache.load_progress(*self._shard(), len(layers)) if resume else None
+        fresh = Progress([torch.zeros(layer.size, dtype=torch.float64) for layer in layers], 0.0, 0)
+        self.progress = resumed if resumed is not None else fresh
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
+        if batch_idx < self.progress.batches:  # done before an interruption
+            return
         if self.hparams.labels == "pseudo":
             with torch.no_grad():
                 batch = {**batch, "labels": self.net.predict(batch).to(batch["labels"].dtype)}
@@ -81,13 +98,24 @@ class ScoringModule(LightningModule):
         with grad_mode:
             scores = self.scorer(self.net, batch)
         checked = check_scores(self.hparams.scorer_name, scores, self.net.ffn_layers())
-        self.scores = [total + score for total, score in zip(self.scores, checked, strict=True)]
-        self.examples_seen += batch["labels"].shape[0]
+        self.progress.sums = [total + score for total, score in zip(self.progress.sums, checked, strict=True)]
+        self.progress.examples += batch["labels"].shape[0]
+        self.progress.batches = batch_idx + 1
+        if self.cache is not None and self.progress.batches % self.hparams.checkpoint_every == 0:
+            self.cache.save_progress(*self._shard(), self.progress)
 
     def on_predict_epoch_end(self) -> None:
         """All-reduce (sum) the per-process sums in one collective, so every process holds the totals."""
-        flat = torch.cat([*self.scores, self.examples_seen.view(1)]).to(self.device)
+        sums = self.progress.sums
+        flat = torch.cat([*sums, torch.tensor([self.progress.examples], dtype=torch.float64)]).to(self.device)
         flat = self.trainer.strategy.reduce(flat, reduce_op="sum").cpu()
-        sizes = [s.numel() for s in self.scores]
-        *self.scores, count = torch.split(flat, [*sizes, 1])
-        self.examples_seen = count.squeeze()
+        *totals, count = torch.split(flat, [*(s.numel() for s in sums), 1])
+        self.progress = Progress(list(totals), float(count), self.progress.batches)
+
+    @property
+    def scores(self) -> list[Tensor]:
+        return self.progress.sums
+
+    @property
+    def examples_seen(self) -> int:
+        return int(self.progress.examples)

@@ -97,15 +97,22 @@ def t5_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def build_bert_with_heads(folder: Path, pooling: str = "mean", seed: int = 0) -> Path:
+def build_bert_with_heads(
+    folder: Path,
+    pooling: str = "mean",
+    seed: int = 0,
+    hidden_size: int = 32,
+    intermediate_size: int = 48,
+    layers: int = 2,
+) -> Path:
     torch.manual_seed(seed)
     tokenizer = bert_tokenizer()
     config = BertConfig(
         vocab_size=len(tokenizer),
-        hidden_size=32,
-        num_hidden_layers=2,
+        hidden_size=hidden_size,
+        num_hidden_layers=layers,
         num_attention_heads=2,
-        intermediate_size=48,
+        intermediate_size=intermediate_size,
         max_position_embeddings=64,
         hidden_act="gelu",
     )
@@ -114,7 +121,7 @@ def build_bert_with_heads(folder: Path, pooling: str = "mean", seed: int = 0) ->
     heads = {"sst2": 2, "stsb": 1, "mnli": 3, "rte": 2}
     weights = {}
     for name, outputs in heads.items():
-        weights[f"{name}.weight"] = torch.randn(outputs, 32) * 0.5
+        weights[f"{name}.weight"] = torch.randn(outputs, hidden_size) * 0.5
         weights[f"{name}.bias"] = torch.randn(outputs) * 0.1
     save_file(weights, str(folder / "multitask_heads.safetensors"))
     spec = {"pooling": pooling, "heads": {name: {"num_labels": n} for name, n in heads.items()}}

@@ -46,8 +46,9 @@ def _load_hf(loader, source: str | Path, plan: dict | None, folder: Path):
         if plan is None:
             return loader.from_pretrained(str(source), dtype=torch.float32)
         return loader.from_config(AutoConfig.from_pretrained(str(source)), dtype=torch.float32)
-    except OSError as error:
-        raise UsageError(f"could not load the model weights from {source}: {error}".splitlines()[0]) from None
+    except (OSError, SafetensorError) as error:  # missing, truncated or corrupted weight files
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"could not load the model weights from {source}: {first_line}") from None
 
 
 def _load_pruned_weights(model: PrunableModel, folder: Path, plan: dict) -> None:

@@ -11,12 +11,14 @@ from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import save_file
 
+from lightning_prune import __version__
+from lightning_prune.cache import ScoreCache, default_cache_dir, examples_fingerprint, model_fingerprint, score_key
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_directory, write_json
 from lightning_prune.modules import LabelSource, ScoringModule, TaskModel
 from lightning_prune.pruning import Scope, prune_model, select_neurons
-from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer
+from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_infos
 
 SCORES_FILE = "scores.safetensors"
 METRICS_FILE = "metrics.json"
@@ -46,6 +48,27 @@ def check_request(
     return create_scorer(scorer, scorer_options)
 
 
+def _score_request(
+    model: TaskModel, datamodule: TaskDataModule, scorer: str, scorer_options: dict[str, Any] | None, labels: str
+) -> dict[str, Any]:
+    """Everything that determines a data scorer's scores: the cache key is a hash of it."""
+    provider = scorer_infos()[scorer]
+    return {
+        "lightning_prune": __version__,
+        "model": model_fingerprint(model.net),
+        "architecture": model.net.architecture,
+        "task": model.spec.name,
+        "task_labels": model.spec.labels,
+        "max_length": model.net.max_length,
+        "examples": examples_fingerprint(datamodule.score_examples()),
+        "batch_size": datamodule.hparams.batch_size,
+        "scorer": scorer,
+        "scorer_provider": f"{provider.distribution}=={provider.version}:{provider.entry_point.value}",
+        "scorer_options": scorer_options or {},
+        "labels": labels,
+    }
+
+
 def _neuron_counts(model: TaskModel) -> dict[str, int]:
     return {layer.name: layer.size for layer in model.net.ffn_layers()}
 
@@ -68,6 +91,9 @@ def fit_free(
     output_dir: str = "runs/fit-free",
     overwrite: bool = False,
     evaluate_dense: bool = True,
+    cache_dir: str | None = None,
+    reuse_scores: bool = True,
+    checkpoint_every: int = 10,
 ) -> dict[str, Any]:
     """Prune the task's least important FFN neurons and save the smaller model.
 
@@ -82,6 +108,11 @@ def fit_free(
         output_dir: receives metrics.json, scores.safetensors, the pruned model and config.yaml, all at once.
         overwrite: replace an ``output_dir`` that already holds files.
         evaluate_dense: also evaluate the model before pruning.
+        cache_dir: where scores are kept under a key of everything that produced them (model weights,
+            task, scoring examples, batch size, scorer and options, labels); default
+            ``$XDG_CACHE_HOME/lightning-prune/scores``.
+        reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
+            per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
     """
     scorer_impl = check_request(scorer, scorer_options, labels, sparsity, scope, min_keep, output_dir, overwrite)
     if scorer_impl.needs_data:
@@ -99,10 +130,21 @@ def fit_free(
 
     start = time.perf_counter()
     layers = model.net.ffn_layers()
+    cache, from_cache = None, False
     if scorer_impl.needs_data:
-        scoring = ScoringModule(model.net, scorer_impl, scorer, labels)
-        trainer.predict(scoring, datamodule=datamodule, return_predictions=False)
-        scores, examples_scored = scoring.scores, int(scoring.examples_seen)
+        request = _score_request(model, datamodule, scorer, scorer_options, labels)
+        cache = ScoreCache(Path(cache_dir) if cache_dir else default_cache_dir(), score_key(request), request)
+        cached = cache.load_final(len(layers)) if reuse_scores else None
+        if cached is not None:
+            (scores, examples_scored), from_cache = cached, True
+        else:
+            scoring = ScoringModule(model.net, scorer_impl, scorer, labels, cache, checkpoint_every, reuse_scores)
+            trainer.predict(scoring, datamodule=datamodule, return_predictions=False)
+            scores, examples_scored = scoring.scores, scoring.examples_seen
+            if trainer.is_global_zero:
+                cache.save_final(scores, examples_scored)
+            trainer.strategy.barrier()
+            cache.clear_progress(trainer.global_rank, trainer.world_size)
     else:
         scores, examples_scored = check_scores(scorer, scorer_impl(model.net, None), layers), 0
     seconds["score"] = time.perf_counter() - start
@@ -124,6 +166,8 @@ def fit_free(
         "scorer_options": scorer_options or {},
         "labels": labels,
         "examples_scored": examples_scored,
+        "score_key": cache.key if cache is not None else None,
+        "scores_from_cache": from_cache,
         "sparsity": sparsity,
         "scope": scope,
         "primary_metric": model.spec.primary_metric,

@@ -1,0 +1,123 @@
+"""Score cache: neuron scores keyed by everything that produced them, with per-process progress files.
+
+A finished scoring run is stored as ``<key>.safetensors``; while scoring, each process saves its partial
+sums every few batches as ``<key>.rank<r>-of-<w>.partial.safetensors``. A re-run with the same key reuses
+the finished scores, or resumes each process after its last saved batch (batches are deterministic), so
+a run killed mid-scoring finishes with the scores an uninterrupted run gives.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from lightning_prune.io import atomic_path
+from lightning_prune.tasks import Example
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning-prune" / "scores"
+
+
+def model_fingerprint(module: nn.Module) -> str:
+    """Hash of every tensor (name, dtype, shape, bytes) in the module's state: equal weights, equal hash."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        data = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
+        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+    return digest.hexdigest()
+
+
+def examples_fingerprint(examples: list[Example]) -> str:
+    digest = hashlib.sha256()
+    for example in examples:
+        digest.update(json.dumps([example.index, list(example.texts), example.label]).encode())
+    return digest.hexdigest()
+
+
+def score_key(request: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:32]
+
+
+@dataclass
+class Progress:
+    """One process's partial sums after ``batches`` batches of its shard."""
+
+    sums: list[Tensor]
+    examples: float
+    batches: int
+
+
+class ScoreCache:
+    """Finished scores and partial progress for one key under ``root``."""
+
+    def __init__(self, root: Path, key: str, request: dict[str, Any]) -> None:
+        self.root = Path(root)
+        self.key = key
+        self.request = request
+
+    @property
+    def final_path(self) -> Path:
+        return self.root / f"{self.key}.safetensors"
+
+    def partial_path(self, rank: int, world_size: int) -> Path:
+        return self.root / f"{self.key}.rank{rank}-of-{world_size}.partial.safetensors"
+
+    def _read(self, path: Path) -> dict[str, Tensor] | None:
+        if not path.is_file():
+            return None
+        try:
+            return load_file(str(path))
+        except (SafetensorError, OSError):  # a damaged cache entry is recomputed, never trusted
+            return None
+
+    def _write(self, path: Path, tensors: dict[str, Tensor]) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            save_file(
+                {k: v.contiguous() for k, v in tensors.items()},
+                str(tmp),
+                metadata={"request": json.dumps(self.request, default=str)},
+            )
+
+    @staticmethod
+    def _layers(tensors: dict[str, Tensor], count: int) -> list[Tensor] | None:
+        layers = [tensors.get(f"layer{i}") for i in range(count)]
+        return None if any(t is None for t in layers) else layers  # type: ignore[return-value]
+
+    def load_final(self, num_layers: int) -> tuple[list[Tensor], int] | None:
+        tensors = self._read(self.final_path)
+        layers = self._layers(tensors, num_layers) if tensors else None
+        return None if layers is None else (layers, int(tensors["examples"]))
+
+    def save_final(self, scores: list[Tensor], examples: int) -> None:
+        tensors = {f"layer{i}": s for i, s in enumerate(scores)}
+        self._write(self.final_path, {**tensors, "examples": torch.tensor(examples)})
+
+    def load_progress(self, rank: int, world_size: int, num_layers: int) -> Progress | None:
+        tensors = self._read(self.partial_path(rank, world_size))
+        layers = self._layers(tensors, num_layers) if tensors else None
+        if layers is None:
+            return None
+        return Progress(layers, float(tensors["examples"]), int(tensors["batches"]))
+
+    def save_progress(self, rank: int, world_size: int, progress: Progress) -> None:
+        tensors = {f"layer{i}": s for i, s in enumerate(progress.sums)}
+        extra = {
+            "examples": torch.tensor(progress.examples, dtype=torch.float64),
+            "batches": torch.tensor(progress.batches),
+        }
+        self._write(self.partial_path(rank, world_size), {**tensors, **extra})
+
+    def clear_progress(self, rank: int, world_size: int) -> None:
+        self.partial_path(rank, world_size).unlink(missing_ok=True)
