@@ -43,6 +43,33 @@ def test_integrated_gradients_completeness(model_dir, glue_dir, task):
         assert errors[1] <= max(errors[0], noise), (layer.name, errors)
 
 
+def test_joint_mode_completeness_over_all_layers(model_dir, glue_dir):
+    """Joint IG: all layers' activations scaled together; attributions of every layer sum to the gap."""
+    model = load_model(model_dir, TASKS["sst2"])
+    batch = model.collate(_examples(glue_dir))
+    layers = model.ffn_layers()
+    clean = {}
+    with torch.no_grad(), model.hook_activations(layers, lambda layer, a: clean.setdefault(layer.name, a) * 1.0):
+        full = model.target_log_prob(batch, batch["labels"]).exp()
+    with torch.no_grad(), model.hook_activations(layers, lambda layer, a: clean[layer.name] * 0.0):
+        baseline = model.target_log_prob(batch, batch["labels"]).exp()
+    per_layer = AttributionScorer(steps=128, steps_per_pass=32, mode="joint").joint_per_example(model, batch)
+    total = sum(a.sum(1) for a in per_layer)
+    noise = 1e-5 * float(torch.maximum(full.abs(), baseline.abs()).max())
+    assert float((total - (full - baseline)).abs().max()) <= 1e-2 * float((full - baseline).abs().max()) + noise
+
+
+def test_prefix_reuse_gives_the_same_attributions(bert_dir, glue_dir):
+    model = load_model(bert_dir, TASKS["sst2"])
+    batch = model.collate(_examples(glue_dir))
+    scorer = AttributionScorer(steps=6)
+    block_inputs = model.block_inputs(batch)
+    assert block_inputs is not None and len(block_inputs) == len(model.ffn_layers())
+    for layer in model.ffn_layers():
+        reused = scorer.per_example(model, batch, layer, block_inputs)
+        torch.testing.assert_close(reused, scorer.per_example(model, batch, layer), rtol=1e-4, atol=1e-8)
+
+
 def test_step_chunking_does_not_change_attributions(bert_dir, glue_dir):
     model = load_model(bert_dir, TASKS["sst2"])
     batch = model.collate(_examples(glue_dir))
@@ -145,8 +172,12 @@ def test_built_ins_come_from_entry_points():
 def test_unknown_scorer_and_options_are_refused():
     with pytest.raises(UsageError, match=r"unknown scorer 'fisher2'.*attribution"):
         create_scorer("fisher2")
-    with pytest.raises(UsageError, match="has no option stpes: its options are steps, aggregate, steps_per_pass"):
+    with pytest.raises(
+        UsageError, match="has no option stpes: its options are steps, aggregate, steps_per_pass, mode, reuse_prefix"
+    ):
         create_scorer("attribution", {"stpes": 3})
+    with pytest.raises(UsageError, match="mode must be 'exact' or 'joint'"):
+        create_scorer("attribution", {"mode": "fast"})
 
 
 @pytest.mark.parametrize(

@@ -48,6 +48,25 @@ class FFNLayer:
 ActivationHook = Callable[[FFNLayer, Tensor], Tensor]
 
 
+@dataclass
+class BlockInput:
+    """The positional and keyword arguments one transformer block was called with."""
+
+    args: tuple
+    kwargs: dict
+
+    def expand(self, repeats: int) -> BlockInput:
+        """Repeat every batch-shaped tensor like ``expand_batch`` does (example i -> rows i*repeats ...)."""
+        rows = self.args[0].shape[0]
+
+        def grow(value):
+            if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == rows:
+                return value.repeat_interleave(repeats, dim=0)
+            return value
+
+        return BlockInput(tuple(grow(a) for a in self.args), {k: grow(v) for k, v in self.kwargs.items()})
+
+
 class PrunableModel(nn.Module, ABC):
     """A model bound to one task, exposing its FFN neurons.
 
@@ -97,6 +116,15 @@ class PrunableModel(nn.Module, ABC):
         self.tokenizer.save_pretrained(directory)
         save_model(self.weights_module, str(directory / WEIGHTS_FILE))
         self.save_extras(directory)
+
+    def block_inputs(self, batch: Batch) -> list[BlockInput] | None:
+        """Each FFN layer's block inputs from one clean pass, if the adapter can restart from a block
+        (``target_log_prob_from``): attribution then skips recomputing the unchanged prefix. None if not."""
+        return None
+
+    def target_log_prob_from(self, batch: Batch, labels: Tensor, layer_index: int, block_input: BlockInput) -> Tensor:
+        """``target_log_prob`` restarted at the block of FFN layer ``layer_index`` (see ``block_inputs``)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot restart from a block")
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, FFNLayer, PrunableModel, as_float_tensor
+from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, as_float_tensor
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_path, write_json
 from lightning_prune.tasks import Example, TaskSpec
@@ -97,9 +97,11 @@ class EncoderWithHeads(PrunableModel):
         batch["index"] = torch.tensor([e.index for e in examples])
         return batch
 
-    def outputs(self, batch: Batch) -> Tensor:
-        """Head outputs: logits ``[batch, labels]``, or the regression value ``[batch]``."""
-        hidden = self.encoder(**{n: batch[n] for n in self.input_names if n in batch}).last_hidden_state
+    def _blocks(self) -> nn.ModuleList:
+        return self.encoder.get_submodule(ENCODER_LAYOUTS[self.encoder.config.model_type][0])
+
+    def _head_outputs(self, hidden: Tensor, batch: Batch) -> Tensor:
+        """Pool the last hidden states and apply the head: logits ``[batch, labels]`` or values ``[batch]``."""
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
@@ -108,11 +110,45 @@ class EncoderWithHeads(PrunableModel):
         out = self.head(pooled)
         return out.squeeze(-1) if self.task.is_regression else out
 
-    def target_log_prob(self, batch: Batch, labels: Tensor) -> Tensor:
-        out = self.outputs(batch)
+    def outputs(self, batch: Batch) -> Tensor:
+        hidden = self.encoder(**{n: batch[n] for n in self.input_names if n in batch}).last_hidden_state
+        return self._head_outputs(hidden, batch)
+
+    def _answer_log_prob(self, out: Tensor, labels: Tensor) -> Tensor:
         if self.task.is_regression:  # a unit-variance Gaussian around the prediction, up to a constant
             return -0.5 * (out - labels.to(out.dtype)) ** 2
         return torch.log_softmax(out, dim=-1).gather(1, labels.long().unsqueeze(1)).squeeze(1)
+
+    def target_log_prob(self, batch: Batch, labels: Tensor) -> Tensor:
+        return self._answer_log_prob(self.outputs(batch), labels)
+
+    def block_inputs(self, batch: Batch) -> list[BlockInput]:
+        """Every block's call arguments from one clean pass; the hidden states are the first argument."""
+        captured: list[BlockInput] = []
+
+        def record(_module, args, kwargs):
+            captured.append(BlockInput(args, kwargs))
+
+        handles = [block.register_forward_pre_hook(record, with_kwargs=True) for block in self._blocks()]
+        try:
+            with torch.no_grad():
+                self.encoder(**{n: batch[n] for n in self.input_names if n in batch})
+        finally:
+            for handle in handles:
+                handle.remove()
+        return captured
+
+    def target_log_prob_from(self, batch: Batch, labels: Tensor, layer_index: int, block_input: BlockInput) -> Tensor:
+        """``target_log_prob`` computed from block ``layer_index`` on: the blocks before it are not rerun.
+
+        Every block of these encoders receives the same extra arguments (attention mask, ...), so the
+        captured ones of block ``layer_index`` serve all later blocks.
+        """
+        hidden, *rest = block_input.args
+        for block in self._blocks()[layer_index:]:
+            out = block(hidden, *rest, **block_input.kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return self._answer_log_prob(self._head_outputs(hidden, batch), labels)
 
     def predict(self, batch: Batch) -> Tensor:
         out = self.outputs(batch)

@@ -7,42 +7,67 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_prune.adapters.base import Batch, FFNLayer, PrunableModel, expand_batch
+from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, expand_batch
 from lightning_prune.scorers.base import NeuronScorer
 
 Aggregate = Literal["sum", "abs_sum"]
+Mode = Literal["exact", "joint"]
 
 
 class AttributionScorer(NeuronScorer):
-    """IG of p(correct answer) w.r.t. one layer's activations, zero baseline, ``steps`` midpoint-Riemann steps.
+    """IG of p(correct answer) w.r.t. FFN activations, zero baseline, ``steps`` midpoint-Riemann steps.
 
-    For layer l with activations a (all tokens of a neuron scaled together by alpha), the attribution of
-    neuron i is ``a_i * mean_k dp(alpha_k a)/da_i`` with ``alpha_k = (k - 0.5) / steps``, summed over tokens.
-    One layer is scaled at a time (the other layers run unchanged), as in Knowledge Neurons. ``aggregate``
-    combines examples: ``abs_sum`` (default: sum of per-example magnitudes, so a neuron that strongly
-    pushes *against* the answer counts as important) or ``sum`` (signed sum: ranks such neurons lowest and
-    prunes them first; on the stand-in model this collapsed SST-2 to chance at 10% sparsity, see README).
-    ``steps_per_pass`` bounds memory: that many alpha steps of every example share one forward/backward pass.
+    The attribution of neuron i with activations a (all tokens of a neuron scaled together by alpha) is
+    ``a_i * mean_k dp(alpha_k a)/da_i`` with ``alpha_k = (k - 0.5) / steps``, summed over tokens.
+
+    ``mode="exact"`` (Knowledge Neurons, the paper): one layer is scaled at a time while the rest of the
+    network runs unchanged — ``layers x steps`` forward/backward rows per example. Where the adapter can
+    restart from a block (``reuse_prefix``), the blocks before the scaled layer run once, not per step.
+    ``mode="joint"``: every layer's activations are scaled together, each held at its clean value times
+    alpha, so one IG path covers all layers — ``steps`` rows per example in all. Both satisfy
+    completeness (exact: per layer; joint: over all layers together), but they are different attributions.
+
+    ``aggregate`` combines examples: ``abs_sum`` (default: sum of per-example magnitudes, so a neuron that
+    strongly pushes *against* the answer counts as important) or ``sum`` (signed sum: ranks such neurons
+    lowest and prunes them first; on the stand-in model this collapsed SST-2 to chance at 10% sparsity).
+    ``steps_per_pass`` bounds memory: that many alpha steps of every example share one pass.
     """
 
     needs_gradients = True
     needs_labels = True
 
-    def __init__(self, steps: int = 20, aggregate: Aggregate = "abs_sum", steps_per_pass: int = 20) -> None:
+    def __init__(
+        self,
+        steps: int = 20,
+        aggregate: Aggregate = "abs_sum",
+        steps_per_pass: int = 20,
+        mode: Mode = "exact",
+        reuse_prefix: bool = True,
+    ) -> None:
         if steps < 1 or steps_per_pass < 1:
             raise ValueError("steps and steps_per_pass must be at least 1")
         if aggregate not in ("sum", "abs_sum"):
             raise ValueError(f"aggregate must be 'sum' or 'abs_sum', not {aggregate!r}")
+        if mode not in ("exact", "joint"):
+            raise ValueError(f"mode must be 'exact' or 'joint', not {mode!r}")
         self.steps = steps
         self.aggregate = aggregate
         self.steps_per_pass = steps_per_pass
+        self.mode = mode
+        self.reuse_prefix = reuse_prefix
 
-    def per_example(self, model: PrunableModel, batch: Batch, layer: FFNLayer) -> Tensor:
-        """``[examples, neurons]`` attributions of one layer."""
+    def _alpha_chunks(self) -> tuple[Tensor, ...]:
+        return ((torch.arange(self.steps, dtype=torch.float32) + 0.5) / self.steps).split(self.steps_per_pass)
+
+    def per_example(
+        self, model: PrunableModel, batch: Batch, layer: FFNLayer, block_inputs: list[BlockInput] | None = None
+    ) -> Tensor:
+        """``[examples, neurons]`` exact-mode attributions of one layer; with ``block_inputs`` (from
+        ``model.block_inputs``) the blocks before the layer are not recomputed."""
+        layer_index = [item.name for item in model.ffn_layers()].index(layer.name)
         rows = batch["labels"].shape[0]
-        alphas = (torch.arange(self.steps, dtype=torch.float32) + 0.5) / self.steps
         total = torch.zeros(rows, layer.size, device=batch["labels"].device)
-        for chunk in alphas.split(self.steps_per_pass):
+        for chunk in self._alpha_chunks():
             expanded = expand_batch(batch, len(chunk))
             row_alpha = chunk.to(total.device).repeat(rows)
             captured: dict[str, Tensor] = {}
@@ -55,16 +80,53 @@ class AttributionScorer(NeuronScorer):
                 return scaled
 
             with torch.enable_grad(), model.hook_activations([layer], scale):
-                probability = model.target_log_prob(expanded, expanded["labels"]).exp()
-                (gradient,) = torch.autograd.grad(probability.sum(), captured["scaled"])
+                if block_inputs is None:
+                    log_prob = model.target_log_prob(expanded, expanded["labels"])
+                else:
+                    start = block_inputs[layer_index].expand(len(chunk))
+                    log_prob = model.target_log_prob_from(expanded, expanded["labels"], layer_index, start)
+                (gradient,) = torch.autograd.grad(log_prob.exp().sum(), captured["scaled"])
             token_sum = (gradient * captured["original"]).float().sum(dim=1)  # [rows * chunk, neurons]
             total += token_sum.view(rows, len(chunk), -1).sum(1)
         return total / self.steps
 
+    def joint_per_example(self, model: PrunableModel, batch: Batch) -> list[Tensor]:
+        """``[examples, neurons]`` joint-mode attributions of every layer, from ``steps`` rows per example."""
+        layers = model.ffn_layers()
+        clean: dict[str, Tensor] = {}
+
+        def record(layer: FFNLayer, activations: Tensor) -> Tensor:
+            clean[layer.name] = activations.detach()
+            return activations
+
+        with torch.no_grad(), model.hook_activations(layers, record):
+            model.target_log_prob(batch, batch["labels"])
+        rows = batch["labels"].shape[0]
+        totals = [torch.zeros(rows, layer.size, device=batch["labels"].device) for layer in layers]
+        for chunk in self._alpha_chunks():
+            expanded = expand_batch(batch, len(chunk))
+            row_alpha = chunk.to(batch["labels"].device).repeat(rows)
+            leaves: dict[str, Tensor] = {}
+
+            def replace(layer: FFNLayer, _activations: Tensor, row_alpha=row_alpha, leaves=leaves) -> Tensor:
+                original = clean[layer.name].repeat_interleave(len(row_alpha) // rows, dim=0)
+                shape = (-1,) + (1,) * (original.dim() - 1)
+                leaves[layer.name] = (original * row_alpha.to(original.dtype).view(shape)).requires_grad_(True)
+                return leaves[layer.name]
+
+            with torch.enable_grad(), model.hook_activations(layers, replace):
+                log_prob = model.target_log_prob(expanded, expanded["labels"])
+                gradients = torch.autograd.grad(log_prob.exp().sum(), [leaves[layer.name] for layer in layers])
+            for total, layer, gradient in zip(totals, layers, gradients, strict=True):
+                original = clean[layer.name].repeat_interleave(len(chunk), dim=0)
+                total += (gradient * original).float().sum(dim=1).view(rows, len(chunk), -1).sum(1)
+        return [total / self.steps for total in totals]
+
     def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
         assert batch is not None
-        scores = []
-        for layer in model.ffn_layers():
-            attributions = self.per_example(model, batch, layer)
-            scores.append((attributions.abs() if self.aggregate == "abs_sum" else attributions).sum(0))
-        return scores
+        if self.mode == "joint":
+            per_layer = self.joint_per_example(model, batch)
+        else:
+            block_inputs = model.block_inputs(batch) if self.reuse_prefix else None
+            per_layer = [self.per_example(model, batch, layer, block_inputs) for layer in model.ffn_layers()]
+        return [(a.abs() if self.aggregate == "abs_sum" else a).sum(0) for a in per_layer]
