@@ -24,7 +24,6 @@ Re-run:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import resource
 import subprocess
@@ -34,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from results_io import write_csv, write_report
 from safetensors.torch import load_file, save_file
 
 from lightning_prune import load_model
@@ -43,7 +43,6 @@ from lightning_prune.tasks import TASKS, load_split
 
 METHODS = ("floor", "captum-padded", "captum", "exact-plain", "exact", "exact-bucketed", "joint")
 PADDED_LENGTH = 128
-RESULTS = Path(__file__).parent / "results"
 STANDIN = Path(__file__).resolve().parents[1] / "models" / "minilm-standin"
 
 
@@ -210,11 +209,7 @@ def main() -> None:
         row["max_rel_diff_vs_captum"] = (
             max_relative_difference(saved[row["method"]], saved["captum-padded"]) if row["method"] in saved else None
         )
-    RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / "attribution_speed.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv("attribution_speed", rows)
     setting = (
         f"stand-in all-MiniLM-L6-v2 (6 x 1536 FFN neurons), {args.examples} SST-2 train examples, batch "
         f"{args.batch_size}, {args.steps} steps ({args.steps_per_pass} per pass), {args.threads} CPU threads, "
@@ -249,12 +244,8 @@ def main() -> None:
         "|---|---|---|",
     ]
     lines += [f"| {q['scores']} | {q['ffn_sparsity']:.1f} | {q['sst2_dev_accuracy']:.4f} |" for q in quality]
-    with (RESULTS / "attribution_quality.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(quality[0]))
-        writer.writeheader()
-        writer.writerows(quality)
-    (RESULTS / "attribution_speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_csv("attribution_quality", quality)
+    write_report("attribution_speed", lines)
 
 
 if __name__ == "__main__":

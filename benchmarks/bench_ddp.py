@@ -14,7 +14,6 @@ Writes ``benchmarks/results/ddp.csv`` and ``.md``. Re-run:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import subprocess
@@ -24,10 +23,10 @@ import time
 from pathlib import Path
 
 import torch
+from results_io import write_csv, write_report
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = Path(__file__).parent / "results"
 
 
 def main() -> None:
@@ -77,11 +76,7 @@ def main() -> None:
                 outputs[row["devices"]] / "model" / "pruning_plan.json"
             ).read_text() == base_plan
             row["score_speedup"] = rows[0]["score_seconds"] / row["score_seconds"]
-    RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / "ddp.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv("ddp", rows)
     lines = [
         "# Distributed scoring: one vs several processes",
         "",
@@ -97,8 +92,7 @@ def main() -> None:
             f"{row['score_speedup']:.2f} | "
             f"{row['examples_scored']} | {row['max_rel_diff_scores']:.1e} | {row['same_pruning_plan']} |"
         )
-    (RESULTS / "ddp.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("ddp", lines)
 
 
 if __name__ == "__main__":

@@ -19,13 +19,13 @@ from __future__ import annotations
 
 import argparse
 import copy
-import csv
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from results_io import write_csv, write_report
 
 from lightning_prune import load_model
 from lightning_prune.adapters import PrunableModel
@@ -33,7 +33,6 @@ from lightning_prune.pruning import prune_model, select_neurons
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
-RESULTS = Path(__file__).parent / "results"
 STANDIN = Path(__file__).resolve().parents[1] / "models" / "minilm-standin"
 SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 
@@ -119,11 +118,7 @@ def main() -> None:
                     "throughput_of_ideal": speed_throughput / ideal_throughput,
                 }
             )
-    RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / "inference_speed.csv").open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv("inference_speed", rows)
     lines = [
         "# Inference speed: dense vs pruned",
         "",
@@ -144,8 +139,7 @@ def main() -> None:
             f"{row['throughput_per_s_batch32']:.1f} | {row['throughput_speedup']:.2f} | "
             f"{row['throughput_flop_ideal']:.2f} | {row['throughput_of_ideal']:.0%} |"
         )
-    (RESULTS / "inference_speed.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report("inference_speed", lines)
 
 
 if __name__ == "__main__":
