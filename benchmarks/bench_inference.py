@@ -107,7 +107,7 @@ def main() -> None:
                 {
                     "ffn_sparsity": sparsity,
                     "parameters": model.num_parameters(),
-                    "file_mb": (folder / "model.safetensors").stat().st_size / 2**20,
+                    "file_mib": (folder / "model.safetensors").stat().st_size / 2**20,
                     "latency_ms_batch1": ms,
                     "latency_speedup": speed_latency,
                     "latency_flop_ideal": ideal_latency,
@@ -127,13 +127,13 @@ def main() -> None:
         f"{len(pool)} in batches of 32. 'of ideal' = measured speedup / FLOP-ideal speedup."
         "",
         "",
-        "| FFN sparsity | parameters | file MB | latency ms (b=1) | speedup | FLOP ideal | of ideal "
+        "| FFN sparsity | parameters | file MiB | latency ms (b=1) | speedup | FLOP ideal | of ideal "
         "| throughput/s (b=32) | speedup | FLOP ideal | of ideal |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row['ffn_sparsity']:.1f} | {row['parameters']:,} | {row['file_mb']:.1f} | "
+            f"| {row['ffn_sparsity']:.1f} | {row['parameters']:,} | {row['file_mib']:.1f} | "
             f"{row['latency_ms_batch1']:.2f} | {row['latency_speedup']:.2f} | {row['latency_flop_ideal']:.2f} | "
             f"{row['latency_of_ideal']:.0%} | "
             f"{row['throughput_per_s_batch32']:.1f} | {row['throughput_speedup']:.2f} | "

@@ -5,18 +5,19 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+from lightning_prune.io import atomic_path
+
 RESULTS = Path(__file__).parent / "results"
 
 
 def write_csv(name: str, rows: list[dict]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    with (RESULTS / f"{name}.csv").open("w", newline="") as handle:
+    with atomic_path(RESULTS / f"{name}.csv") as tmp, tmp.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
 
 
 def write_report(name: str, lines: list[str]) -> None:
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    with atomic_path(RESULTS / f"{name}.md") as tmp:
+        tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

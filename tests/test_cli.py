@@ -157,6 +157,28 @@ def test_existing_output_dir_is_not_overwritten_unless_asked(bert_dir, glue_dir,
     assert (out / "metrics.json").is_file() and not (out / "keep.txt").exists()
 
 
+def test_global_scope_and_an_empty_existing_output_dir(bert_dir, glue_dir, tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()  # an empty folder is no earlier run: it is used
+    main(fit_free_args(bert_dir, glue_dir, out, "--scope", "global", "--sparsity", "0.75"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["scope"] == "global"
+    assert sum(v["kept"] for v in metrics["ffn_neurons"].values()) == 24  # a quarter of 2 x 48, anywhere
+
+
+def test_t5_regression_with_pseudo_labels_then_evaluate(t5_dir, glue_dir, tmp_path):
+    out = tmp_path / "run"
+    main(fit_free_args(t5_dir, glue_dir, out, "--data.task", "stsb", "--labels", "pseudo", "--sparsity", "0.3"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert set(metrics["pruned_metrics"]) == {"pearson", "spearman"} and metrics["labels"] == "pseudo"
+    evaluation = tmp_path / "eval.json"
+    main(["evaluate", "--model.path", str(out / "model"), "--data.task", "stsb", "--data.data_dir", str(glue_dir),
+          "--output_file", str(evaluation), *QUIET])  # fmt: skip
+    result = json.loads(evaluation.read_text())
+    assert result["metrics"] == pytest.approx(metrics["pruned_metrics"], nan_ok=True)
+    assert result["ffn_neurons"] == {name: v["kept"] for name, v in metrics["ffn_neurons"].items()}
+
+
 def test_scorers_command_lists_built_ins(capsys):
     main(["scorers"])
     out = capsys.readouterr().out
@@ -172,8 +194,9 @@ def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
     runs = {"one": [], "two": ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]}
     for name, extra in runs.items():
         args = [a if a != str(tmp_path / "one") else str(tmp_path / name) for a in base]
+        own_cache = ["--cache_dir", str(tmp_path / f"cache-{name}")]  # both runs really score
         result = subprocess.run(
-            [sys.executable, "-m", "lightning_prune", *args, *extra],
+            [sys.executable, "-m", "lightning_prune", *args, *extra, *own_cache],
             env=env,
             capture_output=True,
             text=True,
@@ -182,6 +205,7 @@ def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
         assert result.returncode == 0, result.stderr[-3000:]
     one, two = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("one", "two"))
     assert (one["world_size"], two["world_size"]) == (1, 2)
+    assert not one["scores_from_cache"] and not two["scores_from_cache"]
     assert one["examples_scored"] == two["examples_scored"] == 47
     assert one["pruned_metrics"] == pytest.approx(two["pruned_metrics"])
     scores_one, scores_two = (load_file(str(tmp_path / n / "scores.safetensors")) for n in ("one", "two"))

@@ -58,7 +58,11 @@ def test_bad_input_catalogue(bert_dir, glue_dir, tmp_path, capsys, damaged_model
     no_columns.write_text("text\tgrade\ngood\t1\n")
     bad_config = tmp_path / "bad.yaml"
     bad_config.write_text(yaml.safe_dump({"model": {"path": str(bert_dir), "pth": "x"}}))
+    broken_heads = tmp_path / "broken_heads"
+    shutil.copytree(bert_dir, broken_heads)
+    (broken_heads / "multitask_heads.json").write_text("{not json")
     cases = {
+        "malformed heads config": (["--model.path", str(broken_heads)], "multitask_heads.json is not valid JSON"),
         "missing weights": (["--model.path", str(missing)], "could not load the model weights"),
         "corrupted weights": (["--model.path", str(corrupted)], "could not load the model weights"),
         "missing columns": (["--data.score_file", str(no_columns)], "has no column 'sentence'"),
@@ -158,6 +162,7 @@ def test_killed_during_scoring_leaves_no_output_and_resumes_to_identical_scores(
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert json.loads((out / "metrics.json").read_text())["batches_resumed"] > 0  # it did resume
     fresh = tmp_path / "fresh"
     main(args_for(bert_dir, glue_dir, fresh, *slow[:-2], "--cache_dir", str(tmp_path / "other-cache")))
     assert same_tensors(out / "scores.safetensors", fresh / "scores.safetensors")

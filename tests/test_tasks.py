@@ -82,3 +82,12 @@ def test_subsample_is_seeded_and_bounded(glue_dir):
     assert first != subsample(examples, 8, seed=4, what="num_examples")
     with pytest.raises(UsageError, match="asked for 1000 examples"):
         subsample(examples, 1000, seed=0, what="num_examples")
+
+
+def test_dev_halves_partition_the_dev_set():
+    glue = require_shared_data() / "glue"
+    spec = TASKS["qnli"]
+    first, second = (load_split(spec, f"validation_{half}_half", glue) for half in ("first", "second"))
+    assert len(first) + len(second) == DEV_ROWS["qnli"] and len(first) == DEV_ROWS["qnli"] // 2
+    assert not {e.index for e in first} & {e.index for e in second}
+    assert first == load_split(spec, "validation_first_half", glue)  # the same partition every time

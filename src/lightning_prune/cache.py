@@ -91,13 +91,16 @@ class ScoreCache:
             )
 
     @staticmethod
-    def _layers(tensors: dict[str, Tensor], count: int) -> list[Tensor] | None:
+    def _layers(tensors: dict[str, Tensor], count: int, extras: tuple[str, ...]) -> list[Tensor] | None:
+        """The per-layer tensors, or None for an entry that lacks any expected key (then it is recomputed)."""
         layers = [tensors.get(f"layer{i}") for i in range(count)]
-        return None if any(t is None for t in layers) else layers  # type: ignore[return-value]
+        if any(t is None for t in layers) or any(key not in tensors for key in extras):
+            return None
+        return layers  # type: ignore[return-value]
 
     def load_final(self, num_layers: int) -> tuple[list[Tensor], int] | None:
         tensors = self._read(self.final_path)
-        layers = self._layers(tensors, num_layers) if tensors else None
+        layers = self._layers(tensors, num_layers, ("examples",)) if tensors else None
         return None if layers is None else (layers, int(tensors["examples"]))
 
     def save_final(self, scores: list[Tensor], examples: int) -> None:
@@ -106,7 +109,7 @@ class ScoreCache:
 
     def load_progress(self, rank: int, world_size: int, num_layers: int) -> Progress | None:
         tensors = self._read(self.partial_path(rank, world_size))
-        layers = self._layers(tensors, num_layers) if tensors else None
+        layers = self._layers(tensors, num_layers, ("examples", "batches")) if tensors else None
         if layers is None:
             return None
         return Progress(layers, float(tensors["examples"]), int(tensors["batches"]))

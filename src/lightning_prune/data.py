@@ -36,7 +36,8 @@ class TaskDataModule(LightningDataModule):
         data_dir: folder of GLUE TSV files (``<data_dir>/<task>/train.tsv``); None loads ``nyu-mll/glue``
             from the hub through ``datasets``.
         labels: label names, in the head's output order, of a single-sentence task that is not in GLUE.
-        score_split / eval_split: ``train`` or ``validation`` split used for scoring / for evaluation.
+        score_split / eval_split: ``train``, ``validation``, or ``validation_first_half`` /
+            ``validation_second_half`` (a fixed seeded partition of dev) for scoring / for evaluation.
         score_file / eval_file: a TSV file that replaces the split (e.g. another domain's sentence<TAB>label set).
         num_examples: how many scoring examples to draw (low-resource setting); None uses all.
         eval_examples: how many evaluation examples to draw; None uses all.
@@ -94,6 +95,11 @@ class TaskDataModule(LightningDataModule):
     def _loader(self, examples: list[Example]) -> DataLoader:
         trainer = self.trainer
         sampler = None
+        if trainer is not None and trainer.world_size > len(examples):
+            raise UsageError(
+                f"{len(examples)} examples cannot be shared by {trainer.world_size} processes: "
+                "use fewer devices or more examples"
+            )
         if trainer is not None and trainer.world_size > 1:
             sampler = UnrepeatedDistributedSampler(
                 examples, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False

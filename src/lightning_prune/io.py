@@ -10,13 +10,16 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from lightning_prune.errors import UsageError
+
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``final`` to write; rename it into place only if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    remove_stale_siblings(final)
+    tmp = _temporary_name(final, "tmp")
     try:
         yield tmp
         os.replace(tmp, final)
@@ -25,6 +28,11 @@ def atomic_path(final: Path) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         elif tmp.exists():
             tmp.unlink()
+
+
+def _temporary_name(final: Path, kind: str) -> Path:
+    """A hidden sibling of ``final`` owned by this process: ``.<name>.<kind>-<pid>``."""
+    return final.with_name(f".{final.name}.{kind}-{os.getpid()}")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -38,11 +46,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def remove_stale_siblings(final: Path) -> None:
-    """Delete temporary siblings of ``final`` left by runs that were killed (their process is gone)."""
-    for leftover in final.parent.glob(f".{final.name}.*-*"):
+    """Clean up after runs that were killed (their process is gone): delete their temporary siblings of
+    ``final``, and if one died between moving the old ``final`` aside and moving the new one in, put the
+    old one back."""
+    for leftover in sorted(final.parent.glob(f".{final.name}.*-*")):
         kind, _, pid = leftover.name.rpartition("-")
-        if kind.endswith((".tmp", ".old")) and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(leftover, ignore_errors=True) if leftover.is_dir() else leftover.unlink(missing_ok=True)
+        if not (kind.endswith((".tmp", ".old")) and pid.isdigit()) or _pid_alive(int(pid)):
+            continue
+        if kind.endswith(".old") and not final.exists():
+            os.replace(leftover, final)
+        elif leftover.is_dir():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager
@@ -51,15 +67,17 @@ def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_siblings(final)
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    tmp = _temporary_name(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         yield tmp
+        if final.is_dir() and not any(final.iterdir()):
+            final.rmdir()
         if final.exists():
             if not overwrite:
-                raise FileExistsError(f"{final} appeared while this run was writing; nothing was replaced")
-            old = final.with_name(f".{final.name}.old-{os.getpid()}")
+                raise UsageError(f"{final} was filled by someone else while this run was writing; nothing was replaced")
+            old = _temporary_name(final, "old")
             os.replace(final, old)
             os.replace(tmp, final)
             shutil.rmtree(old, ignore_errors=True)

@@ -45,8 +45,9 @@ class TaskModel(LightningModule):
     def test_step(self, batch: Batch, batch_idx: int) -> None:
         self._common_step(batch)
 
-    def validation_step(self, batch: Batch, batch_idx: int) -> None:
-        self._common_step(batch)
+    def ffn_sizes(self) -> dict[str, int]:
+        """Neurons per FFN layer, by layer name."""
+        return {layer.name: layer.size for layer in self.net.ffn_layers()}
 
 
 class ScoringModule(LightningModule):
@@ -74,6 +75,7 @@ class ScoringModule(LightningModule):
         self.scorer = scorer
         self.cache = cache
         self.progress = Progress([], 0.0, 0)  # per FFN layer, summed over examples (and processes, once done)
+        self.resumed_batches = 0
 
     def collate(self, examples: list[Example]) -> Batch:
         return self.net.collate(examples)
@@ -87,11 +89,12 @@ class ScoringModule(LightningModule):
         resumed = self.cache.load_progress(*self._shard(), len(layers)) if resume else None
         fresh = Progress([torch.zeros(layer.size, dtype=torch.float64) for layer in layers], 0.0, 0)
         self.progress = resumed if resumed is not None else fresh
+        self.resumed_batches = self.progress.batches
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
         if batch_idx < self.progress.batches:  # done before an interruption
             return
-        if self.hparams.labels == "pseudo":
+        if self.hparams.labels == "pseudo" and self.scorer.needs_labels:
             with torch.no_grad():
                 batch = {**batch, "labels": self.net.predict(batch).to(batch["labels"].dtype)}
         grad_mode = torch.enable_grad() if self.scorer.needs_gradients else contextlib.nullcontext()

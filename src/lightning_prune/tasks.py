@@ -9,6 +9,7 @@ the task's label order (the order ``nyu-mll/glue`` uses) or floats for regressio
 from __future__ import annotations
 
 import csv
+import random
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,7 +22,8 @@ from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 from lightning_prune.errors import UsageError
 
 GLUE_HUB_ID = "nyu-mll/glue"
-SPLITS = ("train", "validation")
+SPLITS = ("train", "validation", "validation_first_half", "validation_second_half")
+HALF_SEED = 0  # fixed: the two halves of a dev set are the same partition in every run
 
 
 @dataclass(frozen=True)
@@ -270,9 +272,20 @@ def read_tsv(path: str | Path, spec: TaskSpec) -> list[Example]:
 
 
 def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[Example]:
-    """A task split from a GLUE folder (``<data_dir>/<task>/<file>``) or, without ``data_dir``, from the hub."""
+    """A task split from a GLUE folder (``<data_dir>/<task>/<file>``) or, without ``data_dir``, from the hub.
+
+    ``validation_first_half`` / ``validation_second_half`` partition the dev set by a fixed seeded shuffle
+    (each half in file order): for tasks whose train file is not at hand (QNLI, MNLI in ``../shared/data``),
+    one half can be used for fine-tuning and scoring and the other for evaluation.
+    """
     if split not in SPLITS:
         raise UsageError(f"unknown split {split!r}: choose one of {', '.join(SPLITS)}")
+    if split.startswith("validation_"):
+        examples = load_split(spec, "validation", data_dir)
+        order = list(range(len(examples)))
+        random.Random(HALF_SEED).shuffle(order)
+        half = order[: len(order) // 2] if split == "validation_first_half" else order[len(order) // 2 :]
+        return [examples[i] for i in sorted(half)]
     if data_dir is not None:
         return read_tsv(Path(data_dir) / spec.name / spec.split_files[split], spec)
     if spec.name not in TASKS:

@@ -38,7 +38,15 @@ def _is_local(path: str) -> bool:
     return Path(path).exists() or path.startswith((".", "/", "~")) or path.count("/") > 1
 
 
-def _load_hf(loader, source: str | Path, plan: dict | None, folder: Path):
+def _load_tokenizer(loader, source: str | Path):
+    try:
+        return loader.from_pretrained(str(source))
+    except (OSError, ValueError, ImportError) as error:  # missing files, or a slow tokenizer's missing backend
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"could not load the tokenizer from {source}: {first_line}") from None
+
+
+def _load_hf(loader, source: str | Path, plan: dict | None):
     """A Hugging Face model: ``from_pretrained`` when dense, rebuilt from config when it carries a plan."""
     from transformers import AutoConfig
 
@@ -71,6 +79,7 @@ def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> Pruna
     path = str(path)
     folder = Path(path).expanduser()
     if _is_local(path):
+        path = str(folder)
         if not folder.is_dir():
             raise UsageError(
                 f"model path {path} is not a folder: give a model folder (config.json, weights, tokenizer)"
@@ -85,14 +94,14 @@ def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> Pruna
         config_type = _model_type(source)
         if config_type not in ENCODER_LAYOUTS:
             raise UsageError(f"encoder of {path} is {config_type!r}; supported: {supported_architectures()}")
-        encoder = _load_hf(AutoModel, source, plan, folder)
+        encoder = _load_hf(AutoModel, source, plan)
         tokenizer_source = folder if (folder / "tokenizer_config.json").is_file() else source
         model: PrunableModel = EncoderWithHeads(
             encoder,
             head,
             heads_config.get("pooling", "mean"),
             task,
-            AutoTokenizer.from_pretrained(str(tokenizer_source)),
+            _load_tokenizer(AutoTokenizer, tokenizer_source),
             max_length,
         )
     else:
@@ -112,8 +121,8 @@ def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> Pruna
             raise UsageError(
                 f"architecture {config.model_type!r} of {path} is not supported; supported: {supported_architectures()}"
             )
-        seq2seq = _load_hf(AutoModelForSeq2SeqLM, path, plan, folder)
-        model = T5TextToText(seq2seq, task, AutoTokenizer.from_pretrained(path), max_length)
+        seq2seq = _load_hf(AutoModelForSeq2SeqLM, path, plan)
+        model = T5TextToText(seq2seq, task, _load_tokenizer(AutoTokenizer, path), max_length)
 
     if plan is not None:
         _load_pruned_weights(model, folder, plan)
@@ -126,4 +135,7 @@ def _model_type(source: Path) -> str:
     config_path = source / "config.json"
     if not config_path.is_file():
         raise UsageError(f"encoder folder {source} has no config.json: the encoder is missing")
-    return json.loads(config_path.read_text()).get("model_type", "?")
+    try:
+        return json.loads(config_path.read_text()).get("model_type", "?")
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{config_path} is not valid JSON ({error}): the model folder is damaged") from None

@@ -16,6 +16,7 @@ import json
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -58,11 +59,7 @@ class EncoderWithHeads(PrunableModel):
 
     def __init__(self, encoder: nn.Module, head: nn.Linear, pooling: str, task: TaskSpec, tokenizer, max_length: int):
         super().__init__(task, tokenizer, max_length)
-        model_type = encoder.config.model_type
-        if model_type not in ENCODER_LAYOUTS:
-            raise UsageError(
-                f"encoder architecture {model_type!r} is not supported: use one of {', '.join(ENCODER_LAYOUTS)}"
-            )
+        model_type = encoder.config.model_type  # load_model checked it against ENCODER_LAYOUTS
         if pooling not in ("mean", "cls"):
             raise UsageError(f"{HEADS_CONFIG}: pooling {pooling!r} is not supported: use 'mean' or 'cls'")
         self.architecture = f"{model_type}+heads"
@@ -169,7 +166,10 @@ class EncoderWithHeads(PrunableModel):
 
 def load_heads(folder: Path, task: TaskSpec) -> tuple[dict, nn.Linear]:
     """The heads config and the bound task's head, checked against the task."""
-    config = json.loads((folder / HEADS_CONFIG).read_text())
+    try:
+        config = json.loads((folder / HEADS_CONFIG).read_text())
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{folder / HEADS_CONFIG} is not valid JSON ({error}): the model folder is damaged") from None
     heads = config.get("heads", {})
     if task.name not in heads:
         raise UsageError(
@@ -179,8 +179,13 @@ def load_heads(folder: Path, task: TaskSpec) -> tuple[dict, nn.Linear]:
     weights_path = folder / HEADS_WEIGHTS
     if not weights_path.is_file():
         raise UsageError(f"model {folder} lacks {HEADS_WEIGHTS}: the multi-task model folder is incomplete")
-    weights = load_file(str(weights_path))
-    weight, bias = weights[f"{task.name}.weight"], weights[f"{task.name}.bias"]
+    try:
+        weights = load_file(str(weights_path))
+        weight, bias = weights[f"{task.name}.weight"], weights[f"{task.name}.bias"]
+    except (SafetensorError, OSError, KeyError) as error:
+        raise UsageError(
+            f"{weights_path} is damaged or lacks head {task.name!r} ({type(error).__name__}): rebuild the model folder"
+        ) from None
     if weight.shape[0] != task.num_labels:
         raise UsageError(
             f"head {task.name!r} of {folder} has {weight.shape[0]} outputs but task {task.name} has "

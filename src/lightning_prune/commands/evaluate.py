@@ -14,6 +14,12 @@ from lightning_prune.io import write_json
 from lightning_prune.modules import TaskModel
 
 
+def test_metrics(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule) -> dict[str, float]:
+    """The task's metrics on the evaluation examples (synced across processes)."""
+    results = trainer.test(model, datamodule=datamodule, verbose=False)
+    return {name: float(value) for name, value in results[0].items()}
+
+
 def evaluate(
     trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, output_file: str | None = None
 ) -> dict[str, Any]:
@@ -22,14 +28,13 @@ def evaluate(
     Args:
         output_file: also write the result as JSON to this file.
     """
-    results = trainer.test(model, datamodule=datamodule, verbose=False)
     summary = {
         "task": model.spec.name,
         "model": model.hparams.path,
         "eval_source": datamodule.hparams.eval_file or f"{datamodule.hparams.eval_split} split",
-        "metrics": {name: float(value) for name, value in results[0].items()},
+        "metrics": test_metrics(trainer, model, datamodule),
         "parameters": model.net.num_parameters(),
-        "ffn_neurons": {layer.name: layer.size for layer in model.net.ffn_layers()},
+        "ffn_neurons": model.ffn_sizes(),
     }
     if trainer.is_global_zero:
         if output_file is not None:

@@ -13,6 +13,7 @@ from safetensors.torch import save_file
 
 from lightning_prune import __version__
 from lightning_prune.cache import ScoreCache, default_cache_dir, examples_fingerprint, model_fingerprint, score_key
+from lightning_prune.commands.evaluate import test_metrics
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_directory, write_json
@@ -49,7 +50,12 @@ def check_request(
 
 
 def _score_request(
-    model: TaskModel, datamodule: TaskDataModule, scorer: str, scorer_options: dict[str, Any] | None, labels: str
+    trainer: Trainer,
+    model: TaskModel,
+    datamodule: TaskDataModule,
+    scorer: str,
+    scorer_options: dict[str, Any] | None,
+    labels: str,
 ) -> dict[str, Any]:
     """Everything that determines a data scorer's scores: the cache key is a hash of it."""
     provider = scorer_infos()[scorer]
@@ -66,16 +72,8 @@ def _score_request(
         "scorer_provider": f"{provider.distribution}=={provider.version}:{provider.entry_point.value}",
         "scorer_options": scorer_options or {},
         "labels": labels,
+        "precision": str(trainer.precision),
     }
-
-
-def _neuron_counts(model: TaskModel) -> dict[str, int]:
-    return {layer.name: layer.size for layer in model.net.ffn_layers()}
-
-
-def _test(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule) -> dict[str, float]:
-    results = trainer.test(model, datamodule=datamodule, verbose=False)
-    return {name: float(value) for name, value in results[0].items()}
 
 
 def fit_free(
@@ -120,19 +118,19 @@ def fit_free(
     datamodule.eval_examples()
     seconds: dict[str, float] = {}
     dense_parameters = model.net.num_parameters()
-    dense_neurons = _neuron_counts(model)
+    dense_neurons = model.ffn_sizes()
 
     dense_metrics = None
     if evaluate_dense:
         start = time.perf_counter()
-        dense_metrics = _test(trainer, model, datamodule)
+        dense_metrics = test_metrics(trainer, model, datamodule)
         seconds["evaluate_dense"] = time.perf_counter() - start
 
     start = time.perf_counter()
     layers = model.net.ffn_layers()
-    cache, from_cache = None, False
+    cache, from_cache, resumed_batches = None, False, 0
     if scorer_impl.needs_data:
-        request = _score_request(model, datamodule, scorer, scorer_options, labels)
+        request = _score_request(trainer, model, datamodule, scorer, scorer_options, labels)
         cache = ScoreCache(Path(cache_dir) if cache_dir else default_cache_dir(), score_key(request), request)
         cached = cache.load_final(len(layers)) if reuse_scores else None
         if cached is not None:
@@ -141,6 +139,7 @@ def fit_free(
             scoring = ScoringModule(model.net, scorer_impl, scorer, labels, cache, checkpoint_every, reuse_scores)
             trainer.predict(scoring, datamodule=datamodule, return_predictions=False)
             scores, examples_scored = scoring.scores, scoring.examples_seen
+            resumed_batches = scoring.resumed_batches
             if trainer.is_global_zero:
                 cache.save_final(scores, examples_scored)
             trainer.strategy.barrier()
@@ -155,7 +154,7 @@ def fit_free(
     seconds["prune"] = time.perf_counter() - start
 
     start = time.perf_counter()
-    pruned_metrics = _test(trainer, model, datamodule)
+    pruned_metrics = test_metrics(trainer, model, datamodule)
     seconds["evaluate_pruned"] = time.perf_counter() - start
 
     summary: dict[str, Any] = {
@@ -168,6 +167,7 @@ def fit_free(
         "examples_scored": examples_scored,
         "score_key": cache.key if cache is not None else None,
         "scores_from_cache": from_cache,
+        "batches_resumed": resumed_batches,  # on rank 0: batches restored from an interrupted run
         "sparsity": sparsity,
         "scope": scope,
         "primary_metric": model.spec.primary_metric,

