@@ -18,7 +18,7 @@ from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_directory, write_json
 from lightning_prune.modules import LabelSource, ScoringModule, TaskModel
-from lightning_prune.pruning import Scope, prune_model, select_neurons
+from lightning_prune.pruning import PLAN_FILE, Scope, prune_model, select_neurons
 from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_infos
 
 SCORES_FILE = "scores.safetensors"
@@ -98,7 +98,7 @@ def fit_free(
     Args:
         scorer: a registered scorer (``lightning-prune scorers`` lists them): attribution, activation,
             magnitude, random, or a plugin's.
-        scorer_options: the scorer's own settings, e.g. ``{"steps": 20, "aggregate": "sum"}`` for attribution.
+        scorer_options: the scorer's own settings, e.g. ``{"steps": 20, "mode": "joint"}`` for attribution.
         labels: ``gold`` labels (supervised) or ``pseudo``: the model's own predictions (unsupervised).
         sparsity: fraction of FFN neurons to remove, in [0, 1).
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide).
@@ -107,7 +107,7 @@ def fit_free(
         overwrite: replace an ``output_dir`` that already holds files.
         evaluate_dense: also evaluate the model before pruning.
         cache_dir: where scores are kept under a key of everything that produced them (model weights,
-            task, scoring examples, batch size, scorer and options, labels); default
+            task, scoring examples, batch size, scorer and options, labels, precision); default
             ``$XDG_CACHE_HOME/lightning-prune/scores``.
         reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
             per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
@@ -196,7 +196,7 @@ def fit_free(
                 },
             )
             model.net.save(tmp / MODEL_DIR)
-            write_json(tmp / MODEL_DIR / "pruning_plan.json", plan)
+            write_json(tmp / MODEL_DIR / PLAN_FILE, plan)
             config_text = getattr(trainer, "resolved_config", None)
             if config_text:
                 (tmp / CONFIG_FILE).write_text(config_text)
