@@ -149,5 +149,7 @@ def expand_batch(batch: Batch, repeats: int) -> Batch:
     return {key: value.repeat_interleave(repeats, dim=0) for key, value in batch.items()}
 
 
-def as_float_tensor(values: list[float | int], regression: bool) -> Tensor:
-    return torch.tensor(values, dtype=torch.float32 if regression else torch.long)
+def example_fields(examples: list[Example], regression: bool) -> Batch:
+    """The non-token part of every batch: ``labels`` (float for regression, else class index) and ``index``."""
+    labels = torch.tensor([e.label for e in examples], dtype=torch.float32 if regression else torch.long)
+    return {"labels": labels, "index": torch.tensor([e.index for e in examples])}

@@ -20,7 +20,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, as_float_tensor
+from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, example_fields
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_path, write_json
 from lightning_prune.tasks import Example, TaskSpec
@@ -90,8 +90,7 @@ class EncoderWithHeads(PrunableModel):
             return_tensors="pt",
         )
         batch = {name: encoded[name] for name in self.input_names if name in encoded}
-        batch["labels"] = as_float_tensor([e.label for e in examples], self.task.is_regression)
-        batch["index"] = torch.tensor([e.index for e in examples])
+        batch.update(example_fields(examples, self.task.is_regression))
         return batch
 
     def _blocks(self) -> nn.ModuleList:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, FFNLayer, PrunableModel, as_float_tensor
+from lightning_prune.adapters.base import Batch, FFNLayer, PrunableModel, example_fields
 from lightning_prune.tasks import Example, TaskSpec
 
 T5_MODEL_TYPES = ("t5", "mt5")
@@ -58,8 +58,7 @@ class T5TextToText(PrunableModel):
         return {
             "input_ids": encoded["input_ids"],
             "attention_mask": encoded["attention_mask"],
-            "labels": as_float_tensor([e.label for e in examples], self.task.is_regression),
-            "index": torch.tensor([e.index for e in examples]),
+            **example_fields(examples, self.task.is_regression),
         }
 
     def candidate_index(self, labels: Tensor) -> Tensor:
