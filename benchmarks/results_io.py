@@ -1,4 +1,4 @@
-"""Where benchmark results go: ``benchmarks/results/<name>.csv`` (rows) and ``<name>.md`` (a report)."""
+"""Where benchmark results go: ``benchmarks/results/<name>.csv`` (rows), ``<name>.md`` (a report), ``<name>.png``."""
 
 from __future__ import annotations
 
@@ -21,3 +21,18 @@ def write_report(name: str, lines: list[str]) -> None:
     with atomic_path(RESULTS / f"{name}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def write_figure(name: str, figure) -> None:
+    """Save a matplotlib figure as ``<name>.png`` (and close it)."""
+    import matplotlib.pyplot as plt
+
+    with atomic_path(RESULTS / f"{name}.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    """Lines of a markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return lines + ["| " + " | ".join(row) + " |" for row in rows]

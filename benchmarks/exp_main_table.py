@@ -1,0 +1,170 @@
+"""Main table: each task's metric after pruning 10-90% of the FFN neurons, for every installed scorer.
+
+The multi-task model (``models/minilm-glue-multitask``) is pruned for one task at a time, every FFN layer
+losing the same fraction (``scope=layer``). Scorers are every one ``lightning_prune.scorers.scorer_infos()``
+lists (built-ins and installed plugins such as ``fisher``). Data scorers see the same ``--examples``
+seeded training examples per task; ``random`` runs with ``--random-seeds`` seeds (mean, min and max shown).
+``attribution-signed`` is attribution with the signed sum over examples (``aggregate: sum``) — the literal
+reading of "summed over examples" — next to the default sum of per-example magnitudes.
+
+Writes ``benchmarks/results/main_table.{csv,md,png}``. Re-run (about an hour on this 2-core CPU):
+
+    python benchmarks/exp_main_table.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from experiments import (
+    ATTRIBUTION,
+    MODEL,
+    SPARSITIES,
+    TASK_NAMES,
+    Clock,
+    data_free_scores,
+    data_scores,
+    dense_model,
+    eval_examples,
+    evaluate,
+    model_name,
+    primary,
+    prune_and_evaluate,
+    score_pool,
+    spread,
+)
+from results_io import markdown_table, write_csv, write_figure, write_report
+
+from lightning_prune.scorers import load_scorer_class, scorer_infos
+from lightning_prune.tasks import TASKS
+
+SIGNED = "attribution-signed"
+HEADLINE_SPARSITIES = (0.5, 0.7)
+
+
+def variants(random_seeds: int) -> list[tuple[str, str, dict, int]]:
+    """(row name, registered scorer, options, seed) for every installed scorer, plus the signed variant."""
+    rows = []
+    for name in scorer_infos():
+        if name == "random":
+            rows += [(name, name, {"seed": seed}, seed) for seed in range(random_seeds)]
+        elif name == "attribution":
+            rows += [(name, name, dict(ATTRIBUTION), 0), (SIGNED, name, {**ATTRIBUTION, "aggregate": "sum"}, 0)]
+        else:
+            rows.append((name, name, {}, 0))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=MODEL, help="multi-task model folder")
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
+    parser.add_argument("--examples", type=int, default=128, help="scoring examples per task")
+    parser.add_argument("--eval-limit", type=int, default=500, help="evaluate on a seeded draw of at most N")
+    parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
+    parser.add_argument(
+        "--min-dense", type=float, default=0.2, help="leave tasks whose dense metric is below this out of the average"
+    )
+    args = parser.parse_args()
+    sparsities = tuple(args.sparsities)
+    clock = Clock()
+    rows = []
+    for task in args.tasks:
+        spec = TASKS[task]
+        dense = dense_model(spec, args.model)
+        examples = eval_examples(spec, args.eval_limit)
+        dense_value = primary(spec, evaluate(dense, spec, examples))
+        clock.lap("evaluate")
+        for row_name, scorer, options, seed in variants(args.random_seeds):
+            if load_scorer_class(scorer).needs_data:
+                scores = data_scores(dense, scorer, options, score_pool(spec, seed), args.examples)
+            else:
+                scores = data_free_scores(dense, scorer, options)
+            clock.lap("score")
+            for sparsity, metrics in prune_and_evaluate(dense, spec, scores, sparsities, examples).items():
+                value = primary(spec, metrics)
+                rows.append({
+                    "task": task, "scorer": row_name, "seed": seed, "sparsity": sparsity,
+                    "metric": spec.primary_metric, "dense": round(dense_value, 5), "pruned": round(value, 5),
+                    "retained": round(value / dense_value, 5), "eval_examples": len(examples),
+                })  # fmt: skip
+                print(rows[-1], flush=True)
+            clock.lap("evaluate")
+    write_csv("main_table", rows)
+    scorers = list(dict.fromkeys(r["scorer"] for r in rows))
+    # A ratio to a dense metric near zero (a task the model never learned, e.g. CoLA MCC ~0) is noise.
+    learned = [t for t in args.tasks if next(r["dense"] for r in rows if r["task"] == t) >= args.min_dense]
+    left_out = [t for t in args.tasks if t not in learned]
+
+    def values(task: str | None, scorer: str, sparsity: float, key: str) -> list[float]:
+        picked = [r for r in rows if r["scorer"] == scorer and r["sparsity"] == sparsity]
+        if task is not None:
+            return [r[key] for r in picked if r["task"] == task]
+        # Average over the learned tasks, per seed (only random has several), so the spread is over seeds.
+        picked = [r for r in picked if r["task"] in learned]
+        seeds = sorted({r["seed"] for r in picked})
+        return [statistics.mean(r[key] for r in picked if r["seed"] == s) for s in seeds]
+
+    lines = [
+        "# Main table: task metric after pruning FFN neurons for one task",
+        "",
+        f"Model `{model_name(args.model)}` (6 FFN layers x 1536 neurons). Per task: scorers see the same "
+        f"{args.examples} seeded scoring examples (gold labels); attribution uses m = {ATTRIBUTION['steps']} "
+        f"Riemann steps; every layer loses the same fraction. Evaluation on at most {args.eval_limit} examples "
+        "(a seeded draw) of dev; QNLI and MNLI: scored on the first half of dev, evaluated on the second half "
+        f"(the model was fine-tuned on the first half). `random`: mean (min–max) over {args.random_seeds} seeds.",
+        "",
+        "## Headline: average over the tasks of the retained fraction of the dense metric",
+        "",
+        f"Retained fraction = pruned metric / dense metric, averaged over {', '.join(learned)}"
+        + (f"; left out (dense metric below {args.min_dense}, not learned): {', '.join(left_out)}" if left_out else "")
+        + ".",
+        "",
+        *markdown_table(
+            ["scorer", *(f"{s:.0%} sparsity" for s in sparsities)],
+            [[scorer, *(spread(values(None, scorer, s, "retained")) for s in sparsities)] for scorer in scorers],
+        ),
+        "",
+        "## Per task (metric of the pruned model; dense in the header)",
+        "",
+    ]
+    for task in args.tasks:
+        dense_value = next(r["dense"] for r in rows if r["task"] == task)
+        lines += [f"### {task} — {TASKS[task].primary_metric}, dense {dense_value:.4f}", ""]
+        lines += markdown_table(
+            ["scorer", *(f"{s:.0%}" for s in sparsities)],
+            [[scorer, *(spread(values(task, scorer, s, "pruned")) for s in sparsities)] for scorer in scorers],
+        )
+        lines.append("")
+    lines.append(clock.line())
+    write_report("main_table", lines)
+
+    figure, axes = plt.subplots(2, (len(args.tasks) + 2) // 2, figsize=(4 * ((len(args.tasks) + 2) // 2), 7))
+    axes = axes.flatten()
+    for axis, task in zip(axes, args.tasks, strict=False):
+        for scorer in scorers:
+            means = [statistics.mean(values(task, scorer, s, "pruned")) for s in sparsities]
+            axis.plot(sparsities, means, marker="o", markersize=3, label=scorer)
+            if scorer == "random":
+                low = [min(values(task, scorer, s, "pruned")) for s in sparsities]
+                high = [max(values(task, scorer, s, "pruned")) for s in sparsities]
+                axis.fill_between(sparsities, low, high, alpha=0.2, color=axis.lines[-1].get_color())
+        axis.axhline(next(r["dense"] for r in rows if r["task"] == task), color="black", linestyle="--", lw=1)
+        axis.set_title(f"{task} ({TASKS[task].primary_metric})")
+        axis.set_xlabel("FFN sparsity")
+    for axis in axes[len(args.tasks) :]:
+        axis.axis("off")
+    axes[0].legend(fontsize=7)
+    figure.suptitle("Pruned metric vs FFN sparsity (dashed: dense)")
+    write_figure("main_table", figure)
+
+
+if __name__ == "__main__":
+    main()

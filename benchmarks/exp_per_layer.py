@@ -1,0 +1,151 @@
+"""Per-layer picture: where each task's important neurons are, and how task-specific they are.
+
+From each task's attribution scores (the main table's: seed 0, ``--examples`` examples):
+1. kept fraction per layer when the lowest-scored neurons of the whole model go (``scope=global``);
+2. overlap (Jaccard) of the neuron sets two tasks keep at ``--sparsity`` (layer scope); the diagonal
+   compares two draws of scoring examples of the same task (seeds 0 and 1), the noise floor of "the same
+   neurons"; two random sets overlap by (1 - s) / (1 + s) in expectation;
+3. cross-task pruning: task B's metric when the model keeps task A's neurons, relative to keeping B's own.
+Also: the metric of global-scope pruning next to layer scope.
+
+Writes ``benchmarks/results/per_layer.{csv,md,png}``. Re-run:
+
+    python benchmarks/exp_per_layer.py
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from experiments import (
+    ATTRIBUTION,
+    MODEL,
+    TASK_NAMES,
+    Clock,
+    data_scores,
+    dense_model,
+    eval_examples,
+    jaccard,
+    model_name,
+    primary,
+    prune_and_evaluate,
+    score_pool,
+)
+from results_io import markdown_table, write_csv, write_figure, write_report
+
+from lightning_prune.pruning import Scope, select_neurons
+from lightning_prune.tasks import TASKS
+
+
+def heat_map(axis, matrix: list[list[float]], rows: list[str], columns: list[str], title: str, fmt: str) -> None:
+    image = axis.imshow(matrix, cmap="viridis", aspect="auto")
+    axis.set_xticks(range(len(columns)), columns, rotation=30, fontsize=8)
+    axis.set_yticks(range(len(rows)), rows, fontsize=8)
+    for i, row in enumerate(matrix):
+        for j, value in enumerate(row):
+            axis.text(j, i, format(value, fmt), ha="center", va="center", fontsize=7, color="white")
+    axis.set_title(title, fontsize=10)
+    plt.colorbar(image, ax=axis, fraction=0.046)
+
+
+def labelled(matrix: list[list[float]], names: list[str], fmt: str) -> list[list[str]]:
+    return [[name, *(format(v, fmt) for v in row)] for name, row in zip(names, matrix, strict=True)]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=MODEL)
+    parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
+    parser.add_argument("--examples", type=int, default=128)
+    parser.add_argument("--sparsity", type=float, default=0.5)
+    parser.add_argument("--eval-limit", type=int, default=400)
+    args = parser.parse_args()
+    clock = Clock()
+    tasks, sparsity = args.tasks, args.sparsity
+    models = {t: dense_model(TASKS[t], args.model) for t in tasks}
+    scores = {
+        (t, seed): data_scores(models[t], "attribution", ATTRIBUTION, score_pool(TASKS[t], seed), args.examples)
+        for t in tasks
+        for seed in (0, 1)
+    }
+    clock.lap("score")
+    layers = [str(index) for index in range(len(scores[tasks[0], 0]))]
+    kept_global = {t: select_neurons(scores[t, 0], sparsity, "global") for t in tasks}
+    fraction = [[len(k) / s.numel() for k, s in zip(kept_global[t], scores[t, 0], strict=True)] for t in tasks]
+    kept = {key: select_neurons(value, sparsity) for key, value in scores.items()}
+    overlap = [[jaccard(kept[a, 0], kept[b, 1 if a == b else 0]) for b in tasks] for a in tasks]
+
+    examples = {t: eval_examples(TASKS[t], args.eval_limit) for t in tasks}
+    cross, scope_rows = [], []
+    for b in tasks:
+        spec = TASKS[b]
+
+        def pruned(kept_for: str, scope: Scope = "layer", spec=spec, b=b) -> float:
+            results = prune_and_evaluate(models[b], spec, scores[kept_for, 0], (sparsity,), examples[b], scope)
+            return primary(spec, results[sparsity])
+
+        own = pruned(b)
+        row = [1.0 if a == b else pruned(a) / own for a in tasks]
+        cross.append(row)
+        glob = pruned(b, "global")
+        scope_rows.append((b, spec.primary_metric, own, glob))
+        print(b, row, glob, flush=True)
+    clock.lap("evaluate")
+
+    def cells(table: str, matrix: list[list[float]], columns: list[str]) -> list[dict]:
+        return [
+            {"table": table, "row": t, "column": c, "value": round(v, 5)}
+            for t, values in zip(tasks, matrix, strict=True)
+            for c, v in zip(columns, values, strict=True)
+        ]
+
+    rows = cells("kept_fraction_global", fraction, layers) + cells("overlap_jaccard", overlap, tasks)
+    rows += cells("cross_task_relative", cross, tasks)  # row: evaluated task, column: task whose neurons are kept
+    rows += cells("scope", [[own, glob] for _, _, own, glob in scope_rows], ["layer", "global"])
+    write_csv("per_layer", rows)
+    chance = (1 - sparsity) / (1 + sparsity)
+    lines = [
+        "# Per-layer picture: task-specific neurons",
+        "",
+        f"Model `{model_name(args.model)}`; attribution scores (m = {ATTRIBUTION['steps']}, {args.examples} "
+        f"seeded examples per task, gold labels) at {sparsity:.0%} FFN sparsity.",
+        "",
+        "## Kept fraction per layer when the lowest scores of the whole model go (global scope)",
+        "",
+        *markdown_table(["task", *(f"layer {x}" for x in layers)], labelled(fraction, tasks, ".2f")),
+        "",
+        f"## Overlap (Jaccard) of the neurons two tasks keep (layer scope); random sets: {chance:.3f}",
+        "",
+        "Diagonal: the same task scored on two different draws of examples (seeds 0 and 1).",
+        "",
+        *markdown_table(["", *tasks], labelled(overlap, tasks, ".3f")),
+        "",
+        "## Cross-task pruning: metric of the row's task with the column task's kept neurons, relative to its own",
+        "",
+        *markdown_table(["evaluated \\ kept for", *tasks], labelled(cross, tasks, ".3f")),
+        "",
+        "## Layer vs global scope (metric of the pruned model)",
+        "",
+        *markdown_table(
+            ["task", "metric", "layer scope", "global scope"],
+            [[t, metric, f"{own:.4f}", f"{glob:.4f}"] for t, metric, own, glob in scope_rows],
+        ),
+        "",
+        clock.line(),
+    ]
+    write_report("per_layer", lines)
+
+    figure, axes = plt.subplots(1, 3, figsize=(19, 5))
+    heat_map(axes[0], fraction, tasks, layers, f"kept fraction per layer (global scope, {sparsity:.0%})", ".2f")
+    heat_map(axes[1], overlap, tasks, tasks, f"Jaccard of kept sets (chance {chance:.2f}; diagonal: 2 draws)", ".2f")
+    heat_map(axes[2], cross, tasks, tasks, "row task's metric with column task's neurons / own", ".2f")
+    write_figure("per_layer", figure)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""What the experiment scripts share: the multi-task model, the data splits, cached scoring, pruned evaluation.
+
+Scoring examples are drawn as the first ``n`` of a seeded permutation of the task's scoring split, and
+scored in segments (1-8, 9-16, 17-32, ...), so the scores of ``n`` examples are the sum of the segments
+below ``n``: every budget of the low-resource sweep reuses the smaller ones, and the main table's scores
+are the low-resource run's at the same budget. Each segment's scores are cached on disk
+(``runs/experiments/scores``) under a key of the model weights, examples, scorer, options and labels, so
+re-running a script, or another script that needs the same scores, does not score again.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from lightning_prune import __version__, load_model
+from lightning_prune.adapters import PrunableModel
+from lightning_prune.cache import ScoreCache, examples_fingerprint, model_fingerprint, score_key
+from lightning_prune.data import subsample
+from lightning_prune.modules import LabelSource, score_batch
+from lightning_prune.pruning import Scope, prune_model, select_neurons
+from lightning_prune.scorers import create_scorer
+from lightning_prune.tasks import Example, TaskSpec, build_metrics, load_split, metric_inputs
+
+ROOT = Path(__file__).resolve().parents[1]
+MODEL = ROOT / "models" / "minilm-glue-multitask"
+DATA = ROOT.parent / "shared" / "data"
+GLUE = DATA / "glue"
+SCORE_CACHE = ROOT / "runs" / "experiments" / "scores"
+TASK_NAMES = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli")
+# QNLI and MNLI have only dev files here: the model was fine-tuned on the first half, which also feeds
+# scoring; every QNLI/MNLI number is measured on the second half.
+SCORE_SPLITS = {t: "validation_first_half" if t in ("qnli", "mnli") else "train" for t in TASK_NAMES}
+EVAL_SPLITS = {t: "validation_second_half" if t in ("qnli", "mnli") else "validation" for t in TASK_NAMES}
+SPARSITIES = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+SEGMENT_ENDS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
+ATTRIBUTION = {"steps": 10, "steps_per_pass": 10}  # m = 10 Riemann steps (20 in the paper): half the CPU time
+
+
+def dense_model(spec: TaskSpec, path: Path = MODEL) -> PrunableModel:
+    return load_model(path, spec)
+
+
+def model_name(path: Path) -> str:
+    """The model folder as the reports name it (relative to the repository when inside it)."""
+    return str(path.resolve().relative_to(ROOT)) if path.resolve().is_relative_to(ROOT) else str(path)
+
+
+def eval_examples(spec: TaskSpec, limit: int | None, split: str | None = None) -> list[Example]:
+    """The task's evaluation examples, a seeded draw of ``limit`` of them when the split is larger."""
+    examples = load_split(spec, split or EVAL_SPLITS[spec.name], GLUE)
+    return examples if limit is None or len(examples) <= limit else subsample(examples, limit, 0, "eval")
+
+
+def seeded_order(examples: list[Example], seed: int) -> list[Example]:
+    """``examples`` in a seeded order: the first ``n`` are the ``n``-example draw of ``seed``."""
+    shuffled = list(examples)
+    random.Random(f"score-{seed}").shuffle(shuffled)
+    return shuffled
+
+
+def score_pool(spec: TaskSpec, seed: int) -> list[Example]:
+    """The task's scoring split in the seeded order of ``seed``."""
+    return seeded_order(load_split(spec, SCORE_SPLITS[spec.name], GLUE), seed)
+
+
+def evaluate(model: PrunableModel, spec: TaskSpec, examples: list[Example], batch_size: int = 64) -> dict[str, float]:
+    metrics = build_metrics(spec)
+    with torch.inference_mode():
+        for i in range(0, len(examples), batch_size):
+            batch = model.collate(examples[i : i + batch_size])
+            metrics.update(*metric_inputs(spec, model.predict(batch), batch["labels"]))
+    return {name: float(value) for name, value in metrics.compute().items()}
+
+
+def primary(spec: TaskSpec, metrics: dict[str, float]) -> float:
+    return metrics[spec.primary_metric]
+
+
+def _score_segment(
+    model: PrunableModel,
+    fingerprint: str,
+    scorer: str,
+    options: dict[str, Any],
+    examples: list[Example],
+    labels: LabelSource,
+    batch_size: int,
+) -> list[Tensor]:
+    request = {
+        "lightning_prune": __version__,
+        "model": fingerprint,
+        "task": model.task.name,
+        "examples": examples_fingerprint(examples),
+        "scorer": scorer,
+        "options": options,
+        "labels": labels,
+        "batch_size": batch_size,
+    }
+    cache = ScoreCache(SCORE_CACHE, score_key(request), request)
+    cached = cache.load_final(len(model.ffn_layers()))
+    if cached is not None:
+        return cached[0]
+    impl = create_scorer(scorer, options)
+    ordered = sorted(examples, key=lambda e: sum(len(t) for t in e.texts))  # length bucketing, as fit-free does
+    sums = [torch.zeros(layer.size, dtype=torch.float64) for layer in model.ffn_layers()]
+    for i in range(0, len(ordered), batch_size):
+        batch = model.collate(ordered[i : i + batch_size])
+        sums = [s + b for s, b in zip(sums, score_batch(model, impl, scorer, batch, labels), strict=True)]
+    cache.save_final(sums, len(examples))
+    return sums
+
+
+def data_scores(
+    model: PrunableModel,
+    scorer: str,
+    options: dict[str, Any],
+    pool: list[Example],
+    count: int,
+    labels: LabelSource = "gold",
+    batch_size: int = 16,
+) -> list[Tensor]:
+    """Scores of the first ``count`` examples of ``pool``, summed from cached segments (see module doc)."""
+    count = min(count, len(pool))
+    fingerprint = model_fingerprint(model)
+    ends = [end for end in SEGMENT_ENDS if end < count] + [count]
+    totals = None
+    for start, end in zip([0, *ends[:-1]], ends, strict=True):
+        segment = _score_segment(model, fingerprint, scorer, options, pool[start:end], labels, batch_size)
+        totals = segment if totals is None else [t + s for t, s in zip(totals, segment, strict=True)]
+    assert totals is not None
+    return totals
+
+
+def data_free_scores(model: PrunableModel, scorer: str, options: dict[str, Any]) -> list[Tensor]:
+    return create_scorer(scorer, options)(model, None)
+
+
+def prune_and_evaluate(
+    dense: PrunableModel,
+    spec: TaskSpec,
+    scores: list[Tensor],
+    sparsities: tuple[float, ...],
+    examples: list[Example],
+    scope: Scope = "layer",
+) -> dict[float, dict[str, float]]:
+    """Metrics of a pruned copy of ``dense`` per sparsity (the dense model is left untouched)."""
+    results = {}
+    for sparsity in sparsities:
+        pruned = copy.deepcopy(dense)
+        prune_model(pruned, select_neurons(scores, sparsity, scope))
+        results[sparsity] = evaluate(pruned, spec, examples)
+    return results
+
+
+def spread(values: list[float]) -> str:
+    """A value, or the mean (min–max) of several (one per seed)."""
+    if len(values) == 1:
+        return f"{values[0]:.3f}"
+    return f"{statistics.mean(values):.3f} ({min(values):.3f}–{max(values):.3f})"
+
+
+def jaccard(kept_a: list[Tensor], kept_b: list[Tensor]) -> float:
+    """Overlap of two kept-neuron selections (per-layer index tensors), over all layers."""
+    pairs = [(set(a.tolist()), set(b.tolist())) for a, b in zip(kept_a, kept_b, strict=True)]
+    return sum(len(a & b) for a, b in pairs) / sum(len(a | b) for a, b in pairs)
+
+
+class Clock:
+    """Wall-clock seconds per named phase, for the reports' timing lines."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._start = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = self.seconds.get(name, 0.0) + now - self._start
+        self._start = now
+
+    def line(self) -> str:
+        total = sum(self.seconds.values())
+        parts = ", ".join(f"{name} {value / 60:.1f}" for name, value in self.seconds.items())
+        return f"Wall time {total / 60:.1f} min on this 2-core CPU ({parts} min)."
