@@ -22,8 +22,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from experiments import (
     ATTRIBUTION,
+    EVAL_LIMIT,
     MODEL,
-    TASK_NAMES,
     Clock,
     data_free_scores,
     data_scores,
@@ -89,20 +89,20 @@ def table(rows: list[dict], sparsity: float) -> list[str]:
     return markdown_table(["task", "dense", *("random" if b == 0 else f"{b} examples" for b in budgets)], body)
 
 
-def sweep_arguments(description: str, tasks: list[str]) -> argparse.Namespace:
+def sweep_arguments(description: str, tasks: list[str], budgets: list[int]) -> argparse.Namespace:
     """The command line of a budget sweep (this script's and ``exp_unsupervised.py``'s)."""
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--tasks", nargs="+", default=tasks)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64, 128])
+    parser.add_argument("--budgets", type=int, nargs="+", default=budgets)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
-    parser.add_argument("--eval-limit", type=int, default=400)
+    parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT)
     return parser.parse_args()
 
 
 def main() -> None:
-    args = sweep_arguments(__doc__, list(TASK_NAMES))
+    args = sweep_arguments(__doc__, ["sst2", "mrpc", "stsb", "rte"], [8, 16, 32, 64, 128])
     clock = Clock()
     rows = sweep(
         args.model, args.tasks, args.budgets, args.seeds, tuple(args.sparsities), args.eval_limit, "gold", clock

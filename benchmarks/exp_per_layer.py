@@ -3,8 +3,8 @@
 From each task's attribution scores (the main table's: seed 0, ``--examples`` examples):
 1. kept fraction per layer when the lowest-scored neurons of the whole model go (``scope=global``);
 2. overlap (Jaccard) of the neuron sets two tasks keep at ``--sparsity`` (layer scope); the diagonal
-   compares two draws of scoring examples of the same task (seeds 0 and 1), the noise floor of "the same
-   neurons"; two random sets overlap by (1 - s) / (1 + s) in expectation;
+   compares the sets kept for the same task from two disjoint halves of its scoring examples, the noise
+   floor of "the same neurons"; two random sets overlap by (1 - s) / (1 + s) in expectation;
 3. cross-task pruning: task B's metric when the model keeps task A's neurons, relative to keeping B's own.
 Also: the metric of global-scope pruning next to layer scope.
 
@@ -24,6 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from experiments import (
     ATTRIBUTION,
+    EVAL_LIMIT,
     MODEL,
     TASK_NAMES,
     Clock,
@@ -63,22 +64,27 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--eval-limit", type=int, default=400)
+    parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT)
     args = parser.parse_args()
     clock = Clock()
     tasks, sparsity = args.tasks, args.sparsity
     models = {t: dense_model(TASKS[t], args.model) for t in tasks}
-    scores = {
-        (t, seed): data_scores(models[t], "attribution", ATTRIBUTION, score_pool(TASKS[t], seed), args.examples)
-        for t in tasks
-        for seed in (0, 1)
-    }
+    # (task, 0): all examples; (task, "a") / (task, "b"): its first / second half — two disjoint draws.
+    scores = {}
+    for t in tasks:
+        pool = score_pool(TASKS[t], 0)
+        scores[t, 0] = data_scores(models[t], "attribution", ATTRIBUTION, pool, args.examples)
+        scores[t, "a"] = data_scores(models[t], "attribution", ATTRIBUTION, pool, args.examples // 2)
+        scores[t, "b"] = [whole - half for whole, half in zip(scores[t, 0], scores[t, "a"], strict=True)]
     clock.lap("score")
     layers = [str(index) for index in range(len(scores[tasks[0], 0]))]
     kept_global = {t: select_neurons(scores[t, 0], sparsity, "global") for t in tasks}
     fraction = [[len(k) / s.numel() for k, s in zip(kept_global[t], scores[t, 0], strict=True)] for t in tasks]
     kept = {key: select_neurons(value, sparsity) for key, value in scores.items()}
-    overlap = [[jaccard(kept[a, 0], kept[b, 1 if a == b else 0]) for b in tasks] for a in tasks]
+    overlap = [
+        [jaccard(kept[a, "a"], kept[a, "b"]) if a == b else jaccard(kept[a, 0], kept[b, 0]) for b in tasks]
+        for a in tasks
+    ]
 
     examples = {t: eval_examples(TASKS[t], args.eval_limit) for t in tasks}
     cross, scope_rows = [], []
@@ -121,7 +127,7 @@ def main() -> None:
         "",
         f"## Overlap (Jaccard) of the neurons two tasks keep (layer scope); random sets: {chance:.3f}",
         "",
-        "Diagonal: the same task scored on two different draws of examples (seeds 0 and 1).",
+        f"Diagonal: the same task scored on two disjoint halves of its examples ({args.examples // 2} each).",
         "",
         *markdown_table(["", *tasks], labelled(overlap, tasks, ".3f")),
         "",
@@ -142,7 +148,7 @@ def main() -> None:
 
     figure, axes = plt.subplots(1, 3, figsize=(19, 5))
     heat_map(axes[0], fraction, tasks, layers, f"kept fraction per layer (global scope, {sparsity:.0%})", ".2f")
-    heat_map(axes[1], overlap, tasks, tasks, f"Jaccard of kept sets (chance {chance:.2f}; diagonal: 2 draws)", ".2f")
+    heat_map(axes[1], overlap, tasks, tasks, f"Jaccard of kept sets (chance {chance:.2f}; diagonal: 2 halves)", ".2f")
     heat_map(axes[2], cross, tasks, tasks, "row task's metric with column task's neurons / own", ".2f")
     write_figure("per_layer", figure)
 

@@ -25,6 +25,7 @@ import matplotlib.pyplot as plt
 from experiments import (
     ATTRIBUTION,
     DATA,
+    EVAL_LIMIT,
     MODEL,
     Clock,
     data_free_scores,
@@ -61,9 +62,10 @@ def main() -> None:
     parser.add_argument("--model", type=Path, default=MODEL)
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
     parser.add_argument("--examples", type=int, default=128, help="scoring examples")
-    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=3, help="draws of SST-2 scoring examples")
+    parser.add_argument("--domain-seeds", type=int, default=1, help="draws of each domain's scoring examples")
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
-    parser.add_argument("--eval-limit", type=int, default=400)
+    parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT)
     args = parser.parse_args()
     sparsities = tuple(args.sparsities)
     clock = Clock()
@@ -90,7 +92,8 @@ def main() -> None:
         pool, held_out = domain_split(domain, args.eval_limit)
         dense_rows[domain] = primary(SST2, evaluate(dense, SST2, held_out))
         domain_scores = [
-            data_scores(dense, "attribution", ATTRIBUTION, seeded_order(pool, s), args.examples) for s in seeds
+            data_scores(dense, "attribution", ATTRIBUTION, seeded_order(pool, s), args.examples)
+            for s in range(args.domain_seeds)
         ]
         clock.lap("score")
         record("forward", domain, "sst2", domain, sst2_scores, held_out)
@@ -110,9 +113,10 @@ def main() -> None:
         "# Unseen domain: score on one sentiment data set, evaluate on another",
         "",
         f"Model `{model_name(args.model)}`, SST-2 head. Attribution (m = {ATTRIBUTION['steps']}, gold labels) "
-        f"with {args.examples} scoring examples, mean (min–max) over {args.seeds} draws; accuracy on "
-        f"{args.eval_limit} held-out examples per domain (a fixed seeded draw, disjoint from the scoring "
-        "examples) and on a seeded draw of at most that many SST-2 dev examples.",
+        f"with {args.examples} scoring examples, mean (min–max) over {args.seeds} draws from SST-2 and "
+        f"{args.domain_seeds} from each domain; accuracy on {args.eval_limit} held-out examples per domain (a "
+        "fixed seeded draw, disjoint from the scoring examples) and on a seeded draw of at most that many SST-2 "
+        "dev examples.",
     ]
     for sparsity in sparsities:
         forward = [

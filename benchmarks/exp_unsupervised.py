@@ -48,7 +48,7 @@ def agreement(model_path: Path, task: str, seeds: int, count: int) -> tuple[floa
 
 
 def main() -> None:
-    args = sweep_arguments(__doc__, ["sst2", "mnli", "stsb"])
+    args = sweep_arguments(__doc__, ["sst2", "stsb", "mnli"], [8, 16, 32, 64])
     clock = Clock()
     settings = (args.model, args.tasks, args.budgets, args.seeds, tuple(args.sparsities), args.eval_limit)
     rows = sweep(*settings, "gold", clock) + sweep(*settings, "pseudo", clock)
