@@ -16,6 +16,7 @@ Writes ``benchmarks/results/main_table.{csv,md,png}``. Re-run (about an hour on 
 from __future__ import annotations
 
 import argparse
+import csv
 import statistics
 from pathlib import Path
 
@@ -41,7 +42,7 @@ from experiments import (
     score_pool,
     spread,
 )
-from results_io import markdown_table, write_csv, write_figure, write_report
+from results_io import RESULTS, markdown_table, write_csv, write_figure, write_report
 
 from lightning_prune.scorers import load_scorer_class, scorer_infos
 from lightning_prune.tasks import TASKS
@@ -65,7 +66,7 @@ def variants(random_seeds: int, signed: bool) -> list[tuple[str, str, dict, int]
     return rows
 
 
-def main() -> None:
+def arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=MODEL, help="multi-task model folder")
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
@@ -77,9 +78,12 @@ def main() -> None:
     parser.add_argument(
         "--min-dense", type=float, default=0.2, help="leave tasks whose dense metric is below this out of the average"
     )
-    args = parser.parse_args()
-    sparsities = tuple(args.sparsities)
-    clock = Clock()
+    parser.add_argument("--report-only", action="store_true", help="rebuild the .md and .png from the CSV")
+    return parser.parse_args()
+
+
+def measure(args: argparse.Namespace, clock: Clock) -> list[dict]:
+    """Score, prune and evaluate every (task, scorer, seed, sparsity): the rows of the CSV."""
     rows = []
     for task in args.tasks:
         spec = TASKS[task]
@@ -93,7 +97,7 @@ def main() -> None:
             else:
                 scores = data_free_scores(dense, scorer, options)
             clock.lap("score")
-            for sparsity, metrics in prune_and_evaluate(dense, spec, scores, sparsities, examples).items():
+            for sparsity, metrics in prune_and_evaluate(dense, spec, scores, tuple(args.sparsities), examples).items():
                 value = primary(spec, metrics)
                 rows.append({
                     "task": task, "scorer": row_name, "seed": seed, "sparsity": sparsity,
@@ -102,11 +106,22 @@ def main() -> None:
                 })  # fmt: skip
                 print(rows[-1], flush=True)
             clock.lap("evaluate")
-    write_csv("main_table", rows)
+    return rows
+
+
+def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
+    """The markdown report and the plot, from the rows."""
+    sparsities = tuple(args.sparsities)
     scorers = list(dict.fromkeys(r["scorer"] for r in rows))
     # A ratio to a dense metric near zero (a task the model never learned, e.g. CoLA MCC ~0) is noise.
     learned = [t for t in args.tasks if next(r["dense"] for r in rows if r["task"] == t) >= args.min_dense]
     left_out = [t for t in args.tasks if t not in learned]
+
+    def scorers_of(task: str) -> list[str]:
+        return [sc for sc in scorers if any(r["scorer"] == sc and r["task"] == task for r in rows)]
+
+    # Averages compare only scorers run on every learned task (the signed variant runs on a few).
+    everywhere = [sc for sc in scorers if all(sc in scorers_of(t) for t in learned)]
 
     def values(task: str | None, scorer: str, sparsity: float, key: str) -> list[float]:
         picked = [r for r in rows if r["scorer"] == scorer and r["sparsity"] == sparsity]
@@ -134,7 +149,7 @@ def main() -> None:
         "",
         *markdown_table(
             ["scorer", *(f"{s:.0%} sparsity" for s in sparsities)],
-            [[scorer, *(spread(values(None, scorer, s, "retained")) for s in sparsities)] for scorer in scorers],
+            [[sc, *(spread(values(None, sc, s, "retained")) for s in sparsities)] for sc in everywhere],
         ),
         "",
         "## Per task (metric of the pruned model; dense in the header)",
@@ -145,22 +160,23 @@ def main() -> None:
         lines += [f"### {task} — {TASKS[task].primary_metric}, dense {dense_value:.4f}", ""]
         lines += markdown_table(
             ["scorer", *(f"{s:.0%}" for s in sparsities)],
-            [[scorer, *(spread(values(task, scorer, s, "pruned")) for s in sparsities)] for scorer in scorers],
+            [[sc, *(spread(values(task, sc, s, "pruned")) for s in sparsities)] for sc in scorers_of(task)],
         )
         lines.append("")
-    lines.append(clock.line())
+    lines.append(timing)
     write_report("main_table", lines)
 
-    figure, axes = plt.subplots(2, (len(args.tasks) + 2) // 2, figsize=(4 * ((len(args.tasks) + 2) // 2), 7))
+    figure, axes = plt.subplots(2, (len(args.tasks) + 2) // 2, figsize=(4 * ((len(args.tasks) + 2) // 2), 8))
     axes = axes.flatten()
+    colors = {scorer: f"C{i}" for i, scorer in enumerate(scorers)}  # the same colour in every panel
     for axis, task in zip(axes, args.tasks, strict=False):
-        for scorer in scorers:
+        for scorer in scorers_of(task):
             means = [statistics.mean(values(task, scorer, s, "pruned")) for s in sparsities]
-            axis.plot(sparsities, means, marker="o", markersize=3, label=scorer)
+            axis.plot(sparsities, means, marker="o", markersize=3, label=scorer, color=colors[scorer])
             if scorer == "random":
                 low = [min(values(task, scorer, s, "pruned")) for s in sparsities]
                 high = [max(values(task, scorer, s, "pruned")) for s in sparsities]
-                axis.fill_between(sparsities, low, high, alpha=0.2, color=axis.lines[-1].get_color())
+                axis.fill_between(sparsities, low, high, alpha=0.2, color=colors[scorer])
         axis.axhline(next(r["dense"] for r in rows if r["task"] == task), color="black", linestyle="--", lw=1)
         axis.set_title(f"{task} ({TASKS[task].primary_metric})")
         axis.set_xlabel("FFN sparsity")
@@ -168,7 +184,24 @@ def main() -> None:
         axis.axis("off")
     axes[0].legend(fontsize=7)
     figure.suptitle("Pruned metric vs FFN sparsity (dashed: dense)")
+    figure.tight_layout()
     write_figure("main_table", figure)
+
+
+def main() -> None:
+    args = arguments()
+    if args.report_only:
+        with (RESULTS / "main_table.csv").open() as handle:
+            rows = [
+                {**r, "seed": int(r["seed"]), **{k: float(r[k]) for k in ("sparsity", "dense", "pruned", "retained")}}
+                for r in csv.DictReader(handle)
+            ]
+        report(rows, args, "Rebuilt from main_table.csv with --report-only (wall time of the measuring run: README).")
+        return
+    clock = Clock()
+    rows = measure(args, clock)
+    write_csv("main_table", rows)
+    report(rows, args, clock.line())
 
 
 if __name__ == "__main__":
