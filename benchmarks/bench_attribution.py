@@ -33,7 +33,7 @@ import time
 from pathlib import Path
 
 import torch
-from experiments import MODEL
+from experiments import GLUE, MODEL
 from results_io import write_csv, write_report
 from safetensors.torch import load_file, save_file
 
@@ -176,7 +176,7 @@ def max_relative_difference(a: dict, b: dict) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
+    parser.add_argument("--data-dir", default=str(GLUE))
     parser.add_argument("--examples", type=int, default=48)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--steps", type=int, default=20)

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from experiments import MODEL
+from experiments import GLUE, MODEL
 from results_io import write_csv, write_report
 
 from lightning_prune import load_model
@@ -62,7 +62,7 @@ def time_batches(model: PrunableModel, batches: list[dict]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data-dir", default=str(Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"))
+    parser.add_argument("--data-dir", default=str(GLUE))
     parser.add_argument("--latency-examples", type=int, default=64)
     parser.add_argument("--throughput-examples", type=int, default=256)
     parser.add_argument("--rounds", type=int, default=5)
