@@ -75,6 +75,7 @@ class PrunableModel(nn.Module, ABC):
     """
 
     architecture: str
+    pruning_plan: dict | None = None  # the plan a pruned model was loaded with; pruning again composes with it
 
     def __init__(self, task: TaskSpec, tokenizer, max_length: int) -> None:
         super().__init__()

@@ -19,20 +19,28 @@ PLAN_FILE = "pruning_plan.json"
 
 
 def prune_model(model: PrunableModel, kept: list[Tensor]) -> dict:
-    """Slice every FFN layer of ``model`` to its ``kept`` neurons; return the plan that rebuilds it."""
+    """Slice every FFN layer of ``model`` to its ``kept`` neurons; return the plan that rebuilds it.
+
+    A model that is already pruned (loaded with a plan) is pruned further: the new plan's kept indices
+    refer to the original dense model, so it rebuilds from the same dense config as the first one.
+    """
     layers = model.ffn_layers()
-    dense_sizes = [layer.size for layer in layers]
-    for layer, keep in zip(layers, kept, strict=True):
+    previous = model.pruning_plan["layers"] if model.pruning_plan is not None else None
+    entries = []
+    for index, (layer, keep) in enumerate(zip(layers, kept, strict=True)):
+        dense_size, original = layer.size, keep
+        if previous is not None:
+            dense_size = previous[index]["dense_size"]
+            original = torch.tensor(previous[index]["kept"], dtype=torch.long)[keep.cpu().long()]
         slice_ffn(layer, keep)
-    return {
+        entries.append({"name": layer.name, "dense_size": dense_size, "kept": original.tolist()})
+    model.pruning_plan = {
         "format": "lightning-prune/pruning-plan",
         "version": 1,
         "architecture": model.architecture,
-        "layers": [
-            {"name": layer.name, "dense_size": size, "kept": k.tolist()}
-            for layer, size, k in zip(layers, dense_sizes, kept, strict=True)
-        ],
+        "layers": entries,
     }
+    return model.pruning_plan
 
 
 def read_plan(folder: Path) -> dict | None:
