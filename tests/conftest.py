@@ -9,12 +9,6 @@ from lightning_prune.testing import build_bert_with_heads, build_t5, write_glue_
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
-@pytest.fixture(autouse=True)
-def isolated_score_cache(tmp_path_factory, monkeypatch):
-    """Every test gets its own score cache (subprocesses inherit it), never the user's."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.mktemp("cache")))
-
-
 @pytest.fixture(scope="session")
 def glue_dir(tmp_path_factory) -> Path:
     return write_glue_dir(tmp_path_factory.mktemp("glue"))
@@ -53,6 +47,13 @@ def fit_free_args(model_dir: Path, glue_dir: Path, out: Path, *extra: str) -> li
         "--data.batch_size", "8", "--scorer", "attribution", "--scorer_options", '{"steps": 3}', "--sparsity", "0.5",
         "--output_dir", str(out), "--trainer.enable_progress_bar", "false", *extra,
     ]  # fmt: skip
+
+
+def one_error_line(err: str) -> str:
+    """The single ``lightning-prune: error:`` line of ``err`` (there must be exactly one)."""
+    lines = [line for line in err.splitlines() if line.startswith("lightning-prune: error:")]
+    assert len(lines) == 1, err
+    return lines[0]
 
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import fit_free_args, run_cli
 from safetensors.torch import load_file
 
+from conftest import fit_free_args, run_cli
 from lightning_prune import load_pruned_model
 from lightning_prune.cli import main
 from lightning_prune.tasks import TASKS, read_tsv
@@ -24,7 +24,13 @@ def test_fit_free_writes_every_output(request, glue_dir, tmp_path, fixture):
     model_dir = request.getfixturevalue(fixture)
     out = tmp_path / "run"
     main(fit_free_args(model_dir, glue_dir, out))
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "metrics.json", "model", "scores.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".lightning-prune-output",
+        "config.yaml",
+        "metrics.json",
+        "model",
+        "scores.safetensors",
+    ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "sst2" and metrics["scorer"] == "attribution" and metrics["sparsity"] == 0.5
     assert set(metrics["dense_metrics"]) == set(metrics["pruned_metrics"]) == {"accuracy"}
@@ -149,12 +155,13 @@ def test_bad_data_and_models(bert_dir, glue_dir, tmp_path, capsys):
 
 def test_existing_output_dir_is_not_overwritten_unless_asked(bert_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "run"
-    out.mkdir()
+    random = ["--scorer", "random", "--scorer_options", "{}"]
+    main(fit_free_args(bert_dir, glue_dir, out, *random))
     (out / "keep.txt").write_text("earlier run")
     code, _, err = run_cli(fit_free_args(bert_dir, glue_dir, out), capsys)
     assert code == 2 and "already holds files" in err
-    main(fit_free_args(bert_dir, glue_dir, out, "--overwrite", "true", "--scorer", "random", "--scorer_options", "{}"))
-    assert (out / "metrics.json").is_file() and not (out / "keep.txt").exists()
+    main(fit_free_args(bert_dir, glue_dir, out, "--overwrite", "true", *random, "--sparsity", "0.25"))
+    assert json.loads((out / "metrics.json").read_text())["sparsity"] == 0.25 and not (out / "keep.txt").exists()
 
 
 def test_global_scope_and_an_empty_existing_output_dir(bert_dir, glue_dir, tmp_path):

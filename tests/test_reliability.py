@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import fit_free_args, run_cli
 from safetensors.torch import load_file
 
+from conftest import fit_free_args, one_error_line, run_cli
 from lightning_prune.cli import main
 from lightning_prune.testing import build_bert_with_heads
 
@@ -33,12 +33,6 @@ def same_tensors(a: Path, b: Path) -> bool:
         first[k].dtype == second[k].dtype and torch.equal(first[k].view(torch.uint8), second[k].view(torch.uint8))
         for k in first
     )
-
-
-def one_error_line(err: str) -> str:
-    lines = [line for line in err.splitlines() if line.startswith("lightning-prune: error:")]
-    assert len(lines) == 1, err
-    return lines[0]
 
 
 @pytest.fixture

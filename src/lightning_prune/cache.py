@@ -24,7 +24,10 @@ from lightning_prune.io import atomic_path
 from lightning_prune.tasks import Example
 
 
-def default_cache_dir() -> Path:
+def cache_root(cache_dir: str | None = None) -> Path:
+    """The score cache folder: ``cache_dir`` if given, else ``$XDG_CACHE_HOME/lightning-prune/scores``."""
+    if cache_dir:
+        return Path(cache_dir)
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning-prune" / "scores"
 
 

@@ -12,10 +12,12 @@ import warnings
 from argparse import ArgumentError
 from typing import Any
 
+import torch
 from lightning import Trainer
+from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from lightning_prune.commands.evaluate import evaluate
+from lightning_prune.commands.evaluate import check_output_file, evaluate, user_inputs
 from lightning_prune.commands.fit_free import check_request, fit_free
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
@@ -29,6 +31,21 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "use_distributed_sampler": False,  # TaskDataModule shards without duplicates itself
     "devices": 1,
 }
+
+
+MAX_SEED = 2**32 - 1  # what seed_everything (numpy) accepts
+
+
+def check_trainer(accelerator: Any, devices: Any) -> None:
+    """The device settings Lightning would reject with a traceback, as one line each."""
+    if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            f"--trainer.accelerator {accelerator}: no GPU is visible to torch on this machine; "
+            "use --trainer.accelerator cpu (or auto)"
+        )
+    text = str(devices).strip()
+    if text.lstrip("-").isdigit() and int(text) < 1 and int(text) != -1:
+        raise UsageError(f"--trainer.devices {devices}: give a positive number of devices, -1 (all) or auto")
 
 
 class PruneTrainer(Trainer):
@@ -52,12 +69,35 @@ class PruneCLI(LightningCLI):
         parser.link_arguments("data.task", "model.task")
         parser.link_arguments("data.labels", "model.labels")
 
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        seed = (self.config[subcommand] if subcommand else self.config).get("seed_everything")
+        if not isinstance(seed, bool) and isinstance(seed, int) and not 0 <= seed <= MAX_SEED:
+            raise UsageError(f"seed_everything {seed} is outside 0..{MAX_SEED} (numpy's seed range): choose one in it")
+
     def before_instantiate_classes(self) -> None:
+        """Every check that needs no model: settings, trainer, outputs (they must not touch any input)."""
+        if self.subcommand is None:
+            return
+        c = self.config[self.subcommand]
+        check_trainer(c.trainer.accelerator, c.trainer.devices)
+        inputs = user_inputs(c.model.path, c.data.data_dir, c.data.score_file, c.data.eval_file)
         if self.subcommand == "fit-free":
-            c = self.config[self.subcommand]
             check_request(
-                c.scorer, c.scorer_options, c.labels, c.sparsity, c.scope, c.min_keep, c.output_dir, c.overwrite
+                c.scorer,
+                c.scorer_options,
+                c.labels,
+                c.sparsity,
+                c.scope,
+                c.min_keep,
+                c.output_dir,
+                c.overwrite,
+                c.cache_dir,
+                inputs,
             )
+        elif c.output_file is not None:
+            check_output_file(c.output_file, c.overwrite, inputs)
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is not None:
@@ -115,7 +155,8 @@ def main(args: list[str] | None = None) -> None:
     except UsageError as error:
         print(f"lightning-prune: error: {error}", file=sys.stderr)
         sys.exit(2)
-    except ArgumentError as error:  # jsonargparse: unknown option or config key, wrong type, ...
+    except (ArgumentError, MisconfigurationException) as error:
+        # jsonargparse: unknown option or config key, wrong type, ...; Lightning: a trainer setting it rejects
         message = " ".join(str(error).split())
         command = next((a for a in argv if a in PruneCLI.subcommands()), "")
         print(

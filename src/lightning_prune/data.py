@@ -13,8 +13,9 @@ from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
+from lightning_prune.adapters.base import Batch, PrunableModel
 from lightning_prune.errors import UsageError
-from lightning_prune.tasks import Example, TaskSpec, get_task, load_split, read_tsv
+from lightning_prune.tasks import Example, TaskSpec, check_data_file, get_task, load_split, read_tsv
 
 
 def subsample(examples: list[Example], count: int | None, seed: int, what: str) -> list[Example]:
@@ -25,6 +26,11 @@ def subsample(examples: list[Example], count: int | None, seed: int, what: str) 
         raise UsageError(f"{what}: asked for {count} examples but 1..{len(examples)} are available")
     picked = sorted(random.Random(seed).sample(range(len(examples)), count))
     return [examples[i] for i in picked]
+
+
+def _by_length(examples: list[Example]) -> list[Example]:
+    """Shortest first, by characters: a cheap stand-in for token counts."""
+    return sorted(examples, key=lambda e: sum(len(t) for t in e.texts))
 
 
 class TaskDataModule(LightningDataModule):
@@ -69,8 +75,8 @@ class TaskDataModule(LightningDataModule):
         if batch_size < 1:
             raise UsageError(f"batch_size {batch_size} must be at least 1")
         for name, file in (("score_file", score_file), ("eval_file", eval_file)):
-            if file is not None and not Path(file).is_file():
-                raise UsageError(f"{name} {file} does not exist: check the path")
+            if file is not None:
+                check_data_file(file, name)
         self._cache: dict[str, list[Example]] = {}
 
     def _examples(self, file: str | None, split: str) -> list[Example]:
@@ -83,6 +89,10 @@ class TaskDataModule(LightningDataModule):
             examples = self._examples(h.score_file, h.score_split)
             self._cache["score"] = subsample(examples, h.num_examples, h.seed, "num_examples")
         return self._cache["score"]
+
+    def heaviest_score_batch(self, net: PrunableModel) -> Batch:
+        """The batch of the longest scoring examples (a full batch, if there are enough): what memory must fit."""
+        return net.collate(_by_length(self.score_examples())[-self.hparams.batch_size :])
 
     def eval_examples(self) -> list[Example]:
         """The evaluation examples (read once)."""
@@ -116,7 +126,7 @@ class TaskDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         # Length bucketing: similar lengths share a batch, so little compute goes to padding. Scores are
         # sums, so the order does not matter (beyond float rounding, which is still deterministic).
-        return self._loader(sorted(self.score_examples(), key=lambda e: sum(len(t) for t in e.texts)))
+        return self._loader(_by_length(self.score_examples()))
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_examples())

@@ -1,4 +1,9 @@
-"""Atomic outputs: every file and the run directory appear complete or not at all."""
+"""Outputs that never touch inputs: checked before the work, written atomically, replaced only if ours.
+
+Every file and the run directory appear complete or not at all (written under a temporary name, then
+renamed). A run directory carries ``MARKER_FILE``; ``overwrite`` replaces only a folder that carries it,
+so no option can replace a folder lightning-prune did not write.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,27 @@ import contextlib
 import json
 import os
 import shutil
-from collections.abc import Iterator
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 from lightning_prune.errors import UsageError
 
+MARKER_FILE = ".lightning-prune-output"
+MARKER_TEXT = "Written by lightning-prune: `--overwrite true` may replace this folder (only folders with this file).\n"
+
+
+def _target(final: Path) -> Path:
+    """Where ``final`` really is: a symlink is followed, so the link stays and its target is written."""
+    final = Path(final).expanduser()
+    return final.resolve() if final.is_symlink() else final
+
 
 @contextlib.contextmanager
 def atomic_path(final: Path) -> Iterator[Path]:
     """Yield a temporary sibling of ``final`` to write; rename it into place only if the block succeeds."""
-    final = Path(final)
+    final = _target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_siblings(final)
     tmp = _temporary_name(final, "tmp")
@@ -55,28 +70,53 @@ def remove_stale_siblings(final: Path) -> None:
             continue
         if kind.endswith(".old") and not final.exists():
             os.replace(leftover, final)
-        elif leftover.is_dir():
+        elif leftover.is_dir() and not leftover.is_symlink():
             shutil.rmtree(leftover, ignore_errors=True)
         else:
             leftover.unlink(missing_ok=True)
 
 
+def is_own_output(folder: Path) -> bool:
+    """Whether ``folder`` is a run folder lightning-prune wrote (it carries the marker file)."""
+    return (Path(folder) / MARKER_FILE).is_file()
+
+
+def check_replaceable(final: Path, overwrite: bool, what: str = "output_dir") -> None:
+    """``final`` is free (missing or empty), or ``overwrite`` is set and it is a folder lightning-prune wrote."""
+    final = _target(final)
+    if final.exists() and not final.is_dir():
+        raise UsageError(f"{what} {final} is a file: choose a folder path")
+    if not final.is_dir() or not any(final.iterdir()):
+        return
+    if not overwrite:
+        raise UsageError(
+            f"{what} {final} already holds files: choose another folder, or pass --overwrite true to replace "
+            "an earlier lightning-prune run"
+        )
+    if not is_own_output(final):
+        raise UsageError(
+            f"{what} {final} holds files lightning-prune did not write (no {MARKER_FILE} in it); --overwrite only "
+            "replaces folders lightning-prune wrote: choose another folder"
+        )
+
+
 @contextlib.contextmanager
 def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
-    """Yield an empty temporary directory that replaces ``final`` once the block succeeds."""
-    final = Path(final)
+    """Yield an empty temporary directory (holding only the marker file) that replaces ``final`` once the
+    block succeeds; an existing ``final`` is replaced only if ``check_replaceable`` allows it."""
+    final = _target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_siblings(final)
     tmp = _temporary_name(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
+        (tmp / MARKER_FILE).write_text(MARKER_TEXT)
         yield tmp
+        check_replaceable(final, overwrite)  # again: someone may have filled it while this run worked
         if final.is_dir() and not any(final.iterdir()):
             final.rmdir()
         if final.exists():
-            if not overwrite:
-                raise UsageError(f"{final} was filled by someone else while this run was writing; nothing was replaced")
             old = _temporary_name(final, "old")
             os.replace(final, old)
             os.replace(tmp, final)
@@ -85,6 +125,67 @@ def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _relation(path: Path, other: Path) -> str | None:
+    if path == other:
+        return "is"
+    if other in path.parents:
+        return "lies inside"
+    if path in other.parents:
+        return "contains"
+    return None
+
+
+def check_output_location(
+    path: str | Path, what: str, inputs: Mapping[str, str | Path | None], may_contain_inputs: bool = False
+) -> None:
+    """Refuse an output that is, lies inside or contains one of the ``inputs`` (symlinks resolved), the
+    current folder or a folder above it, or a repository root: writing there could change what the user gave.
+
+    ``inputs`` maps a description (``"the model folder"``) to its path; None entries are skipped.
+    ``may_contain_inputs``: an output that only adds new files of its own (the score cache) may lie above an input.
+    """
+    resolved = Path(path).expanduser().resolve()
+    clashes = [
+        (relation, name, source)
+        for name, source in inputs.items()
+        if source is not None
+        and (relation := _relation(resolved, Path(source).expanduser().resolve())) is not None
+        and not (relation == "contains" and may_contain_inputs)
+    ]
+    if clashes:  # the closest one: being an input says more than lying inside the folder that holds it
+        relation, name, source = min(clashes, key=lambda clash: ("is", "lies inside", "contains").index(clash[0]))
+        raise UsageError(
+            f"{what} {path} {relation} {name} ({source}): lightning-prune never writes into, over or around its "
+            f"inputs; choose a separate {what}"
+        )
+    if may_contain_inputs:
+        return
+    cwd = Path.cwd().resolve()
+    if resolved == cwd or resolved in cwd.parents:
+        raise UsageError(f"{what} {path} is the current folder or one above it: choose a new folder, e.g. runs/<name>")
+    if (resolved / ".git").exists():
+        raise UsageError(f"{what} {path} is a repository root: choose a new folder, e.g. runs/<name>")
+
+
+def check_writable(path: str | Path, what: str, in_parent: bool = False) -> None:
+    """New files can be created at ``path`` (``in_parent``: next to it): the nearest existing folder at or
+    above it accepts a file (tried, not guessed from permission bits, which do not bind root)."""
+    existing = Path(path).expanduser().resolve()
+    existing = existing.parent if in_parent else existing
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(f"{what} {path}: {existing} is a file, not a folder: choose a folder path")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise UsageError(
+            f"{what} {path} cannot be written: {existing} does not accept new files ({error.strerror}); "
+            "choose a folder you can write to"
+        ) from None
 
 
 def write_json(path: Path, payload: Any) -> None:

@@ -9,7 +9,10 @@ the task's label order (the order ``nyu-mll/glue`` uses) or floats for regressio
 from __future__ import annotations
 
 import csv
+import io
+import math
 import random
+import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -43,6 +46,7 @@ class TaskSpec:
     text_fields: tuple[str, ...]
     labels: tuple[str, ...] | None  # None: regression
     metrics: tuple[str, ...]
+    label_range: tuple[float, float] | None = None  # regression: the scores a label may take
     # TSV layout: per field, the header names it may have (or a column position for headerless files).
     tsv_columns: tuple[tuple[str, ...] | int, ...] = ()
     tsv_label_column: tuple[str, ...] | int = ("label",)
@@ -67,21 +71,29 @@ class TaskSpec:
         return self.metrics[0]
 
     def parse_label(self, raw: str | float | int, where: str) -> float | int:
-        """Map a raw label (name, index or number) to the task's label value; reject anything else."""
-        if self.labels is None:
-            try:
-                return float(raw)
-            except (TypeError, ValueError):
-                raise UsageError(
-                    f"{where}: label {raw!r} is not a number; task {self.name} is a regression task"
-                ) from None
+        """Map a raw label (name, index or number) to the task's label value; reject anything else.
+
+        Numbers must be written in ASCII digits: Python would also read ``'１'`` (full width) or ``'1_0'``.
+        """
         text = str(raw).strip()
+        if self.labels is None:
+            if not DECIMAL.fullmatch(text) or not math.isfinite(float(text)):
+                raise UsageError(f"{where}: label {raw!r} is not a number; task {self.name} is a regression task")
+            value = float(text)
+            low, high = self.label_range or (-math.inf, math.inf)
+            if not low <= value <= high:
+                raise UsageError(f"{where}: label {raw!r} is outside {low:g}-{high:g}, the scores of task {self.name}")
+            return value
         if text in self.labels:
             return self.labels.index(text)
-        if text.lstrip("-").isdigit() and 0 <= int(text) < len(self.labels):
+        if INTEGER.fullmatch(text) and 0 <= int(text) < len(self.labels):
             return int(text)
         allowed = ", ".join(f"{i} ({name})" for i, name in enumerate(self.labels))
         raise UsageError(f"{where}: label {raw!r} is not in the label set of task {self.name}: {allowed}")
+
+
+INTEGER = re.compile(r"[0-9]+")
+DECIMAL = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 def _glue(name: str, **kwargs) -> TaskSpec:
@@ -142,6 +154,7 @@ TASKS: dict[str, TaskSpec] = {
             text_fields=("sentence1", "sentence2"),
             labels=None,
             metrics=("pearson", "spearman"),
+            label_range=(0.0, 5.0),
             tsv_columns=(("sentence1",), ("sentence2",)),
             tsv_label_column=("score", "label"),
             t5_prefix="stsb",
@@ -217,12 +230,31 @@ def get_task(name: str, labels: list[str] | None = None) -> TaskSpec:
 # -- reading -------------------------------------------------------------------------------------------------
 
 
-def _read_tsv_rows(path: Path) -> list[list[str]]:
+def check_data_file(path: str | Path, what: str = "data file") -> Path:
+    """``path`` as a Path, if it names an existing file (a folder or a missing path is a one-line error)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder, not a file: give the TSV file itself")
     if not path.is_file():
-        raise UsageError(f"data file {path} does not exist: check the path (or data_dir)")
+        raise UsageError(f"{what} {path} does not exist: check the path (or data_dir)")
+    return path
+
+
+def _read_tsv_rows(path: Path) -> list[tuple[int, list[str]]]:
+    """The non-blank rows with their line numbers in the file (blank lines are skipped, not renumbered)."""
+    data = check_data_file(path).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        start = error.start + (3 if data.startswith(b"\xef\xbb\xbf") else 0)
+        line = data.count(b"\n", 0, start) + 1
+        raise UsageError(
+            f"data file {path} is not UTF-8: byte offset {start} (line {line}) cannot be decoded; "
+            "convert the file to UTF-8 (e.g. iconv -f latin1 -t utf-8)"
+        ) from None
     csv.field_size_limit(sys.maxsize)
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        rows = [row for row in csv.reader(handle, delimiter="\t", quoting=csv.QUOTE_NONE) if row]
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter="\t", quoting=csv.QUOTE_NONE)
+    rows = [(reader.line_num, row) for row in reader if any(cell.strip() for cell in row)]
     if not rows:
         raise UsageError(f"data file {path} is empty: give a file with examples")
     return rows
@@ -246,14 +278,15 @@ def read_tsv(path: str | Path, spec: TaskSpec) -> list[Example]:
     path = Path(path)
     rows = _read_tsv_rows(path)
     columns, label_column, has_header = spec.tsv_columns, spec.tsv_label_column, spec.tsv_has_header
-    if [name.strip() for name in rows[0]] == ["sentence", "label"]:
+    first = [name.strip() for name in rows[0][1]]
+    if first == ["sentence", "label"]:
         if len(spec.text_fields) != 1:
             raise UsageError(
                 f"{path} is a sentence<TAB>label file, but task {spec.name} has two texts per example; "
                 "such files only fit single-sentence tasks (sst2, cola, or a task given with labels)"
             )
         columns, label_column, has_header = (("sentence",),), ("label",), True
-    header = [name.strip() for name in rows[0]] if has_header else []
+    header = first if has_header else []
     body = rows[1:] if has_header else rows
     if not body:
         raise UsageError(f"data file {path} has a header but no examples: give a file with examples")
@@ -261,9 +294,8 @@ def read_tsv(path: str | Path, spec: TaskSpec) -> list[Example]:
     label_idx = _column(header, label_column, path)
     width = max([*text_idx, label_idx]) + 1
     examples = []
-    first_line = 2 if has_header else 1
-    for offset, row in enumerate(body):
-        where = f"{path}:{first_line + offset}"
+    for offset, (line, row) in enumerate(body):
+        where = f"{path}:{line}"
         if len(row) < width:
             raise UsageError(f"{where}: expected at least {width} tab-separated columns, found {len(row)}")
         label = spec.parse_label(row[label_idx], where)

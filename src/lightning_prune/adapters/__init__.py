@@ -27,7 +27,7 @@ from lightning_prune.errors import UsageError
 from lightning_prune.pruning.plan import apply_plan, read_plan
 from lightning_prune.tasks import TaskSpec
 
-__all__ = ["Batch", "FFNLayer", "PrunableModel", "load_model", "supported_architectures"]
+__all__ = ["Batch", "FFNLayer", "PrunableModel", "load_model", "model_inputs", "supported_architectures"]
 
 
 def supported_architectures() -> str:
@@ -47,16 +47,52 @@ def _load_tokenizer(loader, source: str | Path):
 
 
 def _load_hf(loader, source: str | Path, plan: dict | None):
-    """A Hugging Face model: ``from_pretrained`` when dense, rebuilt from config when it carries a plan."""
-    from transformers import AutoConfig
+    """A Hugging Face model: ``from_pretrained`` when dense, rebuilt from config when it carries a plan.
 
+    Weights that do not fit the config (missing, unexpected or mismatched keys: e.g. a DistilBERT config
+    over BERT weights) are an error: transformers would fill the gaps with random weights.
+    """
+    from transformers import AutoConfig
+    from transformers.utils import logging as hf_logging
+
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # the mismatch report becomes our one line below
     try:
-        if plan is None:
-            return loader.from_pretrained(str(source), dtype=torch.float32)
-        return loader.from_config(AutoConfig.from_pretrained(str(source)), dtype=torch.float32)
-    except (OSError, SafetensorError) as error:  # missing, truncated or corrupted weight files
+        if plan is not None:
+            return loader.from_config(AutoConfig.from_pretrained(str(source)), dtype=torch.float32)
+        model, info = loader.from_pretrained(
+            str(source), dtype=torch.float32, output_loading_info=True, ignore_mismatched_sizes=True
+        )
+    except (OSError, SafetensorError, RuntimeError) as error:  # missing, truncated or corrupted weight files
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UsageError(f"could not load the model weights from {source}: {first_line}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    problems = {kind: sorted(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected", "mismatched")}
+    if any(problems.values()):
+        counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in problems.items() if keys)
+        example = next(keys[0] for keys in problems.values() if keys)
+        example = example[0] if isinstance(example, tuple) else example
+        raise UsageError(
+            f"the weights in {source} do not match its config.json (model_type {model.config.model_type!r}): "
+            f"{counts} keys, e.g. {example}; the config belongs to another model: restore the model's own config.json"
+        )
+    return model
+
+
+def model_inputs(path: str | Path) -> dict[str, Path]:
+    """The local folders a model is read from: the model folder and, for heads, a separate encoder folder."""
+    folder = Path(path).expanduser()
+    if not _is_local(str(path)):
+        return {}
+    inputs = {"the model folder": folder}
+    try:
+        heads_config = json.loads((folder / HEADS_CONFIG).read_text())
+    except (OSError, ValueError):  # no heads, or damaged ones: loading reports that
+        return inputs
+    if isinstance(heads_config, dict) and isinstance(heads_config.get("encoder"), str):
+        inputs["the encoder folder"] = resolve_encoder_source(folder, heads_config)
+    return inputs
 
 
 def _load_pruned_weights(model: PrunableModel, folder: Path, plan: dict) -> None:
@@ -126,6 +162,7 @@ def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> Pruna
 
     if plan is not None:
         _load_pruned_weights(model, folder, plan)
+        model.pruning_plan = plan
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()

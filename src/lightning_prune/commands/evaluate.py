@@ -9,9 +9,47 @@ from typing import Any
 from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
+from lightning_prune.adapters import model_inputs
 from lightning_prune.data import TaskDataModule
-from lightning_prune.io import write_json
+from lightning_prune.errors import UsageError
+from lightning_prune.io import check_output_location, check_writable, write_json
 from lightning_prune.modules import TaskModel
+
+RESULT_FORMAT = "lightning-prune/evaluation"  # marks a result file evaluate wrote: only such a file is overwritten
+
+
+def user_inputs(
+    model_path: str, data_dir: str | None, score_file: str | None, eval_file: str | None
+) -> dict[str, Path | str | None]:
+    """Everything a run reads, by description: no output may be, lie inside or contain any of them."""
+    return {**model_inputs(model_path), "data_dir": data_dir, "score_file": score_file, "eval_file": eval_file}
+
+
+def _is_result_file(path: Path) -> bool:
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("format") == RESULT_FORMAT
+    except (OSError, ValueError, AttributeError):  # unreadable, not UTF-8, not JSON, not an object
+        return False
+
+
+def check_output_file(output_file: str, overwrite: bool, inputs: dict[str, Path | str | None]) -> None:
+    """Refuse, before any work, an ``output_file`` that would change an input or a file evaluate did not write."""
+    path = Path(output_file).expanduser()
+    check_output_location(path, "output_file", inputs)
+    if path.is_dir():
+        raise UsageError(f"output_file {path} is a folder: give a file path such as runs/eval.json")
+    if path.exists():
+        if not overwrite:
+            raise UsageError(
+                f"output_file {path} exists: choose another file, or pass --overwrite true to replace an earlier "
+                "result of lightning-prune evaluate"
+            )
+        if not _is_result_file(path):
+            raise UsageError(
+                f"output_file {path} was not written by lightning-prune evaluate; --overwrite only replaces its "
+                "result files: choose another file"
+            )
+    check_writable(path, "output_file", in_parent=True)
 
 
 def test_metrics(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule) -> dict[str, float]:
@@ -21,14 +59,25 @@ def test_metrics(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule)
 
 
 def evaluate(
-    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, output_file: str | None = None
+    trainer: Trainer,
+    model: TaskModel,
+    datamodule: TaskDataModule,
+    output_file: str | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate the model on the task's evaluation examples.
 
     Args:
-        output_file: also write the result as JSON to this file.
+        output_file: also write the result as JSON to this file (never an input; an existing file only with
+            ``overwrite``, and only if it is an earlier result of this command).
+        overwrite: replace an ``output_file`` that holds an earlier result.
     """
+    if output_file is not None:
+        h = datamodule.hparams
+        inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file)
+        check_output_file(output_file, overwrite, inputs)
     summary = {
+        "format": RESULT_FORMAT,
         "task": model.spec.name,
         "model": model.hparams.path,
         "eval_source": datamodule.hparams.eval_file or f"{datamodule.hparams.eval_split} split",

@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 from typing import Any
 
+import torch
 from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from safetensors.torch import save_file
 
 from lightning_prune import __version__
-from lightning_prune.cache import ScoreCache, default_cache_dir, examples_fingerprint, model_fingerprint, score_key
-from lightning_prune.commands.evaluate import test_metrics
+from lightning_prune.cache import ScoreCache, cache_root, examples_fingerprint, model_fingerprint, score_key
+from lightning_prune.commands.evaluate import test_metrics, user_inputs
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
-from lightning_prune.io import atomic_directory, write_json
+from lightning_prune.io import atomic_directory, check_output_location, check_replaceable, check_writable, write_json
 from lightning_prune.modules import LabelSource, ScoringModule, TaskModel
 from lightning_prune.pruning import PLAN_FILE, Scope, prune_model, select_neurons
 from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_infos
@@ -36,17 +38,40 @@ def check_request(
     min_keep: int,
     output_dir: str,
     overwrite: bool,
+    cache_dir: str | None = None,
+    inputs: dict[str, Path | str | None] | None = None,
 ) -> NeuronScorer:
-    """Reject bad settings before any model or data is loaded; return the scorer they describe."""
+    """Reject bad settings and unusable outputs before any model or data is loaded; return the scorer.
+
+    ``inputs`` (see ``user_inputs``): what the run reads; neither ``output_dir`` nor the score cache may be,
+    lie inside or contain one of them (the cache may lie above them: it only adds files of its own).
+    """
     select_neurons([], sparsity, scope, min_keep)  # validates sparsity, scope and min_keep
     if labels not in ("gold", "pseudo"):
         raise UsageError(f"labels {labels!r} is not supported: use 'gold' (supervised) or 'pseudo' (unsupervised)")
-    out = Path(output_dir)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"output_dir {out} is a file: choose a folder path")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        raise UsageError(f"output_dir {out} already holds files: choose another folder or pass --overwrite true")
-    return create_scorer(scorer, scorer_options)
+    scorer_impl = create_scorer(scorer, scorer_options)
+    inputs = dict(inputs or {})
+    cache = cache_root(cache_dir) if scorer_impl.needs_data else None
+    check_output_location(output_dir, "output_dir", {**inputs, "the score cache": cache})
+    check_replaceable(Path(output_dir), overwrite)
+    check_writable(output_dir, "output_dir", in_parent=True)
+    if cache is not None:
+        check_output_location(cache, "cache_dir", inputs, may_contain_inputs=True)
+        check_writable(cache, "cache_dir")
+    return scorer_impl
+
+
+def available_memory(trainer: Trainer) -> int | None:
+    """Bytes free on the device the scorer runs on (GPU: free device memory; CPU: MemAvailable), None if unknown."""
+    device = trainer.strategy.root_device
+    if device.type == "cuda":
+        return torch.cuda.mem_get_info(device)[0]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        return None
+    found = re.search(r"^MemAvailable:\s+(\d+) kB", meminfo, re.MULTILINE)
+    return int(found.group(1)) * 1024 if found else None
 
 
 def _score_request(
@@ -103,8 +128,9 @@ def fit_free(
         sparsity: fraction of FFN neurons to remove, in [0, 1).
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide).
         min_keep: neurons every layer keeps at least.
-        output_dir: receives metrics.json, scores.safetensors, the pruned model and config.yaml, all at once.
-        overwrite: replace an ``output_dir`` that already holds files.
+        output_dir: receives metrics.json, scores.safetensors, the pruned model and config.yaml, all at once;
+            never an input, nor inside or above one.
+        overwrite: replace an ``output_dir`` that holds an earlier run (only a folder lightning-prune wrote).
         evaluate_dense: also evaluate the model before pruning.
         cache_dir: where scores are kept under a key of everything that produced them (model weights,
             task, scoring examples, batch size, scorer and options, labels, precision); default
@@ -112,9 +138,14 @@ def fit_free(
         reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
             per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
     """
-    scorer_impl = check_request(scorer, scorer_options, labels, sparsity, scope, min_keep, output_dir, overwrite)
+    h = datamodule.hparams
+    inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file)
+    scorer_impl = check_request(
+        scorer, scorer_options, labels, sparsity, scope, min_keep, output_dir, overwrite, cache_dir, inputs
+    )
     if scorer_impl.needs_data:
-        datamodule.score_examples()  # bad data fails now, not after the dense evaluation
+        # Bad data, or a scorer that cannot fit its heaviest batch in memory, fails now, before any model work.
+        scorer_impl.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
     datamodule.eval_examples()
     seconds: dict[str, float] = {}
     dense_parameters = model.net.num_parameters()
@@ -131,7 +162,7 @@ def fit_free(
     cache, from_cache, resumed_batches = None, False, 0
     if scorer_impl.needs_data:
         request = _score_request(trainer, model, datamodule, scorer, scorer_options, labels)
-        cache = ScoreCache(Path(cache_dir) if cache_dir else default_cache_dir(), score_key(request), request)
+        cache = ScoreCache(cache_root(cache_dir), score_key(request), request)
         cached = cache.load_final(len(layers)) if reuse_scores else None
         if cached is not None:
             (scores, examples_scored), from_cache = cached, True

@@ -8,10 +8,15 @@ import torch
 from torch import Tensor
 
 from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, expand_batch
+from lightning_prune.errors import UsageError
 from lightning_prune.scorers.base import NeuronScorer
 
 Aggregate = Literal["sum", "abs_sum"]
 Mode = Literal["exact", "joint"]
+
+# The midpoint rule's error falls as 1/steps^2: at 10,000 steps it is far below float32 rounding, while
+# every step costs one forward/backward row per example and FFN layer.
+MAX_STEPS = 10_000
 
 
 class AttributionScorer(NeuronScorer):
@@ -44,8 +49,16 @@ class AttributionScorer(NeuronScorer):
         mode: Mode = "exact",
         reuse_prefix: bool = True,
     ) -> None:
-        if steps < 1 or steps_per_pass < 1:
-            raise ValueError("steps and steps_per_pass must be at least 1")
+        for name, value in (("steps", steps), ("steps_per_pass", steps_per_pass)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, not {value!r}")
+        if steps > MAX_STEPS:
+            raise ValueError(
+                f"steps {steps} is more than {MAX_STEPS:,}: the Riemann sum's error (falling as 1/steps^2) is far "
+                "below float32 rounding long before that, and each step costs a forward/backward pass per layer"
+            )
+        if not isinstance(reuse_prefix, bool):
+            raise ValueError(f"reuse_prefix must be true or false, not {reuse_prefix!r}")
         if aggregate not in ("sum", "abs_sum"):
             raise ValueError(f"aggregate must be 'sum' or 'abs_sum', not {aggregate!r}")
         if mode not in ("exact", "joint"):
@@ -55,6 +68,24 @@ class AttributionScorer(NeuronScorer):
         self.steps_per_pass = steps_per_pass
         self.mode = mode
         self.reuse_prefix = reuse_prefix
+
+    def check_memory(self, model: PrunableModel, heaviest_batch: Batch, available_bytes: int | None) -> None:
+        """Refuse settings whose one pass cannot fit: a pass holds batch x steps_per_pass rows, and the
+        backward pass keeps at least the FFN activations (2 x neurons) and the block's input and output
+        (2 x hidden) of every layer per token in float32 — a lower bound, so settings that fit pass."""
+        if available_bytes is None:
+            return
+        examples, tokens = heaviest_batch["attention_mask"].shape
+        rows = examples * min(self.steps, self.steps_per_pass)
+        per_token = sum(2 * layer.size + 2 * layer.down_proj.out_features for layer in model.ffn_layers()) * 4
+        needed = rows * tokens * per_token
+        if needed > available_bytes:
+            raise UsageError(
+                f"attribution needs at least {needed / 2**30:.1f} GiB per pass ({rows:,} rows = {examples} examples "
+                f"x {min(self.steps, self.steps_per_pass)} steps per pass, {tokens} tokens, activations of "
+                f"{len(model.ffn_layers())} FFN layers kept for the backward pass) but {available_bytes / 2**30:.1f} "
+                "GiB are available: lower steps_per_pass (memory grows with batch_size x steps_per_pass, not steps)"
+            )
 
     def _alpha_chunks(self) -> tuple[Tensor, ...]:
         return ((torch.arange(self.steps, dtype=torch.float32) + 0.5) / self.steps).split(self.steps_per_pass)

@@ -26,3 +26,8 @@ class NeuronScorer(ABC):
     @abstractmethod
     def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
         """One float tensor per FFN layer (``model.ffn_layers()`` order), of shape ``[layer.size]``."""
+
+    def check_memory(self, model: PrunableModel, heaviest_batch: Batch, available_bytes: int | None) -> None:
+        """Raise ``UsageError`` if scoring ``heaviest_batch`` (the longest examples, a full batch) cannot fit in
+        ``available_bytes`` (None: unknown). Called before any scoring; the default assumes it fits."""
+        return

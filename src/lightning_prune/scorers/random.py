@@ -15,6 +15,8 @@ class RandomScorer(NeuronScorer):
     needs_data = False
 
     def __init__(self, seed: int = 0) -> None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+            raise ValueError(f"seed must be an integer from 0 to 2**64 - 1 (torch's seed range), not {seed!r}")
         self.seed = seed
 
     def __call__(self, model: PrunableModel, batch: Batch | None = None) -> list[Tensor]:
