@@ -11,10 +11,10 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_model
 
-from lightning_prune.adapters.base import WEIGHTS_FILE, Batch, FFNLayer, PrunableModel
+from lightning_prune.adapters.base import PER_LAYER_WEIGHTS_FILE, WEIGHTS_FILE, Batch, FFNLayer, PrunableModel
 from lightning_prune.adapters.encoder import (
     ENCODER_LAYOUTS,
     HEADS_CONFIG,
@@ -24,8 +24,10 @@ from lightning_prune.adapters.encoder import (
 )
 from lightning_prune.adapters.t5 import T5_MODEL_TYPES, T5TextToText
 from lightning_prune.errors import UsageError
-from lightning_prune.pruning.plan import apply_plan, read_plan
+from lightning_prune.pruning.plan import apply_plan, read_plan, trim_padding
 from lightning_prune.tasks import TaskSpec
+
+SAFETENSORS_FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
 __all__ = ["Batch", "FFNLayer", "PrunableModel", "load_model", "model_inputs", "supported_architectures"]
 
@@ -95,10 +97,33 @@ def model_inputs(path: str | Path) -> dict[str, Path]:
     return inputs
 
 
+def _weights_file(folder: Path) -> Path | None:
+    """A saved model's weights: ``model.safetensors``, or the per-layer-width file only ``load_model`` reads."""
+    return next((folder / name for name in (WEIGHTS_FILE, PER_LAYER_WEIGHTS_FILE) if (folder / name).is_file()), None)
+
+
+def _stored_dtype(folder: Path, config) -> torch.dtype:
+    """The floating dtype of the weights on disk (a local safetensors file's, else the config's), float32 if unknown."""
+    weights = _weights_file(folder) if folder.is_dir() else None
+    if weights is not None:
+        try:
+            with safe_open(str(weights), "pt") as handle:
+                for name in handle.keys():  # noqa: SIM118 (a safetensors handle is not a dict)
+                    dtype = handle.get_slice(name).get_dtype()
+                    if dtype in SAFETENSORS_FLOAT_DTYPES:
+                        return SAFETENSORS_FLOAT_DTYPES[dtype]
+        except (SafetensorError, OSError):
+            pass  # unreadable weights are reported by the loader itself
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None)
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype if isinstance(dtype, torch.dtype) and dtype.is_floating_point else torch.float32
+
+
 def _load_pruned_weights(model: PrunableModel, folder: Path, plan: dict) -> None:
     apply_plan(model.ffn_layers(), plan, folder)
-    weights = folder / WEIGHTS_FILE
-    if not weights.is_file():
+    weights = _weights_file(folder)
+    if weights is None:
         raise UsageError(f"pruned model {folder} lacks {WEIGHTS_FILE}: the folder is incomplete; prune again")
     try:
         load_safetensors_model(model.weights_module, str(weights), strict=True)
@@ -106,6 +131,7 @@ def _load_pruned_weights(model: PrunableModel, folder: Path, plan: dict) -> None
         raise UsageError(
             f"weights {weights} are corrupted or do not match the plan ({type(error).__name__}): prune again"
         ) from None
+    trim_padding(model.ffn_layers(), plan)
 
 
 def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> PrunableModel:
@@ -131,6 +157,7 @@ def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> Pruna
         if config_type not in ENCODER_LAYOUTS:
             raise UsageError(f"encoder of {path} is {config_type!r}; supported: {supported_architectures()}")
         encoder = _load_hf(AutoModel, source, plan)
+        source_dtype = _stored_dtype(source, AutoConfig.from_pretrained(str(source)))
         tokenizer_source = folder if (folder / "tokenizer_config.json").is_file() else source
         model: PrunableModel = EncoderWithHeads(
             encoder,
@@ -157,9 +184,11 @@ def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> Pruna
             raise UsageError(
                 f"architecture {config.model_type!r} of {path} is not supported; supported: {supported_architectures()}"
             )
+        source_dtype = _stored_dtype(folder, config)
         seq2seq = _load_hf(AutoModelForSeq2SeqLM, path, plan)
         model = T5TextToText(seq2seq, task, _load_tokenizer(AutoTokenizer, path), max_length)
 
+    model.source_dtype = source_dtype
     if plan is not None:
         _load_pruned_weights(model, folder, plan)
         model.pruning_plan = plan

@@ -7,19 +7,25 @@ interface, so a new architecture needs an adapter and nothing else.
 from __future__ import annotations
 
 import contextlib
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
 from torch import Tensor, nn
 
+from lightning_prune.pruning.slicing import pad_ffn
 from lightning_prune.tasks import Example, TaskSpec
 
 Batch = dict[str, Tensor]
 WEIGHTS_FILE = "model.safetensors"
+# Weights whose FFN layers differ in width: ``from_pretrained`` does not look for this name, so plain Hugging
+# Face loading fails loudly ("no file named model.safetensors") instead of loading random FFN weights.
+PER_LAYER_WEIGHTS_FILE = "model.per-layer-ffn.safetensors"
+SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 @dataclass
@@ -76,6 +82,12 @@ class PrunableModel(nn.Module, ABC):
 
     architecture: str
     pruning_plan: dict | None = None  # the plan a pruned model was loaded with; pruning again composes with it
+    # The config attribute holding the FFN width: when every layer keeps the same number of neurons, the
+    # saved config carries the kept width, so plain ``from_pretrained`` builds the pruned shapes.
+    ffn_width_key: str | None = None
+    # The weights' dtype on disk when loaded (set by ``load_model``; computation runs in float32): what
+    # ``save`` writes by default, so a pruned model is never larger than its source for lack of precision.
+    source_dtype: torch.dtype = torch.float32
 
     def __init__(self, task: TaskSpec, tokenizer, max_length: int) -> None:
         super().__init__()
@@ -111,12 +123,40 @@ class PrunableModel(nn.Module, ABC):
     def save_extras(self, directory: Path) -> None:
         """Write what the adapter needs besides config, tokenizer and weights."""
 
-    def save(self, directory: Path) -> None:
-        """Write config, tokenizer, weights (shared tensors once) and the adapter's extras."""
-        self.weights_module.config.save_pretrained(directory)
+    def save(self, directory: Path, dtype: torch.dtype | None = None, pad_uneven: bool = False) -> dict:
+        """Write config, tokenizer, weights in ``dtype`` (default: ``source_dtype``; shared tensors once) and
+        the adapter's extras; return how the FFN widths were stored (``metrics.json`` reports it).
+
+        Plain ``from_pretrained`` needs one FFN width, in the config's ``ffn_width_key``. Layers of different
+        widths (global scope) are either padded to the widest with all-zero neurons (``pad_uneven``: exact,
+        zero down-projection columns add nothing; ``pruning_plan.json`` says so, and ``load_model`` strips
+        the padding) or written as ``PER_LAYER_WEIGHTS_FILE``, which only ``load_model`` reads.
+        """
+        dtype = dtype or self.source_dtype
+        layers = self.ffn_layers()
+        widths = [layer.size for layer in layers]
+        uniform = len(set(widths)) == 1
+        plain = self.ffn_width_key is not None and (uniform or pad_uneven)
+        module = copy.deepcopy(self.weights_module).to(dtype)  # the live model stays float32 and unpadded
+        if plain and not uniform:
+            names = {id(m): name for name, m in self.weights_module.named_modules()}
+            for layer in layers:
+                pad_ffn(replace(layer, block=module.get_submodule(names[id(layer.block)])), max(widths))
+        if plain:
+            setattr(module.config, self.ffn_width_key, max(widths))
+        module.config.dtype = dtype
+        module.config.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)
-        save_model(self.weights_module, str(directory / WEIGHTS_FILE))
+        weights_file = WEIGHTS_FILE if plain else PER_LAYER_WEIGHTS_FILE
+        save_model(module, str(directory / weights_file))
         self.save_extras(directory)
+        return {
+            "dtype": str(dtype).removeprefix("torch."),
+            "weights_file": weights_file,
+            "ffn_widths": "uniform" if uniform else ("padded" if plain else "per-layer"),
+            "padded_width": max(widths) if plain and not uniform else None,
+            "plain_hf_loadable": plain,
+        }
 
     def block_inputs(self, batch: Batch) -> list[BlockInput] | None:
         """Each FFN layer's block inputs from one clean pass, if the adapter can restart from a block

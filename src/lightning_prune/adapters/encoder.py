@@ -35,6 +35,9 @@ ENCODER_LAYOUTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "distilbert": ("transformer.layer", ("ffn.lin1",), "ffn.lin2"),
 }
 
+# The config attribute holding the FFN width, where it is not ``intermediate_size``.
+FFN_WIDTH_KEYS = {"distilbert": "hidden_dim"}
+
 
 def resolve_encoder_source(folder: Path, heads_config: dict) -> Path:
     """Where the encoder weights and tokenizer of a heads folder live."""
@@ -44,12 +47,15 @@ def resolve_encoder_source(folder: Path, heads_config: dict) -> Path:
 class EncoderWithHeads(PrunableModel):
     """A shared encoder and the bound task's head."""
 
+    ffn_width_key = "intermediate_size"  # DistilBERT: ``hidden_dim`` (FFN_WIDTH_KEYS), set per instance
+
     def __init__(self, encoder: nn.Module, head: nn.Linear, pooling: str, task: TaskSpec, tokenizer, max_length: int):
         super().__init__(task, tokenizer, max_length)
         model_type = encoder.config.model_type  # load_model checked it against ENCODER_LAYOUTS
         if pooling not in ("mean", "cls"):
             raise UsageError(f"{HEADS_CONFIG}: pooling {pooling!r} is not supported: use 'mean' or 'cls'")
         self.architecture = f"{model_type}+heads"
+        self.ffn_width_key = FFN_WIDTH_KEYS.get(model_type, "intermediate_size")
         self.encoder = encoder
         self.head = head
         self.pooling = pooling

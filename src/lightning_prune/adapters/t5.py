@@ -19,6 +19,8 @@ T5_MODEL_TYPES = ("t5", "mt5")
 class T5TextToText(PrunableModel):
     """A seq2seq model answering the bound task with its label words."""
 
+    ffn_width_key = "d_ff"  # one width for the encoder and decoder FFNs
+
     def __init__(self, model: nn.Module, task: TaskSpec, tokenizer, max_length: int):
         super().__init__(task, tokenizer, max_length)
         self.architecture = model.config.model_type

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lightning_prune.errors import UsageError
 from lightning_prune.pruning.slicing import slice_ffn
@@ -43,6 +43,20 @@ def prune_model(model: PrunableModel, kept: list[Tensor]) -> dict:
     return model.pruning_plan
 
 
+def snapshot_ffn(model: PrunableModel) -> list[dict[str, nn.Module]]:
+    """Each FFN layer's projection modules by path. Slicing builds new modules and never changes these, so
+    ``restore_ffn`` brings the model back to this state without a copy (a sparsity sweep prunes the same
+    dense model once per sparsity)."""
+    return [{path: layer.block.get_submodule(path) for path in (*layer.up, layer.down)} for layer in model.ffn_layers()]
+
+
+def restore_ffn(model: PrunableModel, snapshot: list[dict[str, nn.Module]]) -> None:
+    """Put back the FFN modules recorded by ``snapshot_ffn``."""
+    for layer, modules in zip(model.ffn_layers(), snapshot, strict=True):
+        for path, module in modules.items():
+            layer.block.set_submodule(path, module)
+
+
 def read_plan(folder: Path) -> dict | None:
     path = folder / PLAN_FILE
     if not path.is_file():
@@ -62,11 +76,21 @@ def apply_plan(layers: list[FFNLayer], plan: dict, source: Path) -> None:
             f"{source / PLAN_FILE} does not match the model's FFN layers ({len(entries)} planned, "
             f"{len(layers)} in the model): the plan belongs to another model"
         )
+    saved_width = plan.get("padded_width")  # uneven widths saved padded to the widest (see trim_padding)
     for layer, entry in zip(layers, entries, strict=True):
         kept = torch.tensor(entry["kept"], dtype=torch.long)
+        if layer.size == (saved_width or kept.numel()):
+            continue  # built at the saved width already: the saved config holds it (PrunableModel.ffn_width_key)
         if entry["dense_size"] != layer.size or kept.numel() == 0 or int(kept.max()) >= layer.size:
             raise UsageError(
                 f"{source / PLAN_FILE}: layer {layer.name} has {layer.size} neurons, the plan expects "
                 f"{entry['dense_size']}: the plan belongs to another model"
             )
         slice_ffn(layer, kept)
+
+
+def trim_padding(layers: list[FFNLayer], plan: dict) -> None:
+    """Drop the all-zero neurons a padded save appended (after the kept ones) once the weights are loaded."""
+    for layer, entry in zip(layers, plan.get("layers", []), strict=True):
+        if layer.size > len(entry["kept"]):
+            slice_ffn(layer, torch.arange(len(entry["kept"])))

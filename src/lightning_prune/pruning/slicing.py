@@ -40,3 +40,32 @@ def slice_ffn(layer: FFNLayer, keep: Tensor) -> None:
     for path in layer.up:
         layer.block.set_submodule(path, _sliced_linear(layer.block.get_submodule(path), keep, dim=0))
     layer.block.set_submodule(layer.down, _sliced_linear(layer.down_proj, keep, dim=1))
+
+
+def _padded_linear(linear: nn.Linear, extra: int, dim: int) -> nn.Linear:
+    """A new Linear with ``extra`` all-zero rows (dim 0: outputs, and zero bias) or columns (dim 1: inputs)."""
+    weight = linear.weight.detach()
+    zeros = weight.new_zeros((extra, weight.shape[1]) if dim == 0 else (weight.shape[0], extra))
+    padded_weight = torch.cat([weight, zeros], dim=dim)
+    out_features, in_features = padded_weight.shape
+    padded = nn.Linear(
+        in_features, out_features, bias=linear.bias is not None, device=weight.device, dtype=weight.dtype
+    )
+    with torch.no_grad():
+        padded.weight.copy_(padded_weight)
+        if linear.bias is not None:
+            bias = linear.bias.detach()
+            padded.bias.copy_(torch.cat([bias, bias.new_zeros(extra)]) if dim == 0 else bias)
+    return padded
+
+
+def pad_ffn(layer: FFNLayer, width: int) -> None:
+    """Grow ``layer`` to ``width`` neurons by appending all-zero ones: zero rows of the up/gate projections and
+    zero columns of the down projection, so its output is exactly unchanged (used to save uneven widths in a
+    form plain Hugging Face loading accepts)."""
+    extra = width - layer.size
+    if extra <= 0:
+        return
+    for path in layer.up:
+        layer.block.set_submodule(path, _padded_linear(layer.block.get_submodule(path), extra, dim=0))
+    layer.block.set_submodule(layer.down, _padded_linear(layer.down_proj, extra, dim=1))
