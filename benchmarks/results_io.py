@@ -6,6 +6,7 @@ import csv
 from pathlib import Path
 
 from lightning_prune.io import atomic_path
+from lightning_prune.sweep import markdown_table  # noqa: F401 (the benchmarks' table helper)
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -30,9 +31,3 @@ def write_figure(name: str, figure) -> None:
     with atomic_path(RESULTS / f"{name}.png") as tmp:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    """Lines of a markdown table."""
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return lines + ["| " + " | ".join(row) + " |" for row in rows]

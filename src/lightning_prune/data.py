@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Literal
 
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
@@ -17,15 +18,21 @@ from lightning_prune.adapters.base import Batch, PrunableModel
 from lightning_prune.errors import UsageError
 from lightning_prune.tasks import Example, TaskSpec, check_data_file, get_task, load_split, read_tsv
 
+TestSet = Literal["eval", "selection"]  # what ``trainer.test`` runs on
+
+
+def _draw(total: int, count: int | None, seed: int, what: str) -> list[int]:
+    """Sorted positions of ``count`` of ``total`` items drawn without replacement with ``seed`` (all if None)."""
+    if count is None:
+        return list(range(total))
+    if not 0 < count <= total:
+        raise UsageError(f"{what}: asked for {count} examples but 1..{total} are available")
+    return sorted(random.Random(seed).sample(range(total), count))
+
 
 def subsample(examples: list[Example], count: int | None, seed: int, what: str) -> list[Example]:
     """``count`` examples drawn without replacement with ``seed`` (all of them if ``count`` is None)."""
-    if count is None:
-        return examples
-    if not 0 < count <= len(examples):
-        raise UsageError(f"{what}: asked for {count} examples but 1..{len(examples)} are available")
-    picked = sorted(random.Random(seed).sample(range(len(examples)), count))
-    return [examples[i] for i in picked]
+    return [examples[i] for i in _draw(len(examples), count, seed, what)]
 
 
 def _by_length(examples: list[Example]) -> list[Example]:
@@ -40,14 +47,22 @@ class TaskDataModule(LightningDataModule):
         task: a GLUE task (sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte), or any name together with ``labels``
             for a single-sentence task read from ``sentence<TAB>label`` files.
         data_dir: folder of GLUE TSV files (``<data_dir>/<task>/train.tsv``); None loads ``nyu-mll/glue``
-            from the hub through ``datasets``.
+            from the hub through ``datasets`` (the command line fails at once when the hub cannot be reached).
         labels: label names, in the head's output order, of a single-sentence task that is not in GLUE.
-        score_split / eval_split: ``train``, ``validation``, or ``validation_first_half`` /
-            ``validation_second_half`` (a fixed seeded partition of dev) for scoring / for evaluation.
-        score_file / eval_file: a TSV file that replaces the split (e.g. another domain's sentence<TAB>label set).
+        score_split: split the scoring examples come from: ``train``, ``validation``, or
+            ``validation_first_half`` / ``validation_second_half`` (a fixed seeded partition of dev).
+        eval_split: split the evaluation examples come from (same choices as ``score_split``).
+        score_file: a TSV file that replaces ``score_split`` (e.g. another domain's sentence<TAB>label set).
+        eval_file: a TSV file that replaces ``eval_split``.
         num_examples: how many scoring examples to draw (low-resource setting); None uses all.
         eval_examples: how many evaluation examples to draw; None uses all.
-        seed: seed of both draws.
+        selection_examples: with ``--max_drop``: how many examples to choose the sparsity on, drawn from the
+            scoring source (split or file) among the examples not drawn for scoring, so they are held apart
+            from both the scoring and the evaluation examples.
+        selection_file: with ``--max_drop``: a TSV file of selection examples instead of that draw.
+        seed: seed of the draws.
+        batch_size: examples per batch (scoring and evaluation).
+        num_workers: data loader worker processes (0: load in the main process).
     """
 
     def __init__(
@@ -61,6 +76,8 @@ class TaskDataModule(LightningDataModule):
         eval_file: str | None = None,
         num_examples: int | None = None,
         eval_examples: int | None = None,
+        selection_examples: int = 500,
+        selection_file: str | None = None,
         seed: int = 0,
         batch_size: int = 16,
         num_workers: int = 0,
@@ -74,10 +91,11 @@ class TaskDataModule(LightningDataModule):
             raise UsageError(f"data_dir {data_dir} is not a folder: give the folder holding <task>/train.tsv, dev.tsv")
         if batch_size < 1:
             raise UsageError(f"batch_size {batch_size} must be at least 1")
-        for name, file in (("score_file", score_file), ("eval_file", eval_file)):
+        for name, file in (("score_file", score_file), ("eval_file", eval_file), ("selection_file", selection_file)):
             if file is not None:
                 check_data_file(file, name)
         self._cache: dict[str, list[Example]] = {}
+        self.test_set: TestSet = "eval"
 
     def _examples(self, file: str | None, split: str) -> list[Example]:
         return read_tsv(file, self.spec) if file is not None else load_split(self.spec, split, self.hparams.data_dir)
@@ -93,6 +111,43 @@ class TaskDataModule(LightningDataModule):
     def heaviest_score_batch(self, net: PrunableModel) -> Batch:
         """The batch of the longest scoring examples (a full batch, if there are enough): what memory must fit."""
         return net.collate(_by_length(self.score_examples())[-self.hparams.batch_size :])
+
+    def selection_source(self) -> str:
+        h = self.hparams
+        return h.selection_file or f"{h.score_file or h.score_split + ' split'}, not drawn for scoring"
+
+    def selection_examples_list(self) -> list[Example]:
+        """Examples to choose a sparsity on (``max_drop``), disjoint from the scoring and evaluation examples."""
+        h = self.hparams
+        if "selection" in self._cache:
+            return self._cache["selection"]
+        if h.selection_file is not None:
+            self._cache["selection"] = read_tsv(h.selection_file, self.spec)
+            return self._cache["selection"]
+        score_source = h.score_file or h.score_split
+        eval_source = h.eval_file or h.eval_split
+        halves = {"validation_first_half", "validation_second_half"}
+        if score_source == eval_source or (
+            h.score_file is None
+            and h.eval_file is None
+            and {score_source, eval_source} != halves
+            and score_source.startswith("validation")
+            and eval_source.startswith("validation")
+        ):
+            raise UsageError(
+                f"the selection examples are drawn from the scoring source {score_source}, which overlaps the "
+                "evaluation examples: give --data.selection_file, or score on another split or file"
+            )
+        examples = self._examples(h.score_file, h.score_split)
+        scoring = set(_draw(len(examples), h.num_examples, h.seed, "num_examples"))
+        rest = [e for i, e in enumerate(examples) if i not in scoring]
+        if not rest:
+            raise UsageError(
+                "every scoring example is used for scoring, none is left to choose the sparsity on: "
+                "set --data.num_examples, or give --data.selection_file"
+            )
+        self._cache["selection"] = subsample(rest, min(h.selection_examples, len(rest)), h.seed, "selection_examples")
+        return self._cache["selection"]
 
     def eval_examples(self) -> list[Example]:
         """The evaluation examples (read once)."""
@@ -129,4 +184,4 @@ class TaskDataModule(LightningDataModule):
         return self._loader(_by_length(self.score_examples()))
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_examples())
+        return self._loader(self.eval_examples() if self.test_set == "eval" else self.selection_examples_list())

@@ -10,7 +10,7 @@ from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.adapters import model_inputs
-from lightning_prune.data import TaskDataModule
+from lightning_prune.data import TaskDataModule, TestSet
 from lightning_prune.errors import UsageError
 from lightning_prune.io import check_output_location, check_writable, write_json
 from lightning_prune.modules import TaskModel
@@ -19,10 +19,15 @@ RESULT_FORMAT = "lightning-prune/evaluation"  # marks a result file evaluate wro
 
 
 def user_inputs(
-    model_path: str, data_dir: str | None, score_file: str | None, eval_file: str | None
+    model_path: str,
+    data_dir: str | None,
+    score_file: str | None,
+    eval_file: str | None,
+    selection_file: str | None = None,
 ) -> dict[str, Path | str | None]:
     """Everything a run reads, by description: no output may be, lie inside or contain any of them."""
-    return {**model_inputs(model_path), "data_dir": data_dir, "score_file": score_file, "eval_file": eval_file}
+    files = {"score_file": score_file, "eval_file": eval_file, "selection_file": selection_file}
+    return {**model_inputs(model_path), "data_dir": data_dir, **files}
 
 
 def _is_result_file(path: Path) -> bool:
@@ -52,9 +57,15 @@ def check_output_file(output_file: str, overwrite: bool, inputs: dict[str, Path 
     check_writable(path, "output_file", in_parent=True)
 
 
-def test_metrics(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule) -> dict[str, float]:
-    """The task's metrics on the evaluation examples (synced across processes)."""
-    results = trainer.test(model, datamodule=datamodule, verbose=False)
+def test_metrics(
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, examples: TestSet = "eval"
+) -> dict[str, float]:
+    """The task's metrics on the evaluation (or the selection) examples, synced across processes."""
+    datamodule.test_set = examples
+    try:
+        results = trainer.test(model, datamodule=datamodule, verbose=False)
+    finally:
+        datamodule.test_set = "eval"
     return {name: float(value) for name, value in results[0].items()}
 
 

@@ -6,22 +6,24 @@ import json
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from lightning import Trainer
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors.torch import save_file
 
 from lightning_prune import __version__
+from lightning_prune.adapters.base import SAVE_DTYPES
 from lightning_prune.cache import ScoreCache, cache_root, examples_fingerprint, model_fingerprint, score_key
 from lightning_prune.commands.evaluate import test_metrics, user_inputs
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_directory, check_output_location, check_replaceable, check_writable, write_json
 from lightning_prune.modules import LabelSource, ScoringModule, TaskModel
-from lightning_prune.pruning import PLAN_FILE, Scope, prune_model, select_neurons
+from lightning_prune.pruning import PLAN_FILE, Scope, prune_model, restore_ffn, select_neurons, snapshot_ffn
 from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_infos
+from lightning_prune.sweep import SweepPoint, choose, parse_sparsities, write_sweep_reports
 
 SCORES_FILE = "scores.safetensors"
 METRICS_FILE = "metrics.json"
@@ -33,20 +35,30 @@ def check_request(
     scorer: str,
     scorer_options: dict[str, Any] | None,
     labels: str,
-    sparsity: float,
+    sparsity: float | list[float],
     scope: str,
     min_keep: int,
     output_dir: str,
     overwrite: bool,
     cache_dir: str | None = None,
     inputs: dict[str, Path | str | None] | None = None,
+    max_drop: float | None = None,
+    save_dtype: str = "auto",
 ) -> NeuronScorer:
     """Reject bad settings and unusable outputs before any model or data is loaded; return the scorer.
 
     ``inputs`` (see ``user_inputs``): what the run reads; neither ``output_dir`` nor the score cache may be,
     lie inside or contain one of them (the cache may lie above them: it only adds files of its own).
     """
-    select_neurons([], sparsity, scope, min_keep)  # validates sparsity, scope and min_keep
+    sparsities = parse_sparsities(sparsity)
+    if not sparsities:
+        raise UsageError("sparsity is an empty list: give one fraction of FFN neurons to remove, or several")
+    for value in sparsities:
+        select_neurons([], value, scope, min_keep)  # validates sparsity, scope and min_keep
+    if max_drop is not None and max_drop < 0:
+        raise UsageError(f"max_drop {max_drop} is negative: give the largest tolerated metric drop, e.g. 0.01")
+    if save_dtype != "auto" and save_dtype not in SAVE_DTYPES:
+        raise UsageError(f"save_dtype {save_dtype!r} is not supported: use auto, {', '.join(SAVE_DTYPES)}")
     if labels not in ("gold", "pseudo"):
         raise UsageError(f"labels {labels!r} is not supported: use 'gold' (supervised) or 'pseudo' (unsupervised)")
     scorer_impl = create_scorer(scorer, scorer_options)
@@ -108,9 +120,13 @@ def fit_free(
     scorer: str = "attribution",
     scorer_options: dict[str, Any] | None = None,
     labels: LabelSource = "gold",
-    sparsity: float = 0.5,
+    sparsity: float | list[float] = 0.5,
+    max_drop: float | None = None,
+    save_models: Literal["auto", "all", "none"] = "auto",
     scope: Scope = "layer",
     min_keep: int = 1,
+    save_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",
+    pad_uneven_ffn: bool = False,
     output_dir: str = "runs/fit-free",
     overwrite: bool = False,
     evaluate_dense: bool = True,
@@ -124,10 +140,24 @@ def fit_free(
         scorer: a registered scorer (``lightning-prune scorers`` lists them): attribution, activation,
             magnitude, random, or a plugin's.
         scorer_options: the scorer's own settings, e.g. ``{"steps": 20, "mode": "joint"}`` for attribution.
+            They belong to the scorer: a ``--scorer`` given on the command line drops options (from a config)
+            that the new scorer does not take.
         labels: ``gold`` labels (supervised) or ``pseudo``: the model's own predictions (unsupervised).
-        sparsity: fraction of FFN neurons to remove, in [0, 1).
+        sparsity: fraction of FFN neurons to remove, in [0, 1); or several (``0.1,0.3,0.5``): a sweep that
+            scores and evaluates the dense model once, then prunes and evaluates each, writing sweep.csv,
+            sweep.md and sweep.png.
+        max_drop: choose the highest swept sparsity whose primary metric on the selection examples (see
+            ``--data.selection_examples``, held apart from the evaluation examples) is at most this much below
+            the dense model's, e.g. 0.01; it is saved as ``model/``.
+        save_models: ``auto``: the one sparsity's model, or the ``max_drop`` choice of a sweep (none without
+            it); ``all``: also every swept sparsity as ``model-<sparsity>/``; ``none``: no model.
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide).
         min_keep: neurons every layer keeps at least.
+        save_dtype: dtype of the saved weights; ``auto`` keeps the dtype the model had on disk (float16 in,
+            float16 out; computation always runs in float32).
+        pad_uneven_ffn: when layers keep different widths (global scope), pad each to the widest with
+            all-zero neurons (exact; the file grows) so plain Hugging Face ``from_pretrained`` loads it;
+            otherwise the weights are saved at their exact widths, loadable by lightning-prune only.
         output_dir: receives metrics.json, scores.safetensors, the pruned model and config.yaml, all at once;
             never an input, nor inside or above one.
         overwrite: replace an ``output_dir`` that holds an earlier run (only a folder lightning-prune wrote).
@@ -137,25 +167,44 @@ def fit_free(
             ``$XDG_CACHE_HOME/lightning-prune/scores``.
         reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
             per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
+        checkpoint_every: batches between two saves of the scoring progress.
     """
     h = datamodule.hparams
-    inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file)
+    inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file, h.selection_file)
     scorer_impl = check_request(
-        scorer, scorer_options, labels, sparsity, scope, min_keep, output_dir, overwrite, cache_dir, inputs
+        scorer,
+        scorer_options,
+        labels,
+        sparsity,
+        scope,
+        min_keep,
+        output_dir,
+        overwrite,
+        cache_dir,
+        inputs,
+        max_drop,
+        save_dtype,
     )
+    sparsities = parse_sparsities(sparsity)
     if scorer_impl.needs_data:
         # Bad data, or a scorer that cannot fit its heaviest batch in memory, fails now, before any model work.
         scorer_impl.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
     datamodule.eval_examples()
+    if max_drop is not None:
+        datamodule.selection_examples_list()
     seconds: dict[str, float] = {}
-    dense_parameters = model.net.num_parameters()
+    metric = model.spec.primary_metric
     dense_neurons = model.ffn_sizes()
+    dense: dict[str, Any] = {"parameters": model.net.num_parameters(), "metrics": None, "selection_metrics": None}
 
-    dense_metrics = None
     if evaluate_dense:
         start = time.perf_counter()
-        dense_metrics = test_metrics(trainer, model, datamodule)
+        dense["metrics"] = test_metrics(trainer, model, datamodule)
         seconds["evaluate_dense"] = time.perf_counter() - start
+    if max_drop is not None:
+        start = time.perf_counter()
+        dense["selection_metrics"] = test_metrics(trainer, model, datamodule, "selection")
+        seconds["evaluate_selection"] = time.perf_counter() - start
 
     start = time.perf_counter()
     layers = model.net.ffn_layers()
@@ -167,6 +216,7 @@ def fit_free(
         if cached is not None:
             (scores, examples_scored), from_cache = cached, True
         else:
+            rank_zero_info(f"scoring {len(datamodule.score_examples())} examples with {scorer}")
             scoring = ScoringModule(model.net, scorer_impl, scorer, labels, cache, checkpoint_every, reuse_scores)
             trainer.predict(scoring, datamodule=datamodule, return_predictions=False)
             scores, examples_scored = scoring.scores, scoring.examples_seen
@@ -179,14 +229,35 @@ def fit_free(
         scores, examples_scored = check_scores(scorer, scorer_impl(model.net, None), layers), 0
     seconds["score"] = time.perf_counter() - start
 
-    start = time.perf_counter()
-    kept = select_neurons(scores, sparsity, scope, min_keep)
-    plan = prune_model(model.net, kept)
-    seconds["prune"] = time.perf_counter() - start
+    # Every sparsity prunes the same dense model: its FFN modules are put back between points, not reloaded.
+    dense_ffn = snapshot_ffn(model.net)
+    points: list[SweepPoint] = []
+    seconds["prune"] = seconds["evaluate_pruned"] = 0.0
+    for value in sparsities:
+        start = time.perf_counter()
+        kept = select_neurons(scores, value, scope, min_keep)
+        prune_model(model.net, kept)
+        seconds["prune"] += time.perf_counter() - start
+        start = time.perf_counter()
+        point = SweepPoint(value, kept, model.net.num_parameters(), test_metrics(trainer, model, datamodule))
+        seconds["evaluate_pruned"] += time.perf_counter() - start
+        if max_drop is not None:
+            start = time.perf_counter()
+            point.selection_metrics = test_metrics(trainer, model, datamodule, "selection")
+            seconds["evaluate_selection"] += time.perf_counter() - start
+        points.append(point)
+        restore_ffn(model.net, dense_ffn)
+        if len(sparsities) > 1:
+            selected = f", selection {point.selection_metrics[metric]:.4f}" if point.selection_metrics else ""
+            rank_zero_info(f"sparsity {value:g}: {metric} {point.metrics[metric]:.4f}{selected}")
 
-    start = time.perf_counter()
-    pruned_metrics = test_metrics(trainer, model, datamodule)
-    seconds["evaluate_pruned"] = time.perf_counter() - start
+    if max_drop is not None:
+        chosen = choose(points, dense["selection_metrics"][metric], metric, max_drop)
+    else:
+        chosen = points[0] if len(points) == 1 else None
+    to_save = {MODEL_DIR: chosen} if chosen is not None and save_models != "none" else {}
+    if save_models == "all" and len(points) > 1:
+        to_save.update({f"{MODEL_DIR}-{point.sparsity:g}": point for point in points})
 
     summary: dict[str, Any] = {
         "task": model.spec.name,
@@ -199,18 +270,40 @@ def fit_free(
         "score_key": cache.key if cache is not None else None,
         "scores_from_cache": from_cache,
         "batches_resumed": resumed_batches,  # on rank 0: batches restored from an interrupted run
-        "sparsity": sparsity,
+        "sparsity": chosen.sparsity if chosen else None,
         "scope": scope,
-        "primary_metric": model.spec.primary_metric,
-        "dense_metrics": dense_metrics,
-        "pruned_metrics": pruned_metrics,
-        "parameters": {"dense": dense_parameters, "pruned": model.net.num_parameters()},
+        "primary_metric": metric,
+        "dense_metrics": dense["metrics"],
+        "pruned_metrics": chosen.metrics if chosen else None,
+        "parameters": {"dense": dense["parameters"], "pruned": chosen.parameters if chosen else None},
         "ffn_neurons": {
-            name: {"dense": dense_neurons[name], "kept": len(k)} for name, k in zip(dense_neurons, kept, strict=True)
+            name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
+            for i, (name, size) in enumerate(dense_neurons.items())
         },
         "world_size": trainer.world_size,
         "seconds": seconds,
     }
+    if max_drop is not None:
+        summary["selection"] = {
+            "max_drop": max_drop,
+            "examples": len(datamodule.selection_examples_list()),
+            "source": datamodule.selection_source(),
+            "dense_metrics": dense["selection_metrics"],
+            "chosen_metrics": chosen.selection_metrics if chosen else None,
+            "chosen_sparsity": chosen.sparsity if chosen else None,
+        }
+    if len(points) > 1:
+        summary["sweep"] = [
+            {
+                "sparsity": point.sparsity,
+                "parameters": point.parameters,
+                "metrics": point.metrics,
+                "selection_metrics": point.selection_metrics,
+                "within_drop": point.within_drop,
+                "saved_as": next((name for name, p in to_save.items() if p is point), None),
+            }
+            for point in points
+        ]
     if trainer.is_global_zero:
         start = time.perf_counter()
         with atomic_directory(Path(output_dir), overwrite=overwrite) as tmp:
@@ -226,8 +319,19 @@ def fit_free(
                     "layers": json.dumps([layer.name for layer in layers]),
                 },
             )
-            model.net.save(tmp / MODEL_DIR)
-            write_json(tmp / MODEL_DIR / PLAN_FILE, plan)
+            dtype = None if save_dtype == "auto" else SAVE_DTYPES[save_dtype]
+            summary["saved_models"] = {}
+            for name, point in to_save.items():
+                plan = prune_model(model.net, point.kept)
+                layout = model.net.save(tmp / name, dtype, pad_uneven_ffn)
+                padding = {"padded_width": layout["padded_width"]} if layout["padded_width"] is not None else {}
+                write_json(tmp / name / PLAN_FILE, {**plan, **padding})
+                restore_ffn(model.net, dense_ffn)
+                summary["saved_models"][name] = {"sparsity": point.sparsity, **layout}
+            if len(points) > 1:
+                note = write_sweep_reports(tmp, points, metric, dense, chosen, max_drop)
+                if note:
+                    rank_zero_warn(note)
             config_text = getattr(trainer, "resolved_config", None)
             if config_text:
                 (tmp / CONFIG_FILE).write_text(config_text)
@@ -235,15 +339,31 @@ def fit_free(
             write_json(tmp / METRICS_FILE, summary)
         rank_zero_info(_report(summary, output_dir))
     trainer.strategy.barrier()
+    if chosen is not None:  # the in-memory model ends as the chosen (saved) one
+        prune_model(model.net, chosen.kept)
     return summary
 
 
 def _report(summary: dict[str, Any], output_dir: str) -> str:
     metric = summary["primary_metric"]
     dense = summary["dense_metrics"][metric] if summary["dense_metrics"] else float("nan")
-    pruned = summary["pruned_metrics"][metric]
     params = summary["parameters"]
+    selection = summary.get("selection")
+    if summary["pruned_metrics"] is None:
+        reason = (
+            f"no swept sparsity keeps the selection {metric} within {selection['max_drop']:g} of the dense model"
+            if selection
+            else "pass --max_drop to choose one"
+        )
+        return f"{summary['task']}: swept {len(summary['sweep'])} sparsities ({reason}); wrote {output_dir}"
+    pruned = summary["pruned_metrics"][metric]
+    chosen = ""
+    if selection:
+        chosen = (
+            f"; chosen by max_drop {selection['max_drop']:g}: selection {metric} "
+            f"{selection['dense_metrics'][metric]:.4f} -> {selection['chosen_metrics'][metric]:.4f}"
+        )
     return (
         f"{summary['task']}: {metric} dense {dense:.4f} -> pruned {pruned:.4f} at FFN sparsity {summary['sparsity']} "
-        f"({summary['scorer']}); parameters {params['dense']:,} -> {params['pruned']:,}; wrote {output_dir}"
+        f"({summary['scorer']}); parameters {params['dense']:,} -> {params['pruned']:,}{chosen}; wrote {output_dir}"
     )

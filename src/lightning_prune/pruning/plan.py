@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -43,18 +44,30 @@ def prune_model(model: PrunableModel, kept: list[Tensor]) -> dict:
     return model.pruning_plan
 
 
-def snapshot_ffn(model: PrunableModel) -> list[dict[str, nn.Module]]:
-    """Each FFN layer's projection modules by path. Slicing builds new modules and never changes these, so
+@dataclass
+class FFNSnapshot:
+    """A model's FFN projection modules (per layer, by path) and its pruning plan at one moment."""
+
+    modules: list[dict[str, nn.Module]]
+    plan: dict | None
+
+
+def snapshot_ffn(model: PrunableModel) -> FFNSnapshot:
+    """Record the FFN modules and plan. Slicing builds new modules and never changes these, so
     ``restore_ffn`` brings the model back to this state without a copy (a sparsity sweep prunes the same
-    dense model once per sparsity)."""
-    return [{path: layer.block.get_submodule(path) for path in (*layer.up, layer.down)} for layer in model.ffn_layers()]
+    model once per sparsity, each time composing with the plan it was loaded with, not the previous point's)."""
+    modules = [
+        {path: layer.block.get_submodule(path) for path in (*layer.up, layer.down)} for layer in model.ffn_layers()
+    ]
+    return FFNSnapshot(modules, model.pruning_plan)
 
 
-def restore_ffn(model: PrunableModel, snapshot: list[dict[str, nn.Module]]) -> None:
-    """Put back the FFN modules recorded by ``snapshot_ffn``."""
-    for layer, modules in zip(model.ffn_layers(), snapshot, strict=True):
+def restore_ffn(model: PrunableModel, snapshot: FFNSnapshot) -> None:
+    """Put back the FFN modules and plan recorded by ``snapshot_ffn``."""
+    for layer, modules in zip(model.ffn_layers(), snapshot.modules, strict=True):
         for path, module in modules.items():
             layer.block.set_submodule(path, module)
+    model.pruning_plan = snapshot.plan
 
 
 def read_plan(folder: Path) -> dict | None:
