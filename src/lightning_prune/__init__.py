@@ -1,21 +1,39 @@
-"""lightning-prune: task-specific FFN-neuron pruning of multi-task language models, without training."""
+"""lightning-prune: task-specific FFN-neuron pruning of multi-task language models, without training.
 
+The names below load on first use, so ``lightning-prune --help`` and ``scorers`` start without torch's
+model stack."""
+
+from importlib import import_module
 from importlib.metadata import version
+from typing import TYPE_CHECKING, Any
 
-from lightning_prune.adapters import PrunableModel, load_model
 from lightning_prune.errors import UsageError
-from lightning_prune.tasks import TASKS, get_task
+
+if TYPE_CHECKING:
+    from lightning_prune.adapters import PrunableModel, load_model
+    from lightning_prune.tasks import TASKS, get_task
 
 __version__ = version("lightning-prune")
+_LAZY = {"PrunableModel": "lightning_prune.adapters", "load_model": "lightning_prune.adapters"}
+_LAZY.update({"TASKS": "lightning_prune.tasks", "get_task": "lightning_prune.tasks"})
 
 
-def load_pruned_model(path: str, task: str, labels: list[str] | None = None, max_length: int = 128) -> PrunableModel:
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'lightning_prune' has no attribute {name!r}")
+
+
+def load_pruned_model(path: str, task: str, labels: list[str] | None = None, max_length: int = 128) -> "PrunableModel":
     """Load a model saved by ``lightning-prune fit-free`` (its ``model/`` folder) for ``task``
     (with ``labels`` for a single-sentence task outside GLUE).
 
     The result is a ``torch.nn.Module``: ``predict(batch)`` answers, ``collate(examples)`` makes batches,
     and ``weights_module`` is the underlying Hugging Face model at its pruned shapes.
     """
+    from lightning_prune.adapters import load_model
+    from lightning_prune.tasks import get_task
+
     return load_model(path, get_task(task, labels), max_length)
 
 

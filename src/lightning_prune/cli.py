@@ -7,9 +7,10 @@ also come from YAML (``--config``), and ``--print_config`` shows the resolved co
 
 from __future__ import annotations
 
+import logging
 import sys
 import warnings
-from argparse import ArgumentError
+from argparse import SUPPRESS, ArgumentError
 from typing import Any
 
 import torch
@@ -20,8 +21,11 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning_prune.commands.evaluate import check_output_file, evaluate, user_inputs
 from lightning_prune.commands.fit_free import check_request, fit_free
 from lightning_prune.data import TaskDataModule
+from lightning_prune.entry import USAGE, list_scorers, normalize_arguments
 from lightning_prune.errors import UsageError
 from lightning_prune.modules import TaskModel
+from lightning_prune.scorers import accepted_options
+from lightning_prune.tasks import require_hub
 
 TRAINER_DEFAULTS: dict[str, Any] = {
     "inference_mode": False,  # attribution needs gradients inside trainer.predict
@@ -60,10 +64,52 @@ class PruneTrainer(Trainer):
 setattr(PruneTrainer, "fit-free", fit_free)
 
 
+# Trainer options a training-free run may want; ``--help`` folds the other ~40 (``--help-all`` shows them).
+TRAINER_OPTIONS_SHOWN = ("accelerator", "devices", "strategy", "num_nodes", "precision", "enable_progress_bar")
+
+
+def _given(argv: list[str], option: str) -> bool:
+    return any(arg == option or arg.startswith(option + "=") for arg in argv)
+
+
 class PruneCLI(LightningCLI):
+    """``fold_trainer_help``: ``--help`` shows the command's options first and only a few Trainer ones.
+    ``command_line``: the arguments as typed, to tell which options the user gave there (not in a config)."""
+
+    def __init__(self, *args: Any, fold_trainer_help: bool = True, command_line: list[str] = (), **kwargs: Any):
+        self.fold_trainer_help = fold_trainer_help
+        self.command_line = list(command_line)
+        super().__init__(*args, **kwargs)
+
     @staticmethod
     def subcommands() -> dict[str, set[str]]:
         return {"fit-free": {"model", "datamodule"}, "evaluate": {"model", "datamodule"}}
+
+    def _prepare_subcommand_parser(self, klass: type, subcommand: str, **kwargs: Any) -> LightningArgumentParser:
+        kwargs.setdefault("usage", f"lightning-prune {subcommand} [--config FILE] [options]")
+        parser = super()._prepare_subcommand_parser(klass, subcommand, **kwargs)
+        own = set(self._subcommand_method_arguments[subcommand])
+        groups = parser._action_groups
+        command = next(g for g in groups if own & {a.dest for a in g._group_actions})
+        trainer = next(g for g in groups if any(a.dest == "trainer.accelerator" for a in g._group_actions))
+        groups.remove(command)
+        groups.insert(2, command)  # after the positionals and --config, before model and data
+        groups.remove(trainer)
+        groups.append(trainer)
+        command.title = f"{subcommand}: {command.title}"
+        trainer.title = "Lightning Trainer: devices, precision, distributed runs"
+        if self.fold_trainer_help:
+            # dests: "trainer" (a Trainer config file), "trainer.<option>", "trainer.<option>.help"
+            folded = [
+                a for a in trainer._group_actions if a.dest.count(".") != 1 or a.dest[8:] not in TRAINER_OPTIONS_SHOWN
+            ]
+            for action in folded:
+                action.help = SUPPRESS
+            trainer.description = (
+                f"{sum(a.dest.count('.') == 1 for a in folded)} more Trainer options are folded (most are about "
+                f"training and do not apply): `lightning-prune {subcommand} --help-all` shows them."
+            )
+        return parser
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.task", "model.task")
@@ -77,13 +123,16 @@ class PruneCLI(LightningCLI):
             raise UsageError(f"seed_everything {seed} is outside 0..{MAX_SEED} (numpy's seed range): choose one in it")
 
     def before_instantiate_classes(self) -> None:
-        """Every check that needs no model: settings, trainer, outputs (they must not touch any input)."""
+        """Every check that needs no model: settings, trainer, outputs (they must not touch any input), data source."""
         if self.subcommand is None:
             return
         c = self.config[self.subcommand]
         check_trainer(c.trainer.accelerator, c.trainer.devices)
-        inputs = user_inputs(c.model.path, c.data.data_dir, c.data.score_file, c.data.eval_file)
+        data = c.data
+        inputs = user_inputs(c.model.path, data.data_dir, data.score_file, data.eval_file, data.selection_file)
         if self.subcommand == "fit-free":
+            if _given(self.command_line, "--scorer") and not _given(self.command_line, "--scorer_options"):
+                c.scorer_options = self._options_of_new_scorer(c.scorer, c.scorer_options)
             check_request(
                 c.scorer,
                 c.scorer_options,
@@ -95,9 +144,33 @@ class PruneCLI(LightningCLI):
                 c.overwrite,
                 c.cache_dir,
                 inputs,
+                c.max_drop,
+                c.save_dtype,
             )
         elif c.output_file is not None:
             check_output_file(c.output_file, c.overwrite, inputs)
+        files = (data.eval_file, data.score_file) if self.subcommand == "fit-free" else (data.eval_file,)
+        if data.data_dir is None and None in files:
+            require_hub("--data.data_dir")  # before the model loads, not after 40 s of retries
+
+    @staticmethod
+    def _options_of_new_scorer(scorer: str, options: dict[str, Any] | None) -> dict[str, Any] | None:
+        """Scorer options belong to their scorer: a ``--scorer`` typed on the command line over a config keeps
+        only the config's options that the new scorer takes (like a class path resetting its init args)."""
+        if not options:
+            return options
+        names, takes_any = accepted_options(scorer)
+        if takes_any:
+            return options
+        kept = {name: value for name, value in options.items() if name in names}
+        dropped = sorted(set(options) - set(kept))
+        if dropped:
+            print(
+                f"lightning-prune: note: scorer {scorer!r} does not take {', '.join(dropped)} "
+                "(options of the config's scorer); they are dropped",
+                file=sys.stderr,
+            )
+        return kept
 
     def after_instantiate_classes(self) -> None:
         if self.subcommand is not None:
@@ -105,33 +178,20 @@ class PruneCLI(LightningCLI):
             self.trainer.resolved_config = parser.dump(self.config[self.subcommand], skip_none=False)
 
 
-def list_scorers() -> None:
-    """``lightning-prune scorers``: every registered scorer, where it comes from and what it needs.
-
-    A plugin that cannot be used (fails to import, or shares its name with another) is reported on
-    stderr and skipped; it only becomes an error when a run chooses it.
-    """
-    from lightning_prune.scorers import load_scorer_class, scorer_infos
-
-    print(f"{'name':<14}{'distribution':<28}{'version':<10}{'data':<6}{'gradients':<11}labels")
-    for name, info in scorer_infos().items():
-        try:
-            cls = load_scorer_class(name)
-        except UsageError as error:
-            print(f"lightning-prune: warning: {error}", file=sys.stderr)
-            continue
-        flags = "".join(
-            f"{'yes' if flag else 'no':<{width}}"
-            for flag, width in ((cls.needs_data, 6), (cls.needs_gradients, 11), (cls.needs_labels, 6))
-        )
-        print(f"{name:<14}{info.distribution:<28}{info.version:<10}{flags}".rstrip())
+def _drop_advertisements(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith("💡 Tip")
 
 
 def main(args: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if args is None else args
+    argv = normalize_arguments(sys.argv[1:] if args is None else args)
     # Scoring returns nothing from predict_step on purpose; Lightning's own pytree deprecation is not ours.
     warnings.filterwarnings("ignore", message=r".*predict returned None.*")
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")  # argv normalized
+    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_drop_advertisements)  # Lightning's "💡 Tip: install litlogger ..."
+    help_all = "--help-all" in argv
+    argv = ["--help" if arg == "--help-all" else arg for arg in argv]
     try:
         if argv[:1] == ["scorers"]:
             list_scorers()
@@ -147,10 +207,13 @@ def main(args: list[str] | None = None) -> None:
             parser_kwargs={
                 "description": "Task-specific FFN pruning without training. "
                 "`lightning-prune scorers` lists the installed scorers.",
+                "usage": USAGE,
                 "exit_on_error": False,  # parse errors become one line, below
                 **{name: {"exit_on_error": False} for name in PruneCLI.subcommands()},
             },
-            args=args,
+            args=argv,
+            fold_trainer_help=not help_all,
+            command_line=argv,
         )
     except UsageError as error:
         print(f"lightning-prune: error: {error}", file=sys.stderr)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Literal
 
 import torch
 from lightning import LightningModule
 from torch import Tensor
+from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters import Batch, PrunableModel, load_model
+from lightning_prune.adapters import Batch, FFNLayer, PrunableModel, load_model
 from lightning_prune.cache import Progress, ScoreCache
 from lightning_prune.scorers import NeuronScorer, check_scores
 from lightning_prune.tasks import Example, build_metrics, get_task, metric_inputs
@@ -88,6 +90,7 @@ class ScoringModule(LightningModule):
         self.cache = cache
         self.progress = Progress([], 0.0, 0)  # per FFN layer, summed over examples (and processes, once done)
         self.resumed_batches = 0
+        self._pass_counter: RemovableHandle | None = None
 
     def collate(self, examples: list[Example]) -> Batch:
         return self.net.collate(examples)
@@ -102,6 +105,7 @@ class ScoringModule(LightningModule):
         fresh = Progress([torch.zeros(layer.size, dtype=torch.float64) for layer in layers], 0.0, 0)
         self.progress = resumed if resumed is not None else fresh
         self.resumed_batches = self.progress.batches
+        self._pass_counter = self._count_passes(layers[-1]) if layers else None
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
         if batch_idx < self.progress.batches:  # done before an interruption
@@ -113,8 +117,23 @@ class ScoringModule(LightningModule):
         if self.cache is not None and self.progress.batches % self.hparams.checkpoint_every == 0:
             self.cache.save_progress(*self._shard(), self.progress)
 
+    def _count_passes(self, last_layer: FFNLayer) -> RemovableHandle | None:
+        """Show the passes through the last FFN layer on the progress bar as they happen: one attribution
+        batch runs ``layers × steps`` of them and can take minutes, with nothing else moving on screen."""
+        if getattr(self.trainer, "progress_bar_callback", None) is None:
+            return None
+        started, passes = time.monotonic(), [0]
+
+        def tick(_module, _args, _output) -> None:
+            passes[0] += 1
+            _describe_progress(self.trainer, f"{passes[0]} model passes, {time.monotonic() - started:.0f} s")
+
+        return last_layer.down_proj.register_forward_hook(tick)
+
     def on_predict_epoch_end(self) -> None:
         """All-reduce (sum) the per-process sums in one collective, so every process holds the totals."""
+        if self._pass_counter is not None:
+            self._pass_counter.remove()
         sums = self.progress.sums
         flat = torch.cat([*sums, torch.tensor([self.progress.examples], dtype=torch.float64)]).to(self.device)
         flat = self.trainer.strategy.reduce(flat, reduce_op="sum").cpu()
@@ -128,3 +147,15 @@ class ScoringModule(LightningModule):
     @property
     def examples_seen(self) -> int:
         return int(self.progress.examples)
+
+
+def _describe_progress(trainer, text: str) -> None:
+    """Put ``text`` on the scoring progress bar (Rich or tqdm, whichever Lightning shows)."""
+    from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
+
+    callback = trainer.progress_bar_callback
+    if isinstance(callback, RichProgressBar):
+        if callback.progress is not None and callback.predict_progress_bar_id is not None:
+            callback.progress.update(callback.predict_progress_bar_id, description=f"Scoring ({text})")
+    elif isinstance(callback, TQDMProgressBar) and callback._predict_progress_bar is not None:
+        callback.predict_progress_bar.set_postfix_str(text)

@@ -11,20 +11,25 @@ from __future__ import annotations
 import csv
 import io
 import math
+import os
 import random
 import re
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlparse
 
-import torch
-from torchmetrics import MetricCollection
-from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
-from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+if TYPE_CHECKING:  # torch and torchmetrics load lazily: ``--help`` and errors should not wait for them
+    import torch
+    from torchmetrics import MetricCollection
 
 from lightning_prune.errors import UsageError
 
 GLUE_HUB_ID = "nyu-mll/glue"
+HUB_OFFLINE_VARIABLES = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")
 SPLITS = ("train", "validation", "validation_first_half", "validation_second_half")
 HALF_SEED = 0  # fixed: the two halves of a dev set are the same partition in every run
 
@@ -325,6 +330,23 @@ def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[
     return _load_hub_split(spec, split)
 
 
+def require_hub(option: str) -> None:
+    """Fail at once, naming ``option``, when the Hugging Face hub cannot be reached: offline mode is set, or
+    its host does not accept a connection within 3 s (with a proxy configured, ``datasets`` decides)."""
+    offline = any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in HUB_OFFLINE_VARIABLES)
+    if not offline and not any(os.environ.get(name) for name in PROXY_VARIABLES):
+        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        try:
+            socket.create_connection((host.hostname, host.port or 443), timeout=3).close()
+        except OSError:
+            offline = True
+    if offline:
+        raise UsageError(
+            f"no {option} given and the Hugging Face hub is unreachable (offline): give {option}, "
+            "a folder of GLUE TSV files such as ../shared/data/glue"
+        )
+
+
 def _load_hub_split(spec: TaskSpec, split: str) -> list[Example]:
     import datasets  # heavy: only for hub users
 
@@ -346,6 +368,10 @@ def _load_hub_split(spec: TaskSpec, split: str) -> list[Example]:
 
 def build_metrics(spec: TaskSpec) -> MetricCollection:
     """GLUE's metrics for the task, as torchmetrics (they sync across processes under DDP)."""
+    from torchmetrics import MetricCollection
+    from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
+    from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+
     factories = {
         "accuracy": lambda: MulticlassAccuracy(num_classes=spec.num_labels, average="micro"),
         "f1": lambda: BinaryF1Score(),

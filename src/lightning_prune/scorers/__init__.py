@@ -18,7 +18,15 @@ from lightning_prune.scorers.base import NeuronScorer
 
 ENTRY_POINT_GROUP = "lightning_prune.scorers"
 
-__all__ = ["ENTRY_POINT_GROUP", "NeuronScorer", "ScorerInfo", "check_scores", "create_scorer", "scorer_infos"]
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "NeuronScorer",
+    "ScorerInfo",
+    "accepted_options",
+    "check_scores",
+    "create_scorer",
+    "scorer_infos",
+]
 
 
 @dataclass(frozen=True)
@@ -75,13 +83,18 @@ def load_scorer_class(name: str) -> type[NeuronScorer]:
     return scorer_class
 
 
+def accepted_options(name: str) -> tuple[list[str], bool]:
+    """The option names scorer ``name``'s constructor takes, and whether it takes any (``**kwargs``)."""
+    parameters = inspect.signature(load_scorer_class(name)).parameters
+    accepted = [p for p in parameters if parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
+    return accepted, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+
+
 def create_scorer(name: str, options: dict[str, Any] | None = None) -> NeuronScorer:
     """Instantiate scorer ``name`` with ``options``, rejecting options its constructor does not take."""
     scorer_class = load_scorer_class(name)
     options = dict(options or {})
-    parameters = inspect.signature(scorer_class).parameters
-    accepted = [p for p in parameters if parameters[p].kind is not inspect.Parameter.VAR_KEYWORD]
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+    accepted, takes_any = accepted_options(name)
     unknown = sorted(set(options) - set(accepted))
     if unknown and not takes_any:
         raise UsageError(
