@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import fit_free_args, run_cli
 from safetensors import safe_open
 
+from conftest import fit_free_args, run_cli
 from lightning_prune import load_pruned_model
 from lightning_prune.cli import PruneCLI, main
 from lightning_prune.data import TaskDataModule
