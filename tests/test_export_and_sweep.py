@@ -250,3 +250,19 @@ def test_scoring_progress_moves_within_a_batch(bert_dir, glue_dir, tmp_path, cap
     assert code == 0, err
     # One batch of 48 examples; the bar still counts the passes through the model while it runs.
     assert re.search(r"0/1 \[[^\]]*, 3 model passes", out), out  # 3 passes shown before the batch completes
+
+
+def test_sweep_over_a_pruned_model_composes_each_point_with_the_loaded_plan(bert_dir, glue_dir, tmp_path):
+    magnitude_run(bert_dir, glue_dir, tmp_path / "first")
+    first = tmp_path / "first" / "model"
+    out = tmp_path / "again"
+    metrics = magnitude_run(first, glue_dir, out, "--sparsity", "0.25,0.5", "--save_models", "all")
+    first_kept = [entry["kept"] for entry in json.loads((first / "pruning_plan.json").read_text())["layers"]]
+    for point in metrics["sweep"]:
+        folder = out / point["saved_as"]
+        layers = json.loads((folder / "pruning_plan.json").read_text())["layers"]
+        for entry, kept_before in zip(layers, first_kept, strict=True):
+            # Indices into the original dense model, a subset of the first pruning's, at this point's size.
+            assert set(entry["kept"]) <= set(kept_before)
+            assert len(entry["kept"]) == round((1 - point["sparsity"]) * len(kept_before))
+        assert load_pruned_model(str(folder), "sst2").num_parameters() == point["parameters"]
