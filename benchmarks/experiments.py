@@ -98,6 +98,7 @@ def _score_segment(
         "lightning_prune": __version__,
         "model": fingerprint,
         "task": model.task.name,
+        "input_settings": model.input_settings(),
         "examples": examples_fingerprint(examples),
         "scorer": scorer,
         "options": options,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from lightning_prune.testing import build_bert_with_heads, build_t5, write_glue_dir
+from lightning_prune.testing import build_bert_with_heads, build_causal_lm, build_t5, write_glue_dir
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
@@ -29,7 +29,12 @@ def t5_gated_dir(tmp_path_factory) -> Path:
     return build_t5(tmp_path_factory.mktemp("t5gated"), gated=True)
 
 
-@pytest.fixture(params=["bert", "t5", "t5_gated"])
+@pytest.fixture(scope="session")
+def llama_dir(tmp_path_factory) -> Path:
+    return build_causal_lm(tmp_path_factory.mktemp("llama"), "llama")
+
+
+@pytest.fixture(params=["bert", "t5", "t5_gated", "llama"])
 def model_dir(request) -> Path:
     return request.getfixturevalue(f"{request.param}_dir")
 

@@ -14,7 +14,7 @@ from lightning_prune.scorers import check_scores, create_scorer, scorer_infos
 from lightning_prune.scorers.attribution import AttributionScorer
 from lightning_prune.tasks import TASKS, load_split
 
-BUILT_INS = {"attribution", "activation", "magnitude", "random"}
+BUILT_INS = {"attribution", "activation", "magnitude", "random", "wanda"}
 
 
 def _examples(glue_dir, task="sst2", split="validation", count=8):

@@ -11,11 +11,12 @@ from lightning_prune.errors import UsageError
 
 if TYPE_CHECKING:
     from lightning_prune.adapters import PrunableModel, load_model
+    from lightning_prune.prompts import Prompt
     from lightning_prune.tasks import TASKS, get_task
 
 __version__ = version("lightning-prune")
 _LAZY = {"PrunableModel": "lightning_prune.adapters", "load_model": "lightning_prune.adapters"}
-_LAZY.update({"TASKS": "lightning_prune.tasks", "get_task": "lightning_prune.tasks"})
+_LAZY.update({"TASKS": "lightning_prune.tasks", "get_task": "lightning_prune.tasks", "Prompt": "lightning_prune.prompts"})
 
 
 def __getattr__(name: str) -> Any:
@@ -24,9 +25,11 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'lightning_prune' has no attribute {name!r}")
 
 
-def load_pruned_model(path: str, task: str, labels: list[str] | None = None, max_length: int = 128) -> "PrunableModel":
+def load_pruned_model(
+    path: str, task: str, labels: list[str] | None = None, max_length: int = 128, prompt: "Prompt | None" = None
+) -> "PrunableModel":
     """Load a model saved by ``lightning-prune fit-free`` (its ``model/`` folder) for ``task``
-    (with ``labels`` for a single-sentence task outside GLUE).
+    (with ``labels`` for a single-sentence task outside GLUE; ``prompt`` for a decoder LM).
 
     The result is a ``torch.nn.Module``: ``predict(batch)`` answers, ``collate(examples)`` makes batches,
     and ``weights_module`` is the underlying Hugging Face model at its pruned shapes.
@@ -34,7 +37,16 @@ def load_pruned_model(path: str, task: str, labels: list[str] | None = None, max
     from lightning_prune.adapters import load_model
     from lightning_prune.tasks import get_task
 
-    return load_model(path, get_task(task, labels), max_length)
+    return load_model(path, get_task(task, labels), max_length, prompt)
 
 
-__all__ = ["TASKS", "PrunableModel", "UsageError", "__version__", "get_task", "load_model", "load_pruned_model"]
+__all__ = [
+    "TASKS",
+    "Prompt",
+    "PrunableModel",
+    "UsageError",
+    "__version__",
+    "get_task",
+    "load_model",
+    "load_pruned_model",
+]

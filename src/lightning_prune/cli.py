@@ -114,6 +114,9 @@ class PruneCLI(LightningCLI):
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.link_arguments("data.task", "model.task")
         parser.link_arguments("data.labels", "model.labels")
+        parser.link_arguments(
+            "data", "model.demonstrations", compute_fn=TaskDataModule.demonstration_examples, apply_on="instantiate"
+        )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
         super().parse_arguments(parser, args)
@@ -215,8 +218,11 @@ def main(args: list[str] | None = None) -> None:
             fold_trainer_help=not help_all,
             command_line=argv,
         )
-    except UsageError as error:
-        print(f"lightning-prune: error: {error}", file=sys.stderr)
+    except ValueError as error:  # UsageError, also raised inside a jsonargparse link (data -> model.demonstrations)
+        usage = error if isinstance(error, UsageError) else error.__cause__
+        if not isinstance(usage, UsageError):
+            raise
+        print(f"lightning-prune: error: {usage}", file=sys.stderr)
         sys.exit(2)
     except (ArgumentError, MisconfigurationException) as error:
         # jsonargparse: unknown option or config key, wrong type, ...; Lightning: a trainer setting it rejects

@@ -63,6 +63,8 @@ class TaskDataModule(LightningDataModule):
         seed: seed of the draws.
         batch_size: examples per batch (scoring and evaluation).
         num_workers: data loader worker processes (0: load in the main process).
+        demonstrations: in-context examples for decoder LMs, drawn with ``seed`` from the scoring split (or
+            ``score_file``) and left out of the scoring and selection examples.
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class TaskDataModule(LightningDataModule):
         seed: int = 0,
         batch_size: int = 16,
         num_workers: int = 0,
+        demonstrations: int = 0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -89,6 +92,8 @@ class TaskDataModule(LightningDataModule):
             raise UsageError(f"task {task!r} given with labels is read from files: give score_file and eval_file")
         if data_dir is not None and not Path(data_dir).is_dir():
             raise UsageError(f"data_dir {data_dir} is not a folder: give the folder holding <task>/train.tsv, dev.tsv")
+        if demonstrations < 0:
+            raise UsageError(f"demonstrations {demonstrations} must be 0 (zero-shot) or more")
         if batch_size < 1:
             raise UsageError(f"batch_size {batch_size} must be at least 1")
         for name, file in (("score_file", score_file), ("eval_file", eval_file), ("selection_file", selection_file)):
@@ -100,12 +105,32 @@ class TaskDataModule(LightningDataModule):
     def _examples(self, file: str | None, split: str) -> list[Example]:
         return read_tsv(file, self.spec) if file is not None else load_split(self.spec, split, self.hparams.data_dir)
 
+    def _score_pool(self) -> tuple[list[Example], list[Example]]:
+        """(demonstrations, the rest of the scoring split): the seeded draw of in-context examples comes first."""
+        h = self.hparams
+        examples = self._examples(h.score_file, h.score_split)
+        if not h.demonstrations:
+            return [], examples
+        if h.demonstrations >= len(examples):
+            raise UsageError(
+                f"demonstrations: asked for {h.demonstrations} but the scoring data has {len(examples)} examples"
+            )
+        picked = set(random.Random(f"demonstrations-{h.seed}").sample(range(len(examples)), h.demonstrations))
+        return [examples[i] for i in sorted(picked)], [e for i, e in enumerate(examples) if i not in picked]
+
+    def demonstration_examples(self) -> list[Example]:
+        """The in-context examples (none unless ``demonstrations`` > 0)."""
+        if "demonstrations" not in self._cache:
+            self._cache["demonstrations"], pool = self._score_pool()
+            self._cache["pool"] = pool
+        return self._cache["demonstrations"]
+
     def score_examples(self) -> list[Example]:
         """The scoring examples (read once; a bad file fails here, before any model work if called early)."""
         h = self.hparams
         if "score" not in self._cache:
-            examples = self._examples(h.score_file, h.score_split)
-            self._cache["score"] = subsample(examples, h.num_examples, h.seed, "num_examples")
+            self.demonstration_examples()
+            self._cache["score"] = subsample(self._cache["pool"], h.num_examples, h.seed, "num_examples")
         return self._cache["score"]
 
     def heaviest_score_batch(self, net: PrunableModel) -> Batch:
@@ -138,7 +163,8 @@ class TaskDataModule(LightningDataModule):
                 f"the selection examples are drawn from the scoring source {score_source}, which overlaps the "
                 "evaluation examples: give --data.selection_file, or score on another split or file"
             )
-        examples = self._examples(h.score_file, h.score_split)
+        self.demonstration_examples()
+        examples = self._cache["pool"]  # the scoring source without the demonstrations
         scoring = set(_draw(len(examples), h.num_examples, h.seed, "num_examples"))
         rest = [e for i, e in enumerate(examples) if i not in scoring]
         if not rest:

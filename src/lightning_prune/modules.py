@@ -13,6 +13,7 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters import Batch, FFNLayer, PrunableModel, load_model
 from lightning_prune.cache import Progress, ScoreCache
+from lightning_prune.prompts import Prompt
 from lightning_prune.scorers import NeuronScorer, check_scores
 from lightning_prune.tasks import Example, build_metrics, get_task, metric_inputs
 
@@ -26,14 +27,25 @@ class TaskModel(LightningModule):
         path: model folder (dense or written by lightning-prune), or a hub id for T5 models when online.
         task: the task (linked to ``data.task`` on the command line).
         labels: label names of a non-GLUE single-sentence task (linked to ``data.labels``).
-        max_length: inputs are truncated to this many tokens.
+        max_length: inputs are truncated to this many tokens (decoder LMs: the start of a long prompt goes).
+        prompt: decoder LMs only: template, label words, chat template (``lightning_prune.prompts``);
+            unset fields take the task's default prompt.
+        demonstrations: in-context examples of decoder LMs; filled in from ``data.demonstrations``.
     """
 
-    def __init__(self, path: str, task: str = "sst2", labels: list[str] | None = None, max_length: int = 128) -> None:
+    def __init__(
+        self,
+        path: str,
+        task: str = "sst2",
+        labels: list[str] | None = None,
+        max_length: int = 128,
+        prompt: Prompt | None = None,
+        demonstrations: list[Example] | None = None,
+    ) -> None:
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["demonstrations"])
         self.spec = get_task(task, labels)
-        self.net: PrunableModel = load_model(path, self.spec, max_length)
+        self.net: PrunableModel = load_model(path, self.spec, max_length, prompt, demonstrations)
         self.metrics = build_metrics(self.spec)
 
     def collate(self, examples: list[Example]) -> Batch:

@@ -1,7 +1,8 @@
 """Tiny models built from configs, with tokenizers trained on the fly, and a small GLUE-style folder.
 
 What this project's tests prune, and what a scorer plugin's tests can use: every supported adapter
-(shared encoder + heads, T5, gated T5) in a few hundred KB, built in a second, no download.
+(shared encoder + heads, T5, gated T5, each decoder-LM family) in a few hundred KB, built in a second,
+no download.
 """
 
 from __future__ import annotations
@@ -13,8 +14,17 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
-from transformers import BertConfig, BertModel, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+from transformers import (
+    AutoConfig,
+    AutoModelForCausalLM,
+    BertConfig,
+    BertModel,
+    PreTrainedTokenizerFast,
+    T5Config,
+    T5ForConditionalGeneration,
+)
 
+from lightning_prune.prompts import DEFAULT_PROMPTS
 from lightning_prune.tasks import TASKS
 
 POSITIVE = ["good", "great", "fine", "lovely", "superb", "nice"]
@@ -57,7 +67,14 @@ def _corpus() -> list[str]:
     words = POSITIVE + NEGATIVE + NOUNS
     label_words = [w for spec in TASKS.values() for w in spec.t5_label_words]
     prefixes = [spec.t5_prefix + " " + " ".join(f"{f}:" for f in spec.t5_field_names) for spec in TASKS.values()]
-    return [" ".join(words)] * 5 + [" ".join(label_words)] * 5 + prefixes * 5 + [s for s, _ in sentiment_rows(200, 3)]
+    prompts = [template + " ".join(answers) for template, answers in DEFAULT_PROMPTS.values()]
+    return (
+        [" ".join(words)] * 5
+        + [" ".join(label_words)] * 5
+        + prefixes * 5
+        + prompts * 5
+        + [s for s, _ in sentiment_rows(200, 3)]
+    )
 
 
 def bert_tokenizer() -> PreTrainedTokenizerFast:
@@ -148,5 +165,74 @@ def build_t5(folder: Path, gated: bool = False, seed: int = 0) -> Path:
         tie_word_embeddings=not gated,
     )
     T5ForConditionalGeneration(config).save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+# model_type -> config settings of a tiny decoder LM of that family. Gemma gets a sliding window shorter
+# than the test prompts, so its sliding and full-attention layers see different masks.
+CAUSAL_LM_CONFIGS: dict[str, dict] = {
+    "llama": {},
+    "mistral": {"sliding_window": None},
+    "qwen2": {},
+    "qwen3": {"head_dim": 8},
+    "gemma2": {"head_dim": 8, "sliding_window": 4, "attn_logit_softcapping": None, "query_pre_attn_scalar": 8},
+    "gemma3_text": {"head_dim": 8, "sliding_window": 4, "query_pre_attn_scalar": 8, "sliding_window_pattern": 2},
+}
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }} <|end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def decoder_tokenizer(word_level: bool = False) -> PreTrainedTokenizerFast:
+    """A tokenizer for the tiny decoder LMs, knowing the default prompts, with a chat template: byte-level
+    BPE as Llama 3, Qwen and SmolLM use (every text tokenizes), or ``word_level`` with an unknown token."""
+    specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
+    if word_level:
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.Whitespace()
+        tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=specials))
+        tok.decoder = decoders.WordPiece()  # joins words with spaces
+    else:
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        alphabet = pre_tokenizers.ByteLevel.alphabet()
+        trainer = trainers.BpeTrainer(vocab_size=600, special_tokens=specials, initial_alphabet=alphabet)
+        tok.train_from_iterator(_corpus(), trainer)
+        tok.decoder = decoders.ByteLevel()
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
+        chat_template=CHAT_TEMPLATE,
+        model_input_names=["input_ids", "attention_mask"],
+    )
+
+
+def build_causal_lm(folder: Path, model_type: str = "llama", seed: int = 0, word_level: bool = False) -> Path:
+    """A tiny random decoder LM of family ``model_type`` (2 layers, hidden 32, FFN 48, tied embeddings)."""
+    torch.manual_seed(seed)
+    tokenizer = decoder_tokenizer(word_level)
+    config = AutoConfig.for_model(
+        model_type,
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+        tie_word_embeddings=True,
+        **CAUSAL_LM_CONFIGS[model_type],
+    )
+    AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder

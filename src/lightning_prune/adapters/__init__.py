@@ -1,8 +1,10 @@
 """Model adapters: load a (dense or pruned) multi-task model and bind it to one task.
 
-Supported: T5-family text-to-text models (``t5``, ``mt5``: T5, Flan-T5, T5 v1.1, mT5) and shared
-encoders with per-task heads (BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, DistilBERT; see ``encoder``).
+Supported: T5-family text-to-text models (``t5``, ``mt5``: T5, Flan-T5, T5 v1.1, mT5), decoder-only
+LMs with gated FFNs answering through a prompt (Llama, Mistral, Qwen2/3, Gemma 2/3; see ``causal_lm``) and
+shared encoders with per-task heads (BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, DistilBERT; see ``encoder``).
 A folder written by ``lightning-prune`` holds ``pruning_plan.json`` and is rebuilt at its pruned shapes.
+A model may also be a ``.gguf`` file or a ``pkg:`` reference to a file in an installed package (``sources``).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_model
 
 from lightning_prune.adapters.base import PER_LAYER_WEIGHTS_FILE, WEIGHTS_FILE, Batch, FFNLayer, PrunableModel
+from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES, CausalLMClassifier
 from lightning_prune.adapters.encoder import (
     ENCODER_LAYOUTS,
     HEADS_CONFIG,
@@ -24,8 +27,10 @@ from lightning_prune.adapters.encoder import (
 )
 from lightning_prune.adapters.t5 import T5_MODEL_TYPES, T5TextToText
 from lightning_prune.errors import UsageError
+from lightning_prune.prompts import Prompt
 from lightning_prune.pruning.plan import apply_plan, read_plan, trim_padding
-from lightning_prune.tasks import TaskSpec
+from lightning_prune.sources import resolve_model_source
+from lightning_prune.tasks import Example, TaskSpec
 
 SAFETENSORS_FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
 
@@ -33,7 +38,10 @@ __all__ = ["Batch", "FFNLayer", "PrunableModel", "load_model", "model_inputs", "
 
 
 def supported_architectures() -> str:
-    return f"text-to-text: {', '.join(T5_MODEL_TYPES)}; shared encoder + {HEADS_CONFIG}: {', '.join(ENCODER_LAYOUTS)}"
+    return (
+        f"text-to-text: {', '.join(T5_MODEL_TYPES)}; decoder LM (gated FFN): {', '.join(CAUSAL_LM_MODEL_TYPES)}; "
+        f"shared encoder + {HEADS_CONFIG}: {', '.join(ENCODER_LAYOUTS)}"
+    )
 
 
 def _is_local(path: str) -> bool:
@@ -134,11 +142,19 @@ def _load_pruned_weights(model: PrunableModel, folder: Path, plan: dict) -> None
     trim_padding(model.ffn_layers(), plan)
 
 
-def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> PrunableModel:
-    """Load the model at ``path`` (local folder or, for T5, a hub id) bound to ``task``, in float32, frozen."""
-    from transformers import AutoConfig, AutoModel, AutoModelForSeq2SeqLM, AutoTokenizer
+def load_model(
+    path: str | Path,
+    task: TaskSpec,
+    max_length: int = 128,
+    prompt: Prompt | None = None,
+    demonstrations: list[Example] | None = None,
+) -> PrunableModel:
+    """Load the model at ``path`` (local folder, ``.gguf`` file, ``pkg:`` reference, or for T5 and decoder
+    LMs a hub id) bound to ``task``, in float32, frozen. ``prompt`` and ``demonstrations`` (in-context
+    examples) apply to decoder LMs only."""
+    from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
-    path = str(path)
+    path = resolve_model_source(str(path))
     folder = Path(path).expanduser()
     if _is_local(path):
         path = str(folder)
@@ -180,13 +196,23 @@ def load_model(path: str | Path, task: TaskSpec, max_length: int = 128) -> Pruna
                 f"{path} is a bare {config.model_type} encoder without task heads: add {HEADS_CONFIG} "
                 "(see README, 'Model formats') or use a text-to-text model"
             )
-        if config.model_type not in T5_MODEL_TYPES:
+        if config.model_type not in (*T5_MODEL_TYPES, *CAUSAL_LM_MODEL_TYPES):
             raise UsageError(
                 f"architecture {config.model_type!r} of {path} is not supported; supported: {supported_architectures()}"
             )
         source_dtype = _stored_dtype(folder, config)
-        seq2seq = _load_hf(AutoModelForSeq2SeqLM, path, plan)
-        model = T5TextToText(seq2seq, task, _load_tokenizer(AutoTokenizer, path), max_length)
+        if config.model_type in CAUSAL_LM_MODEL_TYPES:
+            tokenizer = _load_tokenizer(AutoTokenizer, path)
+            decoder = _load_hf(AutoModelForCausalLM, path, plan)
+            model = CausalLMClassifier(decoder, task, tokenizer, max_length, prompt, demonstrations)
+        else:
+            seq2seq = _load_hf(AutoModelForSeq2SeqLM, path, plan)
+            model = T5TextToText(seq2seq, task, _load_tokenizer(AutoTokenizer, path), max_length)
+    if not isinstance(model, CausalLMClassifier) and (prompt is not None or demonstrations):
+        raise UsageError(
+            f"prompt and demonstrations apply to decoder LMs ({', '.join(CAUSAL_LM_MODEL_TYPES)}); "
+            f"{path} is a {model.architecture} model: drop them"
+        )
 
     model.source_dtype = source_dtype
     if plan is not None:

@@ -56,21 +56,36 @@ ActivationHook = Callable[[FFNLayer, Tensor], Tensor]
 
 @dataclass
 class BlockInput:
-    """The positional and keyword arguments one transformer block was called with."""
+    """The positional and keyword arguments one transformer block was called with.
+
+    ``following``: the keyword arguments of the blocks after it, for models whose blocks get different
+    ones (sliding-window and full-attention layers have different masks and rotary tables).
+    """
 
     args: tuple
     kwargs: dict
+    following: tuple[BlockInput, ...] = ()
 
-    def expand(self, repeats: int) -> BlockInput:
-        """Repeat every batch-shaped tensor like ``expand_batch`` does (example i -> rows i*repeats ...)."""
-        rows = self.args[0].shape[0]
+    def expand(self, repeats: int, rows: int | None = None) -> BlockInput:
+        """Repeat every batch-shaped tensor like ``expand_batch`` does (example i -> rows i*repeats ...).
+
+        Batch-shaped means at least two dimensions, the first of ``rows`` (the hidden states' batch size):
+        one-dimensional arguments are per position (e.g. ``cache_position``), never per example.
+        """
+        rows = self.args[0].shape[0] if rows is None else rows
 
         def grow(value):
-            if isinstance(value, Tensor) and value.dim() > 0 and value.shape[0] == rows:
+            if isinstance(value, tuple):  # e.g. rotary (cos, sin)
+                return tuple(grow(v) for v in value)
+            if isinstance(value, Tensor) and value.dim() > 1 and value.shape[0] == rows:
                 return value.repeat_interleave(repeats, dim=0)
             return value
 
-        return BlockInput(tuple(grow(a) for a in self.args), {k: grow(v) for k, v in self.kwargs.items()})
+        return BlockInput(
+            tuple(grow(a) for a in self.args),
+            {k: grow(v) for k, v in self.kwargs.items()},
+            tuple(later.expand(repeats, rows) for later in self.following),
+        )
 
 
 class PrunableModel(nn.Module, ABC):
@@ -166,6 +181,10 @@ class PrunableModel(nn.Module, ABC):
     def target_log_prob_from(self, batch: Batch, labels: Tensor, layer_index: int, block_input: BlockInput) -> Tensor:
         """``target_log_prob`` restarted at the block of FFN layer ``layer_index`` (see ``block_inputs``)."""
         raise NotImplementedError(f"{type(self).__name__} cannot restart from a block")
+
+    def input_settings(self) -> dict:
+        """What besides the examples decides the model's inputs (a decoder LM's prompt): part of score cache keys."""
+        return {}
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

