@@ -237,6 +237,14 @@ def test_unsupported_decoder_families_are_named(glue_dir, tmp_path, capsys, mode
     assert f"architecture {model_type!r}" in line and "llama, mistral, qwen2, qwen3, gemma2, gemma3_text" in line
 
 
+def test_chat_needs_a_chat_template(tmp_path, glue_dir, capsys):
+    folder = build_causal_lm(tmp_path / "plain", "llama")
+    (folder / "chat_template.jinja").unlink()
+    out = tmp_path / "run"
+    line = _bad_input(fit_free_args(folder, glue_dir, out, "--model.prompt.chat", "true"), capsys, out)
+    assert "prompt.chat is true but the model's tokenizer has no chat template" in line
+
+
 def test_prompts_are_refused_for_models_without_a_decoder_lm(bert_dir, glue_dir, tmp_path, capsys):
     out = tmp_path / "run"
     args = fit_free_args(bert_dir, glue_dir, out, "--model.prompt.template", '"Review: {sentence}"')
