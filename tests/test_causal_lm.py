@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import fit_free_args, run_cli
 
+from conftest import fit_free_args, run_cli
 from lightning_prune import load_model, load_pruned_model
 from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES
 from lightning_prune.cli import main

@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 __version__ = version("lightning-prune")
 _LAZY = {"PrunableModel": "lightning_prune.adapters", "load_model": "lightning_prune.adapters"}
-_LAZY.update({"TASKS": "lightning_prune.tasks", "get_task": "lightning_prune.tasks", "Prompt": "lightning_prune.prompts"})
+_LAZY.update(
+    {"TASKS": "lightning_prune.tasks", "get_task": "lightning_prune.tasks", "Prompt": "lightning_prune.prompts"}
+)
 
 
 def __getattr__(name: str) -> Any:
