@@ -14,6 +14,8 @@ from safetensors.torch import load_file
 from conftest import fit_free_args, run_cli
 from lightning_prune import load_pruned_model
 from lightning_prune.cli import main
+from lightning_prune.modules import TaskModel
+from lightning_prune.pruning import PLAN_FILE
 from lightning_prune.tasks import TASKS, read_tsv
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -223,3 +225,26 @@ def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
         Path(tmp_path / "two" / "model" / "pruning_plan.json").read_text()
         == Path(tmp_path / "one" / "model" / "pruning_plan.json").read_text()
     )
+
+
+def test_bias_compensation_is_the_default_and_lives_in_the_saved_biases(bert_dir, glue_dir, tmp_path):
+    random_run = ["--scorer", "random", "--scorer_options", "{}"]
+    main(fit_free_args(bert_dir, glue_dir, tmp_path / "on", *random_run))
+    main(fit_free_args(bert_dir, glue_dir, tmp_path / "off", *random_run, "--compensate", "false"))
+    runs = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("on", "off")}
+    assert runs["on"]["bias_compensation"] and not runs["off"]["bias_compensation"]
+    plans = {name: json.loads((tmp_path / name / "model" / PLAN_FILE).read_text()) for name in ("on", "off")}
+    assert all(layer["bias_compensated"] for layer in plans["on"]["layers"])
+    assert not any(layer["bias_compensated"] for layer in plans["off"]["layers"])
+    assert [layer["kept"] for layer in plans["on"]["layers"]] == [layer["kept"] for layer in plans["off"]["layers"]]
+    on, off = (load_file(str(tmp_path / name / "model" / "model.safetensors")) for name in ("on", "off"))
+    biases = [name for name in on if name.endswith("output.dense.bias") and "attention" not in name]
+    assert biases and all(not torch.equal(on[name], off[name]) for name in biases)
+    assert all(torch.equal(on[name], off[name]) for name in on if name not in biases)
+
+
+def test_evaluation_length_is_set_apart_from_scoring_length(bert_dir, glue_dir):
+    examples = read_tsv(glue_dir / "sst2" / "dev.tsv", TASKS["sst2"])[:8]
+    model = TaskModel(str(bert_dir), max_length=64, eval_max_length=4)
+    assert model.collate(examples)["input_ids"].shape[1] == 4
+    assert model.net.collate(examples)["input_ids"].shape[1] > 4 and model.net.max_length == 64

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import copy
+import json
+
 import pytest
 import torch
 
 from lightning_prune import load_model
 from lightning_prune.errors import UsageError
-from lightning_prune.pruning import PLAN_FILE, prune_model, select_neurons
+from lightning_prune.pruning import PLAN_FILE, activation_means, prune_model, select_neurons, slice_ffn
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
@@ -104,3 +107,80 @@ def test_ties_are_broken_by_index():
 def test_bad_selection_settings(sparsity, scope, min_keep):
     with pytest.raises(UsageError):
         select_neurons([torch.ones(4)], sparsity, scope, min_keep)
+
+
+def _make_constant(model, neurons: list[torch.Tensor], values: list[torch.Tensor]) -> None:
+    """Zero the up-projection rows of ``neurons`` and set their biases: each then fires ``act(value)`` everywhere."""
+    with torch.no_grad():
+        for layer, index, value in zip(model.ffn_layers(), neurons, values, strict=True):
+            (up,) = layer.up_projs
+            up.weight[index] = 0.0
+            up.bias[index] = value
+
+
+def test_bias_compensation_is_exact_for_constant_neurons(bert_dir, glue_dir):
+    model = load_model(bert_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir, count=12)
+    generator = torch.Generator().manual_seed(0)
+    removed = [torch.randperm(layer.size, generator=generator)[: layer.size // 2] for layer in model.ffn_layers()]
+    _make_constant(model, removed, [torch.randn(len(r), generator=generator) for r in removed])
+    dense = _outputs(model, batch)
+    kept = [
+        torch.tensor(sorted(set(range(layer.size)) - set(r.tolist())))
+        for layer, r in zip(model.ffn_layers(), removed, strict=True)
+    ]
+    means = activation_means(model, [batch])
+    plain = copy.deepcopy(model)
+    prune_model(plain, kept)
+    plan = prune_model(model, kept, means)
+    assert all(entry["bias_compensated"] for entry in plan["layers"])
+    torch.testing.assert_close(_outputs(model, batch)[0], dense[0], rtol=1e-4, atol=1e-5)
+    assert not torch.allclose(_outputs(plain, batch)[0], dense[0], rtol=1e-4, atol=1e-5)  # the cut alone shifts
+
+
+def test_activation_means_count_words_not_special_tokens(bert_dir, glue_dir):
+    model = load_model(bert_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir, count=8)
+    content = model.content_mask(batch, "encoder", batch["labels"])
+    special = set(model.tokenizer.all_special_ids)
+    assert content.sum() == sum(
+        1
+        for t, m in zip(batch["input_ids"].flatten(), batch["attention_mask"].flatten(), strict=True)
+        if m and int(t) not in special
+    )
+    captured = {}
+
+    def record(layer, activations):
+        captured[layer.name] = activations.detach()
+        return activations
+
+    with torch.no_grad(), model.hook_activations(model.ffn_layers(), record):
+        model.target_log_prob(batch, batch["labels"])
+    means = activation_means(model, [batch])
+    for layer, mean in zip(model.ffn_layers(), means, strict=True):
+        expected = captured[layer.name][content].double().mean(0)
+        torch.testing.assert_close(mean, expected)
+        assert not torch.allclose(mean, captured[layer.name][batch["attention_mask"].bool()].double().mean(0))
+
+
+def test_compensated_model_saves_and_loads(bert_dir, glue_dir, tmp_path):
+    model = load_model(bert_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir)
+    kept = select_neurons(create_scorer("random", {"seed": 2})(model, None), 0.5)
+    plan = prune_model(model, kept, activation_means(model, [batch]))
+    model.save(tmp_path)
+    (tmp_path / PLAN_FILE).write_text(json.dumps(plan))
+    expected, got = _outputs(model, batch), _outputs(load_model(tmp_path, TASKS["sst2"]), batch)
+    assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+
+
+def test_layers_without_a_down_bias_are_cut_plainly(t5_dir, glue_dir):
+    model = load_model(t5_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir)
+    kept = select_neurons(create_scorer("random")(model, None), 0.5)
+    means = activation_means(model, [batch])
+    plan = prune_model(model, kept, means)
+    assert not any(entry["bias_compensated"] for entry in plan["layers"])
+    layer = model.ffn_layers()[0]
+    with pytest.raises(ValueError, match="no bias"):
+        slice_ffn(layer, torch.arange(layer.size // 2), torch.zeros(layer.size))

@@ -79,6 +79,23 @@ def test_step_chunking_does_not_change_attributions(bert_dir, glue_dir):
     torch.testing.assert_close(whole, chunked, rtol=1e-5, atol=1e-7)
 
 
+def test_examples_weigh_by_their_content_tokens(model_dir, glue_dir):
+    """Default: each example's |attribution| times its word count; ``uniform``: each example once."""
+    model = load_model(model_dir, TASKS["sst2"])
+    batch = model.collate(_examples(glue_dir))
+    scorer = AttributionScorer(steps=4)
+    weighted = scorer(model, batch)
+    uniform = AttributionScorer(steps=4, example_weight="uniform")(model, batch)
+    for layer, by_tokens, by_example in zip(model.ffn_layers(), weighted, uniform, strict=True):
+        attributions = scorer.per_example(model, batch, layer).abs()
+        tokens = model.content_mask(batch, layer.side, batch["labels"]).sum(1)
+        if layer.side == "encoder":  # sentences of different lengths; [CLS]/[SEP] or </s> are not words
+            real = batch["attention_mask"].sum(1)
+            assert tokens.unique().numel() > 1 and bool((tokens < real).all())
+        torch.testing.assert_close(by_tokens, (attributions * tokens.unsqueeze(1)).sum(0), rtol=1e-5, atol=1e-7)
+        torch.testing.assert_close(by_example, attributions.sum(0), rtol=1e-5, atol=1e-7)
+
+
 @pytest.mark.parametrize("name", sorted(BUILT_INS))
 def test_scores_have_layer_shapes(model_dir, glue_dir, name):
     model = load_model(model_dir, TASKS["sst2"])
@@ -173,11 +190,14 @@ def test_unknown_scorer_and_options_are_refused():
     with pytest.raises(UsageError, match=r"unknown scorer 'fisher2'.*attribution"):
         create_scorer("fisher2")
     with pytest.raises(
-        UsageError, match="has no option stpes: its options are steps, aggregate, steps_per_pass, mode, reuse_prefix"
+        UsageError,
+        match="has no option stpes: its options are steps, aggregate, steps_per_pass, mode, reuse_prefix, example_",
     ):
         create_scorer("attribution", {"stpes": 3})
     with pytest.raises(UsageError, match="mode must be 'exact' or 'joint'"):
         create_scorer("attribution", {"mode": "fast"})
+    with pytest.raises(UsageError, match="example_weight must be 'tokens' or 'uniform'"):
+        create_scorer("attribution", {"example_weight": "words"})
 
 
 @pytest.mark.parametrize(

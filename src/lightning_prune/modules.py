@@ -13,7 +13,9 @@ from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters import Batch, FFNLayer, PrunableModel, load_model
 from lightning_prune.cache import Progress, ScoreCache
+from lightning_prune.errors import UsageError
 from lightning_prune.prompts import Prompt
+from lightning_prune.pruning import ActivationMeans
 from lightning_prune.scorers import NeuronScorer, check_scores
 from lightning_prune.tasks import Example, build_metrics, get_task, metric_inputs
 
@@ -27,10 +29,13 @@ class TaskModel(LightningModule):
         path: model folder (dense or written by lightning-prune), or a hub id for T5 models when online.
         task: the task (linked to ``data.task`` on the command line).
         labels: label names of a non-GLUE single-sentence task (linked to ``data.labels``).
-        max_length: inputs are truncated to this many tokens (decoder LMs: the start of a long prompt goes).
+        max_length: scoring inputs are truncated to this many tokens (decoder LMs: the start of a long
+            prompt goes).
         prompt: decoder LMs only: template, label words, chat template (``lightning_prune.prompts``);
             unset fields take the task's default prompt.
         demonstrations: in-context examples of decoder LMs; filled in from ``data.demonstrations``.
+        eval_max_length: evaluation inputs are truncated to this many tokens (default: ``max_length``);
+            set it to the length of the real inputs (e.g. 512 for long reviews) to evaluate them whole.
     """
 
     def __init__(
@@ -41,15 +46,20 @@ class TaskModel(LightningModule):
         max_length: int = 128,
         prompt: Prompt | None = None,
         demonstrations: list[Example] | None = None,
+        eval_max_length: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["demonstrations"])
+        if min(max_length, eval_max_length or max_length) < 1:
+            raise UsageError("max_length and eval_max_length must be at least 1 token")
         self.spec = get_task(task, labels)
         self.net: PrunableModel = load_model(path, self.spec, max_length, prompt, demonstrations)
         self.metrics = build_metrics(self.spec)
 
     def collate(self, examples: list[Example]) -> Batch:
-        return self.net.collate(examples)
+        """An evaluation batch, truncated at ``eval_max_length`` (scoring batches keep ``max_length``)."""
+        with self.net.truncating_at(self.hparams.eval_max_length):
+            return self.net.collate(examples)
 
     def _common_step(self, batch: Batch) -> None:
         predictions = self.net.predict(batch)
@@ -171,3 +181,27 @@ def _describe_progress(trainer, text: str) -> None:
             callback.progress.update(callback.predict_progress_bar_id, description=f"Scoring ({text})")
     elif isinstance(callback, TQDMProgressBar) and callback._predict_progress_bar is not None:
         callback.predict_progress_bar.set_postfix_str(text)
+
+
+class ActivationMeansModule(LightningModule):
+    """Mean content-token activation of every FFN neuron over ``trainer.predict`` batches (all processes):
+    what bias compensation puts in place of removed neurons (``lightning_prune.pruning.compensation``)."""
+
+    def __init__(self, net: PrunableModel) -> None:
+        super().__init__()
+        self.net = net
+        self.accumulator = ActivationMeans(net.ffn_layers())
+
+    def collate(self, examples: list[Example]) -> Batch:
+        return self.net.collate(examples)
+
+    def predict_step(self, batch: Batch, batch_idx: int) -> None:
+        self.accumulator.update(self.net, batch)
+
+    def on_predict_epoch_end(self) -> None:
+        flat = self.accumulator.flat().to(self.device)
+        self.accumulator.from_flat(self.trainer.strategy.reduce(flat, reduce_op="sum"))
+
+    @property
+    def means(self) -> list[Tensor]:
+        return self.accumulator.means()

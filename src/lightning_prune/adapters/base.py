@@ -130,6 +130,15 @@ class PrunableModel(nn.Module, ABC):
     def token_mask(self, batch: Batch, side: str, labels: Tensor) -> Tensor:
         """``[batch, tokens]`` mask of the real tokens that FFN layers on ``side`` see (decoders: of ``labels``)."""
 
+    def content_mask(self, batch: Batch, side: str, labels: Tensor) -> Tensor:
+        """Boolean ``token_mask`` without special tokens ([CLS], [SEP], </s>, ...) on the encoder side: the
+        tokens that carry a text's words, whatever its length."""
+        mask = self.token_mask(batch, side, labels).bool()
+        if side == "encoder" and "input_ids" in batch:
+            special = torch.tensor(self.tokenizer.all_special_ids, device=batch["input_ids"].device)
+            mask = mask & ~torch.isin(batch["input_ids"], special)
+        return mask
+
     @property
     @abstractmethod
     def weights_module(self) -> nn.Module:
@@ -185,6 +194,17 @@ class PrunableModel(nn.Module, ABC):
     def input_settings(self) -> dict:
         """What besides the examples decides the model's inputs (a decoder LM's prompt): part of score cache keys."""
         return {}
+
+    @contextlib.contextmanager
+    def truncating_at(self, max_length: int | None) -> Iterator[None]:
+        """Batches collated inside truncate inputs at ``max_length`` tokens (None: at ``self.max_length``):
+        evaluation can see whole long texts while scoring keeps its own length."""
+        own = self.max_length
+        self.max_length = max_length or own
+        try:
+            yield
+        finally:
+            self.max_length = own
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

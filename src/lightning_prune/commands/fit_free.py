@@ -20,7 +20,7 @@ from lightning_prune.commands.evaluate import test_metrics, user_inputs
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_directory, check_output_location, check_replaceable, check_writable, write_json
-from lightning_prune.modules import LabelSource, ScoringModule, TaskModel
+from lightning_prune.modules import ActivationMeansModule, LabelSource, ScoringModule, TaskModel
 from lightning_prune.pruning import PLAN_FILE, Scope, prune_model, restore_ffn, select_neurons, snapshot_ffn
 from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_infos
 from lightning_prune.sweep import SweepPoint, choose, parse_sparsities, write_sweep_reports
@@ -134,6 +134,7 @@ def fit_free(
     cache_dir: str | None = None,
     reuse_scores: bool = True,
     checkpoint_every: int = 10,
+    compensate: bool = True,
 ) -> dict[str, Any]:
     """Prune the task's least important FFN neurons and save the smaller model.
 
@@ -169,6 +170,9 @@ def fit_free(
         reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
             per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
         checkpoint_every: batches between two saves of the scoring progress.
+        compensate: replace every removed neuron by its mean activation over the scoring examples' words,
+            folded into the down projection's bias (layers without a bias are cut plainly): keeps the
+            pruned model's predictions balanced on inputs unlike the scoring examples (e.g. long texts).
     """
     h = datamodule.hparams
     inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file, h.selection_file)
@@ -190,6 +194,8 @@ def fit_free(
     if scorer_impl.needs_data:
         # Bad data, or a scorer that cannot fit its heaviest batch in memory, fails now, before any model work.
         scorer_impl.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
+    if compensate:
+        datamodule.score_examples()  # the means come from them: bad data fails now
     datamodule.eval_examples()
     if max_drop is not None:
         datamodule.selection_examples_list()
@@ -230,6 +236,12 @@ def fit_free(
         scores, examples_scored = check_scores(scorer, scorer_impl(model.net, None), layers), 0
     seconds["score"] = time.perf_counter() - start
 
+    means = None
+    if compensate:  # what removed neurons are replaced by: their mean activation over the scoring examples
+        averaging = ActivationMeansModule(model.net)
+        trainer.predict(averaging, datamodule=datamodule, return_predictions=False)
+        means = averaging.means
+
     # Every sparsity prunes the same dense model: its FFN modules are put back between points, not reloaded.
     dense_ffn = snapshot_ffn(model.net)
     points: list[SweepPoint] = []
@@ -237,7 +249,7 @@ def fit_free(
     for value in sparsities:
         start = time.perf_counter()
         kept = select_neurons(scores, value, scope, min_keep)
-        prune_model(model.net, kept)
+        prune_model(model.net, kept, means)
         seconds["prune"] += time.perf_counter() - start
         start = time.perf_counter()
         point = SweepPoint(value, kept, model.net.num_parameters(), test_metrics(trainer, model, datamodule))
@@ -251,7 +263,6 @@ def fit_free(
         if len(sparsities) > 1:
             selected = f", selection {point.selection_metrics[metric]:.4f}" if point.selection_metrics else ""
             rank_zero_info(f"sparsity {value:g}: {metric} {point.metrics[metric]:.4f}{selected}")
-
     if max_drop is not None:
         chosen = choose(points, dense["selection_metrics"][metric], metric, max_drop)
     else:
@@ -277,6 +288,7 @@ def fit_free(
         "dense_metrics": dense["metrics"],
         "pruned_metrics": chosen.metrics if chosen else None,
         "parameters": {"dense": dense["parameters"], "pruned": chosen.parameters if chosen else None},
+        "bias_compensation": compensate,
         "ffn_neurons": {
             name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
             for i, (name, size) in enumerate(dense_neurons.items())
@@ -323,7 +335,7 @@ def fit_free(
             dtype = None if save_dtype == "auto" else SAVE_DTYPES[save_dtype]
             summary["saved_models"] = {}
             for name, point in to_save.items():
-                plan = prune_model(model.net, point.kept)
+                plan = prune_model(model.net, point.kept, means)
                 layout = model.net.save(tmp / name, dtype, pad_uneven_ffn)
                 padding = {"padded_width": layout["padded_width"]} if layout["padded_width"] is not None else {}
                 write_json(tmp / name / PLAN_FILE, {**plan, **padding})
@@ -341,7 +353,7 @@ def fit_free(
         rank_zero_info(_report(summary, output_dir))
     trainer.strategy.barrier()
     if chosen is not None:  # the in-memory model ends as the chosen (saved) one
-        prune_model(model.net, chosen.kept)
+        prune_model(model.net, chosen.kept, means)
     return summary
 
 

@@ -1,5 +1,7 @@
-"""Pruning: choose neurons (``selection``), cut them out (``slicing``), record the cut (``plan``)."""
+"""Pruning: choose neurons (``selection``), cut them out (``slicing``) in place of what they did on
+average (``compensation``), record the cut (``plan``)."""
 
+from lightning_prune.pruning.compensation import ActivationMeans, activation_means
 from lightning_prune.pruning.plan import (
     PLAN_FILE,
     apply_plan,
@@ -14,7 +16,9 @@ from lightning_prune.pruning.slicing import pad_ffn, slice_ffn
 
 __all__ = [
     "PLAN_FILE",
+    "ActivationMeans",
     "Scope",
+    "activation_means",
     "apply_plan",
     "pad_ffn",
     "prune_model",

@@ -13,6 +13,7 @@ from lightning_prune.scorers.base import NeuronScorer
 
 Aggregate = Literal["sum", "abs_sum"]
 Mode = Literal["exact", "joint"]
+ExampleWeight = Literal["tokens", "uniform"]
 
 # The midpoint rule's error falls as 1/steps^2: at 10,000 steps it is far below float32 rounding, while
 # every step costs one forward/backward row per example and FFN layer.
@@ -35,6 +36,14 @@ class AttributionScorer(NeuronScorer):
     ``aggregate`` combines examples: ``abs_sum`` (default: sum of per-example magnitudes, so a neuron that
     strongly pushes *against* the answer counts as important) or ``sum`` (signed sum: ranks such neurons
     lowest and prunes them first; see benchmarks/results/main_table.md for what that costs).
+    ``example_weight`` says how much each example counts in that sum: ``tokens`` (default) in proportion
+    to its content tokens (``content_mask``: real, not special), so every word of the scoring data weighs
+    the same; ``uniform``: every example once. An example's attributions add up to at most 1
+    (completeness: p(answer) minus its value at the baseline), whatever its length, so with uniform
+    weights a two-word phrase outweighs each word of a long sentence twentyfold, and neurons that matter
+    once many tokens interact are ranked by the short examples, which barely use them. Scored on SST-2's
+    short training phrases, uniform weights removed neurons that long texts need (see
+    benchmarks/results/unseen_domain.md).
     ``steps_per_pass`` bounds memory: that many alpha steps of every example share one pass.
     """
 
@@ -48,6 +57,7 @@ class AttributionScorer(NeuronScorer):
         steps_per_pass: int = 20,
         mode: Mode = "exact",
         reuse_prefix: bool = True,
+        example_weight: ExampleWeight = "tokens",
     ) -> None:
         for name, value in (("steps", steps), ("steps_per_pass", steps_per_pass)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -63,11 +73,14 @@ class AttributionScorer(NeuronScorer):
             raise ValueError(f"aggregate must be 'sum' or 'abs_sum', not {aggregate!r}")
         if mode not in ("exact", "joint"):
             raise ValueError(f"mode must be 'exact' or 'joint', not {mode!r}")
+        if example_weight not in ("tokens", "uniform"):
+            raise ValueError(f"example_weight must be 'tokens' or 'uniform', not {example_weight!r}")
         self.steps = steps
         self.aggregate = aggregate
         self.steps_per_pass = steps_per_pass
         self.mode = mode
         self.reuse_prefix = reuse_prefix
+        self.example_weight = example_weight
 
     def check_memory(self, model: PrunableModel, heaviest_batch: Batch, available_bytes: int | None) -> None:
         """Refuse settings whose one pass cannot fit: a pass holds batch x steps_per_pass rows, and the
@@ -160,4 +173,12 @@ class AttributionScorer(NeuronScorer):
         else:
             block_inputs = model.block_inputs(batch) if self.reuse_prefix else None
             per_layer = [self.per_example(model, batch, layer, block_inputs) for layer in model.ffn_layers()]
-        return [(a.abs() if self.aggregate == "abs_sum" else a).sum(0) for a in per_layer]
+        scores = []
+        for layer, attributions in zip(model.ffn_layers(), per_layer, strict=True):
+            if self.aggregate == "abs_sum":
+                attributions = attributions.abs()
+            if self.example_weight == "tokens":
+                tokens = model.content_mask(batch, layer.side, batch["labels"]).sum(1)
+                attributions = attributions * tokens.to(attributions.dtype).unsqueeze(1)
+            scores.append(attributions.sum(0))
+        return scores
