@@ -25,7 +25,7 @@ from lightning_prune.adapters import PrunableModel
 from lightning_prune.cache import ScoreCache, examples_fingerprint, model_fingerprint, score_key
 from lightning_prune.data import subsample
 from lightning_prune.modules import LabelSource, score_batch
-from lightning_prune.pruning import Scope, prune_model, select_neurons
+from lightning_prune.pruning import Scope, activation_means, prune_model, select_neurons
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import Example, TaskSpec, build_metrics, load_split, metric_inputs
 
@@ -42,7 +42,9 @@ EVAL_SPLITS = {t: "validation_second_half" if t in ("qnli", "mnli") else "valida
 SPARSITIES = (0.1, 0.3, 0.5, 0.7, 0.9)
 SEGMENT_ENDS = (8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096)
 EVAL_LIMIT = 300  # evaluation examples per task (a seeded draw where dev is larger): CPU budget
-ATTRIBUTION = {"steps": 10, "steps_per_pass": 10}  # m = 10 Riemann steps (20 in the paper): half the CPU time
+# m = 10 Riemann steps (20 in the paper): half the CPU time. Every option that changes scores is spelled
+# out, so cached scores of an earlier default are never taken for the current one.
+ATTRIBUTION = {"steps": 10, "steps_per_pass": 10, "example_weight": "tokens"}
 
 
 def dense_model(spec: TaskSpec, path: Path = MODEL) -> PrunableModel:
@@ -72,13 +74,38 @@ def score_pool(spec: TaskSpec, seed: int) -> list[Example]:
     return seeded_order(load_split(spec, SCORE_SPLITS[spec.name], GLUE), seed)
 
 
-def evaluate(model: PrunableModel, spec: TaskSpec, examples: list[Example], batch_size: int = 64) -> dict[str, float]:
+def evaluate(
+    model: PrunableModel, spec: TaskSpec, examples: list[Example], batch_size: int = 64, max_length: int | None = None
+) -> dict[str, float]:
+    """The task's metrics, and for two-class tasks ``positive_rate`` (share of predictions of class 1).
+
+    Inputs are truncated at ``max_length`` tokens (default: the model's scoring length).
+    """
     metrics = build_metrics(spec)
-    with torch.inference_mode():
-        for i in range(0, len(examples), batch_size):
-            batch = model.collate(examples[i : i + batch_size])
-            metrics.update(*metric_inputs(spec, model.predict(batch), batch["labels"]))
-    return {name: float(value) for name, value in metrics.compute().items()}
+    positives = 0
+    ordered = sorted(examples, key=lambda e: sum(len(t) for t in e.texts))  # less padding; metrics ignore order
+    with torch.inference_mode(), model.truncating_at(max_length):
+        for i in range(0, len(ordered), batch_size):
+            batch = model.collate(ordered[i : i + batch_size])
+            predictions = model.predict(batch)
+            metrics.update(*metric_inputs(spec, predictions, batch["labels"]))
+            positives += int((predictions == 1).sum()) if spec.num_labels == 2 else 0
+    results = {name: float(value) for name, value in metrics.compute().items()}
+    if spec.num_labels == 2:
+        results["positive_rate"] = positives / len(examples)
+    return results
+
+
+def truncated_share(model: PrunableModel, examples: list[Example], max_length: int) -> float:
+    """Share of ``examples`` longer than ``max_length`` tokens (cut when evaluated at that length)."""
+    lengths = [len(model.tokenizer(*e.texts, truncation=False)["input_ids"]) for e in examples]
+    return sum(n > max_length for n in lengths) / len(examples)
+
+
+def compensation_means(model: PrunableModel, pool: list[Example], count: int, batch_size: int = 16) -> list[Tensor]:
+    """What bias compensation puts in place of removed neurons: mean activations over the scoring examples."""
+    examples = pool[:count]
+    return activation_means(model, [model.collate(examples[i : i + batch_size]) for i in range(0, count, batch_size)])
 
 
 def primary(spec: TaskSpec, metrics: dict[str, float]) -> float:
@@ -151,13 +178,16 @@ def prune_and_evaluate(
     sparsities: tuple[float, ...],
     examples: list[Example],
     scope: Scope = "layer",
+    means: list[Tensor] | None = None,
+    max_length: int | None = None,
 ) -> dict[float, dict[str, float]]:
-    """Metrics of a pruned copy of ``dense`` per sparsity (the dense model is left untouched)."""
+    """Metrics of a pruned copy of ``dense`` per sparsity (the dense model is left untouched); with
+    ``means`` (``compensation_means``), removed neurons are folded into the down biases."""
     results = {}
     for sparsity in sparsities:
         pruned = copy.deepcopy(dense)
-        prune_model(pruned, select_neurons(scores, sparsity, scope))
-        results[sparsity] = evaluate(pruned, spec, examples)
+        prune_model(pruned, select_neurons(scores, sparsity, scope), means)
+        results[sparsity] = evaluate(pruned, spec, examples, max_length=max_length)
     return results
 
 
