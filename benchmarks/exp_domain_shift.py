@@ -132,7 +132,12 @@ def main() -> None:
     )
     lines += ["", "## 2. Special tokens on the 128 SST-2 scoring examples", ""]
     lines += markdown_table(
-        ["layer", "max |mean activation| on [CLS]/[SEP]", "max |mean activation| on words", "special share of tokens"],
+        [
+            "layer",
+            "largest absolute mean activation on [CLS]/[SEP]",
+            "largest absolute mean activation on words",
+            "special share of tokens",
+        ],
         token_statistics(dense, pool[:128]),
     )
     lines += ["", "## 3. Bias compensation: which tokens the means come from (inputs cut at 256)", ""]
