@@ -109,6 +109,7 @@ def _score_request(
         "scorer": scorer,
         "scorer_provider": f"{provider.distribution}=={provider.version}:{provider.entry_point.value}",
         "scorer_options": scorer_options or {},
+        "scorer_settings": vars(create_scorer(scorer, scorer_options)),  # with defaults: a new default, a new key
         "labels": labels,
         "precision": str(trainer.precision),
     }
