@@ -6,7 +6,6 @@ import json
 from pathlib import Path
 
 from conftest import require_shared_data
-
 from lightning_prune.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]

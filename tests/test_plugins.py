@@ -6,8 +6,8 @@ import json
 import textwrap
 
 import pytest
-from conftest import fit_free_args, run_cli
 
+from conftest import fit_free_args, run_cli
 from lightning_prune.cli import main
 
 ENTRY_POINTS = """\

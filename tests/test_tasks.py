@@ -1,8 +1,8 @@
 from __future__ import annotations
 
 import pytest
-from conftest import require_shared_data
 
+from conftest import require_shared_data
 from lightning_prune.data import subsample
 from lightning_prune.errors import UsageError
 from lightning_prune.tasks import TASKS, get_task, load_split, read_tsv
