@@ -14,22 +14,26 @@ if TYPE_CHECKING:
     from lightning_prune.adapters.base import FFNLayer
 
 
+def _linear_like(linear: nn.Linear, weight: Tensor, bias: Tensor | None) -> nn.Linear:
+    """A new Linear holding ``weight`` and ``bias``, on ``linear``'s device and dtype, frozen like ``linear``."""
+    out_features, in_features = weight.shape
+    rebuilt = nn.Linear(in_features, out_features, bias=bias is not None, device=weight.device, dtype=weight.dtype)
+    with torch.no_grad():
+        rebuilt.weight.copy_(weight)
+        if bias is not None:
+            rebuilt.bias.copy_(bias)
+    for parameter in rebuilt.parameters():
+        parameter.requires_grad_(linear.weight.requires_grad)
+    return rebuilt
+
+
 def _sliced_linear(linear: nn.Linear, keep: Tensor, dim: int) -> nn.Linear:
     """A new Linear holding the rows (dim 0: outputs) or columns (dim 1: inputs) ``keep`` of ``linear``."""
-    weight = linear.weight.detach().index_select(dim, keep.to(linear.weight.device))
-    out_features, in_features = weight.shape
-    sliced = nn.Linear(
-        in_features, out_features, bias=linear.bias is not None, device=weight.device, dtype=weight.dtype
-    )
-    with torch.no_grad():
-        sliced.weight.copy_(weight)
-        if linear.bias is not None:
-            bias = linear.bias.detach()
-            sliced.bias.copy_(bias.index_select(0, keep.to(bias.device)) if dim == 0 else bias)
-    sliced.weight.requires_grad_(linear.weight.requires_grad)
-    if sliced.bias is not None:
-        sliced.bias.requires_grad_(linear.weight.requires_grad)
-    return sliced
+    keep = keep.to(linear.weight.device)
+    bias = linear.bias.detach() if linear.bias is not None else None
+    if bias is not None and dim == 0:
+        bias = bias.index_select(0, keep)
+    return _linear_like(linear, linear.weight.detach().index_select(dim, keep), bias)
 
 
 def _bias_shift(layer: FFNLayer, keep: Tensor, removed_activation: Tensor) -> Tensor:
@@ -70,17 +74,10 @@ def _padded_linear(linear: nn.Linear, extra: int, dim: int) -> nn.Linear:
     """A new Linear with ``extra`` all-zero rows (dim 0: outputs, and zero bias) or columns (dim 1: inputs)."""
     weight = linear.weight.detach()
     zeros = weight.new_zeros((extra, weight.shape[1]) if dim == 0 else (weight.shape[0], extra))
-    padded_weight = torch.cat([weight, zeros], dim=dim)
-    out_features, in_features = padded_weight.shape
-    padded = nn.Linear(
-        in_features, out_features, bias=linear.bias is not None, device=weight.device, dtype=weight.dtype
-    )
-    with torch.no_grad():
-        padded.weight.copy_(padded_weight)
-        if linear.bias is not None:
-            bias = linear.bias.detach()
-            padded.bias.copy_(torch.cat([bias, bias.new_zeros(extra)]) if dim == 0 else bias)
-    return padded
+    bias = linear.bias.detach() if linear.bias is not None else None
+    if bias is not None and dim == 0:
+        bias = torch.cat([bias, bias.new_zeros(extra)])
+    return _linear_like(linear, torch.cat([weight, zeros], dim=dim), bias)
 
 
 def pad_ffn(layer: FFNLayer, width: int) -> None:
