@@ -261,6 +261,27 @@ def test_pruning_a_pruned_model_composes_the_plan(request, glue_dir, tmp_path, f
     assert result["parameters"] == metrics["parameters"]["pruned"]
 
 
+def test_a_pruned_model_pruned_again_with_global_scope_loads(bert_dir, glue_dir, tmp_path):
+    """Uneven widths are saved per layer and rebuilt from the dense config, even when the source was pruned."""
+    first, second = tmp_path / "first", tmp_path / "second"
+    main(fit_free_args(bert_dir, glue_dir, first, "--scorer", "activation", "--scorer_options", "{}"))
+    main(fit_free_args(first / "model", glue_dir, second, "--scorer", "activation", "--scorer_options", "{}",
+                       "--scope", "global"))  # fmt: skip
+    metrics = json.loads((second / "metrics.json").read_text())
+    evaluation = tmp_path / "eval.json"
+    main(["evaluate", "--model.path", str(second / "model"), "--data.task", "sst2", "--data.data_dir", str(glue_dir),
+          "--output_file", str(evaluation), *QUIET])  # fmt: skip
+    assert json.loads(evaluation.read_text())["metrics"] == pytest.approx(metrics["pruned_metrics"])
+
+
+def test_compensation_is_reported_only_where_a_down_bias_takes_it(request, glue_dir, tmp_path):
+    for fixture, expected in (("bert_dir", True), ("t5_gated_dir", False)):
+        out = tmp_path / fixture
+        main(fit_free_args(request.getfixturevalue(fixture), glue_dir, out, "--scorer", "activation",
+                           "--scorer_options", "{}"))  # fmt: skip
+        assert json.loads((out / "metrics.json").read_text())["bias_compensation"] is expected
+
+
 # -- weights that do not match their config ------------------------------------------------------------------------
 
 
@@ -287,6 +308,17 @@ def test_weights_that_do_not_match_the_config_are_an_error(request, glue_dir, tm
     assert "do not match its config.json" in line
     out = tmp_path / "run"
     assert_refused(fit_free_args(model, glue_dir, out), capsys, message, [model, glue_dir], absent=out)
+
+
+def test_pretraining_heads_in_the_checkpoint_are_not_an_error(bert_dir, glue_dir, tmp_path):
+    """A stock checkpoint carries heads the bare encoder lacks (BERT's cls.*): those keys are harmless."""
+    from safetensors.torch import load_file, save_file
+
+    model = Path(shutil.copytree(bert_dir, tmp_path / "model"))
+    weights = load_file(model / "model.safetensors")
+    weights["cls.predictions.bias"] = torch.zeros(8)
+    save_file(weights, model / "model.safetensors")
+    main(["evaluate", "--model.path", str(model), "--data.task", "sst2", "--data.data_dir", str(glue_dir), *QUIET])
 
 
 # -- bad data ------------------------------------------------------------------------------------------------------

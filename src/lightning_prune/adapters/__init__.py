@@ -79,6 +79,10 @@ def _load_hf(loader, source: str | Path, plan: dict | None):
     finally:
         hf_logging.set_verbosity(verbosity)
     problems = {kind: sorted(info.get(f"{kind}_keys") or []) for kind in ("missing", "unexpected", "mismatched")}
+    # A checkpoint may carry heads the loaded class does not have (BERT's cls.*, RoBERTa's lm_head.*): harmless.
+    # Unexpected keys inside the model's own modules (e.g. layers the config does not have) are not.
+    own_modules = {name for name, _ in model.named_children()}
+    problems["unexpected"] = [key for key in problems["unexpected"] if key.split(".")[0] in own_modules]
     if any(problems.values()):
         counts = ", ".join(f"{len(keys)} {kind}" for kind, keys in problems.items() if keys)
         example = next(keys[0] for keys in problems.values() if keys)

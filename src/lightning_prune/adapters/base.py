@@ -168,6 +168,9 @@ class PrunableModel(nn.Module, ABC):
                 pad_ffn(replace(layer, block=module.get_submodule(names[id(layer.block)])), max(widths))
         if plain:
             setattr(module.config, self.ffn_width_key, max(widths))
+        elif self.ffn_width_key is not None and self.pruning_plan is not None:
+            # per-layer weights are rebuilt from the dense config: a re-pruned model's config held a pruned width
+            setattr(module.config, self.ffn_width_key, self.pruning_plan["layers"][0]["dense_size"])
         module.config.dtype = dtype
         module.config.save_pretrained(directory)
         self.tokenizer.save_pretrained(directory)

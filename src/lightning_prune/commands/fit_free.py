@@ -195,6 +195,8 @@ def fit_free(
     if scorer_impl.needs_data:
         # Bad data, or a scorer that cannot fit its heaviest batch in memory, fails now, before any model work.
         scorer_impl.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
+    # Compensation folds into down-projection biases: models without them (T5, decoder LMs) are cut plainly.
+    compensate = compensate and any(layer.down_proj.bias is not None for layer in model.net.ffn_layers())
     if compensate:
         datamodule.score_examples()  # the means come from them: bad data fails now
     datamodule.eval_examples()
@@ -369,7 +371,8 @@ def _report(summary: dict[str, Any], output_dir: str) -> str:
             if selection
             else "pass --max_drop to choose one"
         )
-        return f"{summary['task']}: swept {len(summary['sweep'])} sparsities ({reason}); wrote {output_dir}"
+        swept = len(summary.get("sweep") or [None])  # "sweep" is written only for several sparsities
+        return f"{summary['task']}: swept {swept} sparsities ({reason}); wrote {output_dir}"
     pruned = summary["pruned_metrics"][metric]
     chosen = ""
     if selection:
