@@ -80,18 +80,20 @@ def test_step_chunking_does_not_change_attributions(bert_dir, glue_dir):
 
 
 def test_examples_weigh_by_their_content_tokens(model_dir, glue_dir):
-    """Default: each example's |attribution| times its word count; ``uniform``: each example once."""
+    """Default: each example's |attribution| times its input's word count, the same weight in every layer
+    (T5's decoder layers too); ``uniform``: each example once."""
     model = load_model(model_dir, TASKS["sst2"])
     batch = model.collate(_examples(glue_dir))
     scorer = AttributionScorer(steps=4)
     weighted = scorer(model, batch)
     uniform = AttributionScorer(steps=4, example_weight="uniform")(model, batch)
+    input_side = model.ffn_layers()[0].side
+    tokens = model.content_mask(batch, input_side, batch["labels"]).sum(1)
+    if input_side == "encoder":  # sentences of different lengths; [CLS]/[SEP] or </s> are not words
+        real = batch["attention_mask"].sum(1)
+        assert tokens.unique().numel() > 1 and bool((tokens < real).all())
     for layer, by_tokens, by_example in zip(model.ffn_layers(), weighted, uniform, strict=True):
         attributions = scorer.per_example(model, batch, layer).abs()
-        tokens = model.content_mask(batch, layer.side, batch["labels"]).sum(1)
-        if layer.side == "encoder":  # sentences of different lengths; [CLS]/[SEP] or </s> are not words
-            real = batch["attention_mask"].sum(1)
-            assert tokens.unique().numel() > 1 and bool((tokens < real).all())
         torch.testing.assert_close(by_tokens, (attributions * tokens.unsqueeze(1)).sum(0), rtol=1e-5, atol=1e-7)
         torch.testing.assert_close(by_example, attributions.sum(0), rtol=1e-5, atol=1e-7)
 

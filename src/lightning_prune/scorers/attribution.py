@@ -173,12 +173,17 @@ class AttributionScorer(NeuronScorer):
         else:
             block_inputs = model.block_inputs(batch) if self.reuse_prefix else None
             per_layer = [self.per_example(model, batch, layer, block_inputs) for layer in model.ffn_layers()]
+        # One weight per example, its tokens on the input side (the first layer's), for every layer: T5's decoder
+        # layers (which see only the answer) must not weigh examples differently from the encoder's, or global
+        # scope would compare unlike sums.
+        words = None
+        if self.example_weight == "tokens":
+            words = model.content_mask(batch, model.ffn_layers()[0].side, batch["labels"]).sum(1)
         scores = []
-        for layer, attributions in zip(model.ffn_layers(), per_layer, strict=True):
+        for attributions in per_layer:
             if self.aggregate == "abs_sum":
                 attributions = attributions.abs()
-            if self.example_weight == "tokens":
-                tokens = model.content_mask(batch, layer.side, batch["labels"]).sum(1)
-                attributions = attributions * tokens.to(attributions.dtype).unsqueeze(1)
+            if words is not None:
+                attributions = attributions * words.to(attributions.dtype).unsqueeze(1)
             scores.append(attributions.sum(0))
         return scores
