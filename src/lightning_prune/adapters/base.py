@@ -118,6 +118,17 @@ class PrunableModel(nn.Module, ABC):
     def collate(self, examples: list[Example]) -> Batch:
         """Tokenize examples into a batch holding ``labels`` and ``index`` besides the model inputs."""
 
+    def text_batch(self, texts: list[str], examples: list[Example], **tokenizer_options) -> Batch:
+        """One text per example, tokenized (padded, cut at ``max_length``), with the examples' labels and indices."""
+        encoded = self.tokenizer(
+            texts, padding=True, truncation=True, max_length=self.max_length, return_tensors="pt", **tokenizer_options
+        )
+        return {
+            "input_ids": encoded["input_ids"],
+            "attention_mask": encoded["attention_mask"],
+            **example_fields(examples, self.task.is_regression),
+        }
+
     @abstractmethod
     def target_log_prob(self, batch: Batch, labels: Tensor) -> Tensor:
         """Log-probability of the answer ``labels`` for each example, shape ``[batch]``."""

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, example_fields
+from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel
 from lightning_prune.cache import examples_fingerprint
 from lightning_prune.errors import UsageError
 from lightning_prune.prompts import Prompt, resolve_prompt
@@ -110,19 +110,8 @@ class CausalLMClassifier(PrunableModel):
         ]
 
     def collate(self, examples: list[Example]) -> Batch:
-        encoded = self.tokenizer(
-            [self.render(e) for e in examples],
-            add_special_tokens=not self.prompt.chat,  # a chat template writes its own special tokens
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-            **example_fields(examples, self.task.is_regression),
-        }
+        # A chat template writes its own special tokens.
+        return self.text_batch([self.render(e) for e in examples], examples, add_special_tokens=not self.prompt.chat)
 
     def candidate_index(self, labels: Tensor) -> Tensor:
         """Task-level labels to label-word indices (regression: the word of the nearest value)."""

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, FFNLayer, PrunableModel, example_fields
+from lightning_prune.adapters.base import Batch, FFNLayer, PrunableModel
 from lightning_prune.tasks import Example, TaskSpec
 
 T5_MODEL_TYPES = ("t5", "mt5")
@@ -50,18 +50,7 @@ class T5TextToText(PrunableModel):
         return " ".join([self.task.t5_prefix, *parts])
 
     def collate(self, examples: list[Example]) -> Batch:
-        encoded = self.tokenizer(
-            [self.format(e.texts) for e in examples],
-            padding=True,
-            truncation=True,
-            max_length=self.max_length,
-            return_tensors="pt",
-        )
-        return {
-            "input_ids": encoded["input_ids"],
-            "attention_mask": encoded["attention_mask"],
-            **example_fields(examples, self.task.is_regression),
-        }
+        return self.text_batch([self.format(e.texts) for e in examples], examples)
 
     def candidate_index(self, labels: Tensor) -> Tensor:
         """Task-level labels to label-word indices (STS-B scores round to the nearest 0.2)."""
