@@ -7,6 +7,7 @@ import csv
 import importlib.util
 import json
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +17,13 @@ import torch
 import yaml
 from safetensors import safe_open
 
-from conftest import fit_free_args, run_cli
+from conftest import fit_free_args, one_error_line, run_cli
 from lightning_prune import load_pruned_model
 from lightning_prune.cli import PruneCLI, main
 from lightning_prune.data import TaskDataModule
 from lightning_prune.entry import COMMANDS, HELP
-from lightning_prune.tasks import get_task
+from lightning_prune.tasks import HUB_OFFLINE_VARIABLES, PROXY_VARIABLES, get_task
+from lightning_prune.testing import sentiment_rows
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
 
@@ -236,12 +238,50 @@ def test_switching_scorer_over_a_config_drops_the_old_scorers_options(bert_dir, 
     assert not any("💡" in message for message in logged)  # ... but not its advertisement for litlogger
 
 
-def test_offline_without_data_dir_fails_at_once_naming_the_option(bert_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+def test_unreachable_hub_without_data_dir_fails_at_once_naming_the_option(bert_dir, tmp_path, capsys, monkeypatch):
+    for name in (*HUB_OFFLINE_VARIABLES, *PROXY_VARIABLES):
+        monkeypatch.delenv(name, raising=False)
+
+    def refuse(*args, **kwargs):
+        raise OSError("Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
     args = ["fit-free", "--model.path", str(bert_dir), "--data.task", "sst2", "--output_dir", str(tmp_path / "o")]
     code, _, err = run_cli(args, capsys)
-    assert code == 2 and "--data.data_dir" in err and len(err.strip().splitlines()) == 1
+    assert code == 2 and "--data.data_dir" in one_error_line(err) and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_offline_mode_reads_the_datasets_cache(bert_dir, tmp_path, capsys, monkeypatch):
+    """HF_HUB_OFFLINE does not refuse up front: datasets reads its cache (faked here, no network), and a
+    task missing there is one line naming data_dir, with nothing written."""
+    import datasets
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(socket, "create_connection", lambda *a, **k: pytest.fail("offline mode touched the network"))
+    asked = []
+
+    def cached(path, name, split):
+        asked.append((path, name, split))
+        return [{"sentence": text, "label": label} for text, label in sentiment_rows(8, 5)]
+
+    monkeypatch.setattr(datasets, "load_dataset", cached)
+    result = tmp_path / "eval.json"
+    args = ["evaluate", "--model.path", str(bert_dir), "--data.task", "sst2", "--output_file", str(result), *QUIET]
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    assert ("nyu-mll/glue", "sst2", "validation") in asked and "accuracy" in json.loads(result.read_text())["metrics"]
+
+    def missing(path, name, split):
+        raise ConnectionError(f"Couldn't reach '{path}' on the Hub (LocalEntryNotFoundError)")
+
+    monkeypatch.setattr(datasets, "load_dataset", missing)
+    out = tmp_path / "o"
+    code, _, err = run_cli(["fit-free", "--model.path", str(bert_dir), "--data.task", "sst2", "--output_dir", str(out),
+                            *QUIET], capsys)  # fmt: skip
+    line = one_error_line(err)
+    assert code == 2 and "from the datasets cache (offline mode) (ConnectionError): give data_dir" in line
+    assert not out.exists()
 
 
 def test_scoring_progress_moves_within_a_batch(bert_dir, glue_dir, tmp_path, capsys):

@@ -47,7 +47,7 @@ class TaskDataModule(LightningDataModule):
         task: a GLUE task (sst2, cola, mrpc, qqp, stsb, mnli, qnli, rte), or any name together with ``labels``
             for a single-sentence task read from ``sentence<TAB>label`` files.
         data_dir: folder of GLUE TSV files (``<data_dir>/<task>/train.tsv``); None loads ``nyu-mll/glue``
-            from the hub through ``datasets`` (the command line fails at once when the hub cannot be reached).
+            through ``datasets``: from its cache in offline mode, else from the hub (unreachable: fails at once).
         labels: label names, in the head's output order, of a single-sentence task that is not in GLUE.
         score_split: split the scoring examples come from: ``train``, ``validation``, or
             ``validation_first_half`` / ``validation_second_half`` (a fixed seeded partition of dev).

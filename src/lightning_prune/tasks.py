@@ -330,21 +330,25 @@ def load_split(spec: TaskSpec, split: str, data_dir: str | Path | None) -> list[
     return _load_hub_split(spec, split)
 
 
+def hub_offline() -> bool:
+    """Whether Hugging Face's offline mode is set: ``datasets`` then reads its cache only."""
+    return any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in HUB_OFFLINE_VARIABLES)
+
+
 def require_hub(option: str) -> None:
-    """Fail at once, naming ``option``, when the Hugging Face hub cannot be reached: offline mode is set, or
-    its host does not accept a connection within 3 s (with a proxy configured, ``datasets`` decides)."""
-    offline = any(os.environ.get(name, "").upper() in ("1", "ON", "YES", "TRUE") for name in HUB_OFFLINE_VARIABLES)
-    if not offline and not any(os.environ.get(name) for name in PROXY_VARIABLES):
-        host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
-        try:
-            socket.create_connection((host.hostname, host.port or 443), timeout=3).close()
-        except OSError:
-            offline = True
-    if offline:
+    """Fail at once, naming ``option``, when the Hugging Face hub's host does not accept a connection within
+    3 s. In offline mode nothing is checked: ``datasets`` reads its cache, and a task missing there is the
+    one-line error of loading it; with a proxy configured, ``datasets`` decides too."""
+    if hub_offline() or any(os.environ.get(name) for name in PROXY_VARIABLES):
+        return
+    host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    try:
+        socket.create_connection((host.hostname, host.port or 443), timeout=3).close()
+    except OSError:
         raise UsageError(
-            f"no {option} given and the Hugging Face hub is unreachable (offline): give {option}, "
+            f"no {option} given and the Hugging Face hub is unreachable: give {option}, "
             "a folder of GLUE TSV files such as ../shared/data/glue"
-        )
+        ) from None
 
 
 def _load_hub_split(spec: TaskSpec, split: str) -> list[Example]:
@@ -353,9 +357,10 @@ def _load_hub_split(spec: TaskSpec, split: str) -> list[Example]:
     try:
         rows = datasets.load_dataset(GLUE_HUB_ID, spec.name, split=spec.hub_splits[split])
     except Exception as error:  # the hub raises many kinds; all mean the same to the user
+        where = "the datasets cache (offline mode)" if hub_offline() else "the hub"
         raise UsageError(
-            f"could not load {GLUE_HUB_ID}/{spec.name} ({split}) from the hub ({type(error).__name__}); "
-            "without internet give data_dir (a folder of GLUE TSV files)"
+            f"could not load {GLUE_HUB_ID}/{spec.name} ({split}) from {where} ({type(error).__name__}): "
+            "give data_dir instead (a folder of GLUE TSV files)"
         ) from None
     return [
         Example(tuple(row[f] for f in spec.text_fields), spec.parse_label(row["label"], f"{GLUE_HUB_ID} row {i}"), i)
