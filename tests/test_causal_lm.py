@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 from importlib.metadata import distribution
 from pathlib import Path
@@ -11,16 +12,17 @@ import pytest
 import torch
 import yaml
 
-from conftest import fit_free_args, run_cli
+from conftest import fit_free_args, one_error_line, run_cli
 from lightning_prune import load_model, load_pruned_model
 from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES
 from lightning_prune.cli import main
+from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.prompts import Prompt
 from lightning_prune.scorers import create_scorer
 from lightning_prune.scorers.attribution import AttributionScorer
 from lightning_prune.sources import resolve_package_file
-from lightning_prune.tasks import TASKS, load_split
+from lightning_prune.tasks import TASKS, get_task, load_split
 from lightning_prune.testing import build_causal_lm, write_tiny_gguf
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -194,6 +196,81 @@ def test_pruned_decoder_loads_with_plain_transformers_and_generates(llama_dir, g
         generated = plain.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
         assert torch.equal(generated, ours.model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0))
     assert generated.shape[1] == ids.shape[1] + 5
+
+
+CUSTOM_PROMPT = Prompt(template="Text: {sentence} Mood:", label_words=[" bad", " good"], chat=True)
+
+
+@pytest.fixture(scope="module")
+def prompted_run(llama_dir, glue_dir, tmp_path_factory) -> Path:
+    """A decoder pruned with its own prompt (template, label words, chat) and 2 demonstrations."""
+    out = tmp_path_factory.mktemp("prompted") / "run"
+    prompt = ["--model.prompt.template", CUSTOM_PROMPT.template, "--model.prompt.label_words",
+              json.dumps(CUSTOM_PROMPT.label_words), "--model.prompt.chat", "true"]  # fmt: skip
+    main(fit_free_args(llama_dir, glue_dir, out, *prompt, "--data.demonstrations", "2", "--model.max_length", "200"))
+    return out
+
+
+def test_a_pruned_decoder_answers_with_the_prompt_it_was_pruned_with(prompted_run, glue_dir, tmp_path):
+    """model/ carries its prompt and demonstrations: evaluate and load_pruned_model reproduce the measured
+    classifier without being told the prompt; a prompt given explicitly replaces the saved one."""
+    folder = prompted_run / "model"
+    demonstrations = TaskDataModule("sst2", str(glue_dir), demonstrations=2).demonstration_examples()
+    saved = json.loads((folder / "lightning_prune.json").read_text())
+    assert saved == {
+        "task": "sst2",
+        "max_length": 200,
+        "prompt": {**vars(CUSTOM_PROMPT), "separator": "\n\n"},
+        "demonstrations": [{"texts": list(e.texts), "label": e.label, "index": e.index} for e in demonstrations],
+    }
+    result = tmp_path / "eval.json"
+    main(["evaluate", "--model.path", str(folder), "--data.task", "sst2", "--data.data_dir", str(glue_dir),
+          "--output_file", str(result), *QUIET])  # fmt: skip
+    metrics = json.loads((prompted_run / "metrics.json").read_text())
+    assert json.loads(result.read_text())["metrics"] == pytest.approx(metrics["pruned_metrics"])
+
+    examples = load_split(TASKS["sst2"], "validation", glue_dir)[:6]
+    reloaded = load_pruned_model(str(folder), "sst2")
+    told = load_model(folder, TASKS["sst2"], 200, CUSTOM_PROMPT, demonstrations)
+    default = load_pruned_model(str(folder), "sst2", prompt=Prompt())
+    assert reloaded.max_length == 200 and [reloaded.render(e) for e in examples] == [told.render(e) for e in examples]
+    assert default.render(examples[0]) == f"Review: {examples[0].texts[0]}\nSentiment (positive or negative):"
+    with torch.no_grad():
+        batch = reloaded.collate(examples)
+        torch.testing.assert_close(reloaded.label_word_scores(batch), told.label_word_scores(batch))
+        other = default.label_word_scores(default.collate(examples))
+        assert not torch.allclose(reloaded.label_word_scores(batch), other)
+
+
+def test_a_folder_without_saved_settings_loads_with_the_defaults(prompted_run, glue_dir, tmp_path):
+    """Older runs and plain Hugging Face folders have no lightning_prune.json: the task's default prompt."""
+    folder = Path(shutil.copytree(prompted_run / "model", tmp_path / "older"))
+    (folder / "lightning_prune.json").unlink()
+    example = load_split(TASKS["sst2"], "validation", glue_dir)[0]
+    model = load_pruned_model(str(folder), "sst2")
+    assert model.max_length == 128 and not model.demonstrations
+    assert model.render(example) == f"Review: {example.texts[0]}\nSentiment (positive or negative):"
+
+
+def test_a_saved_model_answers_only_its_own_task(prompted_run, glue_dir, tmp_path, capsys):
+    folder = prompted_run / "model"
+    args = ["evaluate", "--model.path", str(folder), "--data.task", "stsb", "--data.data_dir", str(glue_dir), *QUIET]
+    code, _, err = run_cli(args, capsys)
+    assert code == 2
+    assert f"{folder} was saved for task sst2 (lightning_prune.json), not stsb: give task sst2" in one_error_line(err)
+    damaged = Path(shutil.copytree(folder, tmp_path / "damaged"))
+    (damaged / "lightning_prune.json").write_text("{")
+    with pytest.raises(UsageError, match=r"lightning_prune.json is damaged \(JSONDecodeError"):
+        load_pruned_model(str(damaged), "sst2")
+
+
+def test_a_saved_model_remembers_the_labels_of_a_task_outside_glue(llama_dir, tmp_path):
+    topics = get_task("topics", ["sports", "world", "science"])
+    load_model(llama_dir, topics).save(tmp_path / "saved")
+    assert json.loads((tmp_path / "saved" / "lightning_prune.json").read_text())["labels"] == list(topics.labels)
+    assert load_pruned_model(str(tmp_path / "saved"), "topics").task == topics
+    with pytest.raises(UsageError, match=r"with labels \['sports', 'world', 'science'\] .*not \['world', 'sports'"):
+        load_pruned_model(str(tmp_path / "saved"), "topics", labels=["world", "sports", "science"])
 
 
 def _bad_input(args, capsys, out):

@@ -28,17 +28,27 @@ def __getattr__(name: str) -> Any:
 
 
 def load_pruned_model(
-    path: str, task: str, labels: list[str] | None = None, max_length: int = 128, prompt: "Prompt | None" = None
+    path: str,
+    task: str,
+    labels: list[str] | None = None,
+    max_length: int | None = None,
+    prompt: "Prompt | None" = None,
 ) -> "PrunableModel":
     """Load a model saved by ``lightning-prune fit-free`` (its ``model/`` folder) for ``task``
-    (with ``labels`` for a single-sentence task outside GLUE; ``prompt`` for a decoder LM).
+    (with ``labels`` for a single-sentence task outside GLUE: the saved ones by default; ``prompt`` for a
+    decoder LM: by default the saved prompt and demonstrations, so it answers as it did when measured).
 
     The result is a ``torch.nn.Module``: ``predict(batch)`` answers, ``collate(examples)`` makes batches,
     and ``weights_module`` is the underlying Hugging Face model at its pruned shapes.
     """
-    from lightning_prune.adapters import load_model
+    from pathlib import Path
+
+    from lightning_prune.adapters import load_model, read_answer_settings
     from lightning_prune.tasks import get_task
 
+    saved = read_answer_settings(Path(path)) if labels is None and Path(path).is_dir() else {}
+    if saved.get("task") == task:
+        labels = saved.get("labels")
     return load_model(path, get_task(task, labels), max_length, prompt)
 
 

@@ -29,10 +29,10 @@ class TaskModel(LightningModule):
         path: model folder (dense or written by lightning-prune), or a hub id for T5 models when online.
         task: the task (linked to ``data.task`` on the command line).
         labels: label names of a non-GLUE single-sentence task (linked to ``data.labels``).
-        max_length: scoring inputs are truncated to this many tokens (decoder LMs: the start of a long
-            prompt goes).
-        prompt: decoder LMs only: template, label words, chat template (``lightning_prune.prompts``);
-            unset fields take the task's default prompt.
+        max_length: tokens kept per scoring input (decoder LMs lose a long prompt's start); default: a
+            pruned model's saved one, else 128.
+        prompt: decoder LMs only: template, label words, chat (``lightning_prune.prompts``); default: a
+            pruned model's saved prompt (and demonstrations), else the task's.
         demonstrations: in-context examples of decoder LMs; filled in from ``data.demonstrations``.
         eval_max_length: evaluation inputs are truncated to this many tokens (default: ``max_length``);
             set it to the length of the real inputs (e.g. 512 for long reviews) to evaluate them whole.
@@ -43,14 +43,14 @@ class TaskModel(LightningModule):
         path: str,
         task: str = "sst2",
         labels: list[str] | None = None,
-        max_length: int = 128,
+        max_length: int | None = None,
         prompt: Prompt | None = None,
         demonstrations: list[Example] | None = None,
         eval_max_length: int | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["demonstrations"])
-        if min(max_length, eval_max_length or max_length) < 1:
+        if any(length is not None and length < 1 for length in (max_length, eval_max_length)):
             raise UsageError("max_length and eval_max_length must be at least 1 token")
         self.spec = get_task(task, labels)
         self.net: PrunableModel = load_model(path, self.spec, max_length, prompt, demonstrations)

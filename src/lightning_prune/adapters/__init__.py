@@ -3,7 +3,9 @@
 Supported: T5-family text-to-text models (``t5``, ``mt5``: T5, Flan-T5, T5 v1.1, mT5), decoder-only
 LMs with gated FFNs answering through a prompt (Llama, Mistral, Qwen2/3, Gemma 2/3; see ``causal_lm``) and
 shared encoders with per-task heads (BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, DistilBERT; see ``encoder``).
-A folder written by ``lightning-prune`` holds ``pruning_plan.json`` and is rebuilt at its pruned shapes.
+A folder written by ``lightning-prune`` holds ``pruning_plan.json`` and is rebuilt at its pruned shapes, and
+``lightning_prune.json``: the task it answers and how (a decoder LM's prompt), used unless the caller gives
+a prompt of its own.
 A model may also be a ``.gguf`` file or a ``pkg:`` reference to a file in an installed package (``sources``).
 """
 
@@ -16,7 +18,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model as load_safetensors_model
 
-from lightning_prune.adapters.base import PER_LAYER_WEIGHTS_FILE, WEIGHTS_FILE, Batch, FFNLayer, PrunableModel
+from lightning_prune.adapters.base import (
+    ANSWER_FILE,
+    PER_LAYER_WEIGHTS_FILE,
+    WEIGHTS_FILE,
+    Batch,
+    FFNLayer,
+    PrunableModel,
+)
 from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES, CausalLMClassifier
 from lightning_prune.adapters.encoder import (
     ENCODER_LAYOUTS,
@@ -33,8 +42,17 @@ from lightning_prune.sources import resolve_model_source
 from lightning_prune.tasks import Example, TaskSpec
 
 SAFETENSORS_FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
+DEFAULT_MAX_LENGTH = 128
 
-__all__ = ["Batch", "FFNLayer", "PrunableModel", "load_model", "model_inputs", "supported_architectures"]
+__all__ = [
+    "Batch",
+    "FFNLayer",
+    "PrunableModel",
+    "load_model",
+    "model_inputs",
+    "read_answer_settings",
+    "supported_architectures",
+]
 
 
 def supported_architectures() -> str:
@@ -146,16 +164,59 @@ def _load_pruned_weights(model: PrunableModel, folder: Path, plan: dict) -> None
     trim_padding(model.ffn_layers(), plan)
 
 
+def read_answer_settings(folder: Path) -> dict:
+    """A saved model's ``ANSWER_FILE`` (``PrunableModel.answer_settings``), with its prompt as a ``Prompt`` and
+    its demonstrations as ``Example`` records; {} for a folder without one (dense models, older runs)."""
+    file = Path(folder) / ANSWER_FILE
+    if not file.is_file():
+        return {}
+    try:
+        settings = json.loads(file.read_text(encoding="utf-8"))
+        if not isinstance(settings["task"], str) or not isinstance(settings.get("max_length", 1), int):
+            raise TypeError("task must be a name, max_length a number of tokens")
+        prompt = settings.get("prompt")
+        settings["prompt"] = None if prompt is None else Prompt(**prompt)
+        settings["demonstrations"] = [
+            Example(tuple(d["texts"]), d["label"], d["index"]) for d in settings.get("demonstrations") or []
+        ]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise UsageError(
+            f"{file} is damaged ({type(error).__name__}: {error}): restore it from the run that wrote the model"
+        ) from None
+    return settings
+
+
+def _check_saved_task(settings: dict, task: TaskSpec, path: str) -> None:
+    """A saved model answers the task it was saved for, with the label set it was saved with."""
+    if not settings:
+        return
+    if settings["task"] != task.name:
+        raise UsageError(
+            f"{path} was saved for task {settings['task']} ({ANSWER_FILE}), not {task.name}: "
+            f"give task {settings['task']}, or the dense model for another task"
+        )
+    labels = settings.get("labels")
+    if labels is not None and tuple(labels) != task.labels:
+        raise UsageError(
+            f"{path} was saved for task {task.name} with labels {labels} ({ANSWER_FILE}), not "
+            f"{list(task.labels or ())}: give its labels, in that order"
+        )
+
+
 def load_model(
     path: str | Path,
     task: TaskSpec,
-    max_length: int = 128,
+    max_length: int | None = None,
     prompt: Prompt | None = None,
     demonstrations: list[Example] | None = None,
 ) -> PrunableModel:
     """Load the model at ``path`` (local folder, ``.gguf`` file, ``pkg:`` reference, or for T5 and decoder
     LMs a hub id) bound to ``task``, in float32, frozen. ``prompt`` and ``demonstrations`` (in-context
-    examples) apply to decoder LMs only."""
+    examples) apply to decoder LMs only.
+
+    A folder lightning-prune saved (``ANSWER_FILE``) must be asked for its own task; it answers with its
+    saved prompt and demonstrations unless ``prompt`` or ``demonstrations`` are given (they replace both), and
+    truncates at its saved ``max_length`` unless one is given (otherwise ``DEFAULT_MAX_LENGTH``)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     path = resolve_model_source(str(path))
@@ -169,6 +230,12 @@ def load_model(
         if not (folder / HEADS_CONFIG).is_file() and not (folder / "config.json").is_file():
             raise UsageError(f"{path} is not a model folder: it has neither config.json nor {HEADS_CONFIG}")
     plan = read_plan(folder) if folder.is_dir() else None
+    saved = read_answer_settings(folder) if folder.is_dir() else {}
+    _check_saved_task(saved, task, path)
+    if max_length is None:
+        max_length = saved.get("max_length", DEFAULT_MAX_LENGTH)
+    if prompt is None and not demonstrations and saved.get("prompt") is not None:
+        prompt, demonstrations = saved["prompt"], saved["demonstrations"]
 
     if (folder / HEADS_CONFIG).is_file():
         heads_config, head = load_heads(folder, task)

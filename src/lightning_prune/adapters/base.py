@@ -17,8 +17,9 @@ import torch
 from safetensors.torch import save_model
 from torch import Tensor, nn
 
+from lightning_prune.io import write_json
 from lightning_prune.pruning.slicing import pad_ffn
-from lightning_prune.tasks import Example, TaskSpec
+from lightning_prune.tasks import TASKS, Example, TaskSpec
 
 Batch = dict[str, Tensor]
 WEIGHTS_FILE = "model.safetensors"
@@ -26,6 +27,9 @@ WEIGHTS_FILE = "model.safetensors"
 # Face loading fails loudly ("no file named model.safetensors") instead of loading random FFN weights.
 PER_LAYER_WEIGHTS_FILE = "model.per-layer-ffn.safetensors"
 SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
+# How a saved model answers its task (``PrunableModel.answer_settings``): loading it without settings of
+# one's own reproduces the classifier that was pruned and measured.
+ANSWER_FILE = "lightning_prune.json"
 
 
 @dataclass
@@ -158,9 +162,14 @@ class PrunableModel(nn.Module, ABC):
     def save_extras(self, directory: Path) -> None:
         """Write what the adapter needs besides config, tokenizer and weights."""
 
+    def answer_settings(self) -> dict:
+        """What ``ANSWER_FILE`` records: the task, its label set where it is not a GLUE task's, the input length."""
+        labels = {"labels": list(self.task.labels)} if self.task.name not in TASKS and self.task.labels else {}
+        return {"task": self.task.name, **labels, "max_length": self.max_length}
+
     def save(self, directory: Path, dtype: torch.dtype | None = None, pad_uneven: bool = False) -> dict:
-        """Write config, tokenizer, weights in ``dtype`` (default: ``source_dtype``; shared tensors once) and
-        the adapter's extras; return how the FFN widths were stored (``metrics.json`` reports it).
+        """Write config, tokenizer, weights in ``dtype`` (default: ``source_dtype``; shared tensors once), the
+        adapter's extras and ``ANSWER_FILE``; return how the FFN widths were stored (``metrics.json`` reports it).
 
         Plain ``from_pretrained`` needs one FFN width, in the config's ``ffn_width_key``. Layers of different
         widths (global scope) are either padded to the widest with all-zero neurons (``pad_uneven``: exact,
@@ -188,6 +197,7 @@ class PrunableModel(nn.Module, ABC):
         weights_file = WEIGHTS_FILE if plain else PER_LAYER_WEIGHTS_FILE
         save_model(module, str(directory / weights_file))
         self.save_extras(directory)
+        write_json(directory / ANSWER_FILE, self.answer_settings())
         return {
             "dtype": str(dtype).removeprefix("torch."),
             "weights_file": weights_file,

@@ -230,14 +230,22 @@ class CausalLMClassifier(PrunableModel):
         hidden = self.model.model.norm(hidden)
         return self._answer_log_prob(hidden, self._sequences(batch, self.candidate_index(labels)))
 
-    def input_settings(self) -> dict:
+    def _prompt_settings(self) -> dict:
+        """The resolved prompt, as ``Prompt`` fields."""
         return {
             "template": self.prompt.template,
             "label_words": list(self.prompt.label_words),
             "chat": self.prompt.chat,
             "separator": self.prompt.separator,
-            "demonstrations": examples_fingerprint(self.demonstrations),
         }
+
+    def input_settings(self) -> dict:
+        return {**self._prompt_settings(), "demonstrations": examples_fingerprint(self.demonstrations)}
+
+    def answer_settings(self) -> dict:
+        """Also the resolved prompt and the demonstrations themselves: reloaded, they are reproduced, not re-drawn."""
+        demonstrations = [{"texts": list(e.texts), "label": e.label, "index": e.index} for e in self.demonstrations]
+        return {**super().answer_settings(), "prompt": self._prompt_settings(), "demonstrations": demonstrations}
 
     def save_extras(self, directory: Path) -> None:
         generation_config = getattr(self.model, "generation_config", None)
