@@ -12,6 +12,7 @@ import json
 import shutil
 import sys
 from collections.abc import Callable
+from importlib.metadata import distribution
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ import yaml
 from conftest import fit_free_args, one_error_line, run_cli
 from lightning_prune.cli import main
 from lightning_prune.io import MARKER_FILE
+from lightning_prune.sources import gguf_cache_folder
+from lightning_prune.testing import write_tiny_gguf
 
 REPO = Path(__file__).resolve().parents[1]
 QUICKSTART = REPO / "configs" / "quickstart.yaml"
@@ -185,6 +188,60 @@ def test_symlinked_output_dir_is_replaced_through_the_link_without_leftovers(inp
     assert json.loads((target / "metrics.json").read_text())["sparsity"] == 0.25
     assert (target / MARKER_FILE).is_file()
     assert sorted(p.name for p in inputs.root.iterdir() if p.name.startswith(".")) == []  # no .linkout.old-PID
+
+
+# -- models given as a .gguf file or a pkg: reference: the file and its de-quantized copy are inputs too ----------
+
+GGUF_CASES: dict[str, tuple[Callable[[Path, Path, Path], list[str]], str]] = {
+    # name: (options given the GGUF file, its de-quantized copy and a scratch folder; message)
+    "output_dir is the GGUF file, with --overwrite": (
+        lambda gguf, copy, root: ["--output_dir", str(gguf), "--overwrite", "true"],
+        "is the GGUF file",
+    ),
+    "output_dir is the GGUF file's folder, with --overwrite": (
+        lambda gguf, copy, root: ["--output_dir", str(gguf.parent), "--overwrite", "true"],
+        "contains the GGUF file",
+    ),
+    "output_dir is the de-quantized copy, with --overwrite": (
+        lambda gguf, copy, root: ["--output_dir", str(copy), "--overwrite", "true"],
+        "is the de-quantized copy of the GGUF file",
+    ),
+    "output_dir inside the de-quantized copy": (
+        lambda gguf, copy, root: ["--output_dir", str(copy / "run")],
+        "lies inside the de-quantized copy of the GGUF file",
+    ),
+    "output_dir above the de-quantized copy, with --overwrite": (
+        lambda gguf, copy, root: ["--output_dir", str(copy.parent), "--overwrite", "true"],
+        "contains the de-quantized copy of the GGUF file",
+    ),
+    "cache_dir is the de-quantized copy": (
+        lambda gguf, copy, root: ["--cache_dir", str(copy), "--output_dir", str(root / "run")],
+        "is the de-quantized copy of the GGUF file",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(GGUF_CASES))
+def test_outputs_that_would_touch_a_gguf_model_are_refused(glue_dir, tmp_path, capsys, case):
+    pytest.importorskip("gguf")
+    (tmp_path / "models").mkdir()
+    gguf = write_tiny_gguf(tmp_path / "models" / "tiny.gguf")
+    copy = gguf_cache_folder(gguf)  # as a conversion leaves it: a folder lightning-prune wrote, with the marker
+    copy.mkdir(parents=True)
+    (copy / MARKER_FILE).write_text("written by lightning-prune")
+    (copy / "config.json").write_text("{}")
+    make_args, message = GGUF_CASES[case]
+    args = fit_free_args(gguf, glue_dir, tmp_path / "run", *make_args(gguf, copy, tmp_path))
+    assert_refused(args, capsys, message, [gguf.parent, copy, glue_dir])
+
+
+def test_outputs_that_would_touch_a_package_file_are_refused(glue_dir, tmp_path, capsys):
+    dist = distribution("safetensors")
+    inner = next(str(f) for f in dist.files if str(f).endswith("__init__.py"))
+    shipped = Path(dist.locate_file(inner))
+    args = fit_free_args(f"pkg:safetensors/{inner}", glue_dir, tmp_path / "run", "--output_dir", str(shipped.parent),
+                         "--overwrite", "true")  # fmt: skip
+    assert_refused(args, capsys, "contains the model file", [shipped.parent])
 
 
 # -- evaluate --output_file --------------------------------------------------------------------------------------

@@ -74,14 +74,24 @@ def require_gguf_extra() -> None:
         )
 
 
+def gguf_cache_folder(file: Path, cache_root: Path | None = None) -> Path:
+    """Where the de-quantized copy of GGUF ``file`` is (or will be) cached."""
+    return (cache_root or gguf_cache_dir()) / _file_hash(file)
+
+
 def gguf_folder(file: Path, cache_root: Path | None = None) -> Path:
     """The de-quantized model folder of GGUF ``file``, converted on first use (see module doc)."""
     if not file.is_file():
         raise UsageError(f"GGUF file {file} does not exist: check the path")
     require_gguf_extra()
-    folder = (cache_root or gguf_cache_dir()) / _file_hash(file)
-    if (folder / "config.json").is_file():
-        return folder
+    folder = gguf_cache_folder(file, cache_root)
+    if not (folder / "config.json").is_file():
+        _convert_gguf(file, folder)
+    return folder
+
+
+def _convert_gguf(file: Path, folder: Path) -> None:
+    """De-quantize GGUF ``file`` into the model folder ``folder`` (written whole or not at all)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     try:
@@ -99,7 +109,20 @@ def gguf_folder(file: Path, cache_root: Path | None = None) -> Path:
     with atomic_directory(folder, overwrite=True) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-    return folder
+
+
+def source_inputs(path: str) -> dict[str, Path] | None:
+    """What a ``pkg:`` reference or a ``.gguf`` path reads, found without converting anything: the file and,
+    for GGUF, its de-quantized folder in the cache (outputs must keep clear of both). None for other paths."""
+    if not path.startswith(PACKAGE_PREFIX) and not path.endswith(GGUF_SUFFIX):
+        return None
+    file = resolve_package_file(path) if path.startswith(PACKAGE_PREFIX) else Path(path).expanduser()
+    if file.suffix != GGUF_SUFFIX:
+        return {"the model file": file}
+    inputs = {"the GGUF file": file}
+    if file.is_file():
+        inputs["the de-quantized copy of the GGUF file"] = gguf_cache_folder(file)
+    return inputs
 
 
 def resolve_model_source(path: str) -> str:

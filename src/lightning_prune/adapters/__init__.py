@@ -38,7 +38,7 @@ from lightning_prune.adapters.t5 import T5_MODEL_TYPES, T5TextToText
 from lightning_prune.errors import UsageError
 from lightning_prune.prompts import Prompt
 from lightning_prune.pruning.plan import apply_plan, read_plan, trim_padding
-from lightning_prune.sources import resolve_model_source
+from lightning_prune.sources import resolve_model_source, source_inputs
 from lightning_prune.tasks import Example, TaskSpec
 
 SAFETENSORS_FLOAT_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64}
@@ -113,7 +113,11 @@ def _load_hf(loader, source: str | Path, plan: dict | None):
 
 
 def model_inputs(path: str | Path) -> dict[str, Path]:
-    """The local folders a model is read from: the model folder and, for heads, a separate encoder folder."""
+    """What a model is read from: the model folder and, for heads, a separate encoder folder; for a ``.gguf``
+    file or ``pkg:`` reference, the file and its de-quantized folder (``sources.source_inputs``)."""
+    from_source = source_inputs(str(path))
+    if from_source is not None:
+        return from_source
     folder = Path(path).expanduser()
     if not _is_local(str(path)):
         return {}
