@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import distribution
 from pathlib import Path
 
@@ -13,7 +15,7 @@ import torch
 import yaml
 
 from conftest import fit_free_args, one_error_line, run_cli
-from lightning_prune import load_model, load_pruned_model
+from lightning_prune import load_model, load_pruned_model, sources
 from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES
 from lightning_prune.cli import main
 from lightning_prune.data import TaskDataModule
@@ -21,7 +23,7 @@ from lightning_prune.errors import UsageError
 from lightning_prune.prompts import Prompt
 from lightning_prune.scorers import create_scorer
 from lightning_prune.scorers.attribution import AttributionScorer
-from lightning_prune.sources import resolve_package_file
+from lightning_prune.sources import gguf_folder, resolve_package_file
 from lightning_prune.tasks import TASKS, get_task, load_split
 from lightning_prune.testing import build_causal_lm, write_tiny_gguf
 
@@ -373,7 +375,7 @@ def test_gguf_is_dequantized_once_into_the_cache(glue_dir, tmp_path, monkeypatch
     cache = tmp_path / "xdg"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     model = load_model(gguf_file, TASKS["sst2"])
-    folders = list((cache / "lightning-prune" / "gguf").iterdir())
+    folders = [p for p in (cache / "lightning-prune" / "gguf").iterdir() if p.is_dir()]
     assert len(folders) == 1 and (folders[0] / "model.safetensors").is_file()
     assert "quantization_config" not in json.loads((folders[0] / "config.json").read_text())
     assert gguf_file.read_bytes() == before and [p.name for p in user.iterdir()] == ["tiny.gguf"]
@@ -384,3 +386,26 @@ def test_gguf_is_dequantized_once_into_the_cache(glue_dir, tmp_path, monkeypatch
     ids = model.collate(load_split(TASKS["sst2"], "validation", glue_dir)[:3])["input_ids"]
     with torch.no_grad():
         torch.testing.assert_close(model.model(input_ids=ids).logits, reference(input_ids=ids).logits)
+
+
+def test_concurrent_conversions_of_one_gguf_take_turns(tmp_path, monkeypatch):
+    """DDP ranks (or two users' runs) converting the same file at once: one converts, the others wait for its
+    finished folder, never reading or replacing a half-written one."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    gguf_file = write_tiny_gguf(tmp_path / "tiny.gguf")
+    conversions = []
+    convert = sources._convert_gguf
+
+    def slow_convert(file, folder):
+        conversions.append(folder)
+        time.sleep(1.0)  # the other caller arrives while this conversion runs
+        convert(file, folder)
+
+    monkeypatch.setattr(sources, "_convert_gguf", slow_convert)
+    with ThreadPoolExecutor(3) as pool:  # flock excludes separately opened files within a process too
+        folders = list(pool.map(lambda _: gguf_folder(gguf_file), range(3)))
+    assert len(conversions) == 1 and len(set(folders)) == 1
+    folder = folders[0]
+    assert sorted(p.name for p in folder.parent.iterdir()) == sorted([folder.name, f"{folder.name}.lock"])
+    assert load_model(folder, TASKS["sst2"]).num_parameters() > 0

@@ -127,6 +127,18 @@ def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+@contextlib.contextmanager
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created if missing) for the block: processes (and threads)
+    taking the same lock run their blocks one at a time. The lock goes with the process, even a killed one."""
+    import fcntl  # POSIX
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        yield
+
+
 def _relation(path: Path, other: Path) -> str | None:
     if path == other:
         return "is"

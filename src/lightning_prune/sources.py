@@ -9,7 +9,9 @@ without any path of one machine.
 A ``.gguf`` file is read by transformers (which needs the optional ``gguf`` and ``accelerate``: the
 ``gguf`` extra), its weights are copied into a fresh model built from its config without quantization
 settings, and that model and the tokenizer are saved under ``$XDG_CACHE_HOME/lightning-prune/gguf/<hash of
-the file>/``: later runs load the folder. The user's file and its folder are only read.
+the file>/``: later runs load the folder. The user's file and its folder are only read. Processes that
+convert the same file at once (DDP ranks, two users' runs) take turns under a file lock: the first converts,
+the others find its finished folder.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 import torch
 
 from lightning_prune.errors import UsageError
-from lightning_prune.io import atomic_directory
+from lightning_prune.io import atomic_directory, exclusive_lock
 
 PACKAGE_PREFIX = "pkg:"
 GGUF_SUFFIX = ".gguf"
@@ -85,8 +87,9 @@ def gguf_folder(file: Path, cache_root: Path | None = None) -> Path:
         raise UsageError(f"GGUF file {file} does not exist: check the path")
     require_gguf_extra()
     folder = gguf_cache_folder(file, cache_root)
-    if not (folder / "config.json").is_file():
-        _convert_gguf(file, folder)
+    with exclusive_lock(folder.with_name(folder.name + ".lock")):
+        if not (folder / "config.json").is_file():
+            _convert_gguf(file, folder)
     return folder
 
 
