@@ -52,7 +52,7 @@ from results_io import RESULTS, markdown_table, write_csv, write_figure, write_r
 
 from lightning_prune import load_model, load_pruned_model
 from lightning_prune.adapters import PrunableModel
-from lightning_prune.pruning import select_neurons
+from lightning_prune.pruning import Scope, select_neurons
 from lightning_prune.scorers import load_scorer_class, scorer_infos
 from lightning_prune.tasks import TASKS, Example, TaskSpec, get_task, load_split, read_tsv
 
@@ -64,6 +64,7 @@ AGNEWS = get_task("agnews", ["World", "Sports", "Business", "Sci/Tech"])
 DOMAINS = ("yelp", "amazon_sentences", "vader_amazon", "vader_nyt", "vader_tweets")
 ALL_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "agnews")
 SST2 = TASKS["sst2"]
+GLOBAL = "attribution-global"
 
 
 def spec_of(task: str) -> TaskSpec:
@@ -96,11 +97,15 @@ def task_data(task: str, eval_limit: int, seed: int) -> tuple[list[Example], lis
 
 
 def chance(spec: TaskSpec, examples: list[Example]) -> float:
-    """The metric of always answering the majority class (0 for MCC and correlations)."""
-    if spec.primary_metric != "accuracy":
-        return 0.0
+    """What answering without reading gets: the majority class's accuracy; F1 of always answering the positive
+    class (2p / (1 + p), p its share); 0 for MCC and correlations."""
     labels = [e.label for e in examples]
-    return max(labels.count(v) for v in set(labels)) / len(labels)
+    if spec.primary_metric == "accuracy":
+        return max(labels.count(v) for v in set(labels)) / len(labels)
+    if spec.primary_metric == "f1":
+        positive = labels.count(1) / len(labels)
+        return 2 * positive / (1 + positive)
+    return 0.0
 
 
 def scores_of(model: PrunableModel, scorer: str, options: dict, pool: list[Example], count: int, labels="gold"):
@@ -109,15 +114,19 @@ def scores_of(model: PrunableModel, scorer: str, options: dict, pool: list[Examp
     return data_free_scores(model, scorer, options)
 
 
-def scorer_variants(random_seeds: int) -> list[tuple[str, dict, int]]:
-    """(scorer, options, seed) for every installed scorer; attribution in joint mode."""
+def scorer_variants(random_seeds: int) -> list[tuple[str, str, dict, int, Scope]]:
+    """(row name, scorer, options, seed, scope) for every installed scorer, every layer losing the same fraction;
+    attribution in joint mode, also with one global ranking (``attribution-global``: one IG path through all
+    layers makes its scores comparable across layers)."""
     rows = []
     first = ("attribution", "wanda", "activation", "magnitude")  # the CPU budget may end a run early
     for name in sorted(scorer_infos(), key=lambda n: (first.index(n) if n in first else len(first), n)):
         if name == "random":
-            rows += [(name, {"seed": seed}, seed) for seed in range(random_seeds)]
+            rows += [(name, name, {"seed": seed}, seed, "layer") for seed in range(random_seeds)]
+        elif name == "attribution":
+            rows += [(name, name, dict(JOINT), 0, "layer"), (GLOBAL, name, dict(JOINT), 0, "global")]
         else:
-            rows.append((name, dict(JOINT) if name == "attribution" else {}, 0))
+            rows.append((name, name, {}, 0, "layer"))
     return rows
 
 
@@ -143,7 +152,8 @@ def run_dense(args, clock: Clock) -> None:
         "",
         f"Model `{args.model}` de-quantized to float32; rank classification over the label words of each task's "
         f"default prompt (`lightning_prune/prompts.py`); {args.eval_limit} seeded evaluation examples per task. "
-        "Chance: always answering the majority class of those examples (0 for MCC / Pearson).",
+        "Chance: always answering the majority class of those examples (F1: always answering the positive class; 0 "
+        "for MCC / Pearson).",
         "",
         *markdown_table(
             ["task", "metric", "dense", "chance", "dense − chance"],
@@ -165,12 +175,12 @@ def earlier_rows(name: str) -> list[dict]:
         return []
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    texts, integers = ("task", "scorer", "metric"), ("seed", "score_examples", "eval_examples")
+    texts, integers = ("task", "scorer", "metric", "labels"), ("seed", "score_examples", "eval_examples", "examples")
     return [{k: v if k in texts else int(float(v)) if k in integers else float(v) for k, v in r.items()} for r in rows]
 
 
 def run_main(args, clock: Clock) -> None:
-    """Resumable: (task, scorer, seed) results already in the CSV with the same settings are kept, and the CSV
+    """Resumable: (task, scorer, seed, sparsity) results already in the CSV with the same settings are kept, and the CSV
     and report are rewritten after every scorer, so an interrupted run loses at most one scorer's work."""
     sparsities = tuple(args.sparsities)
     rows = [
@@ -186,17 +196,19 @@ def run_main(args, clock: Clock) -> None:
         known = [r["dense"] for r in rows if r["task"] == task]
         dense_value = known[0] if known else primary(spec, evaluate(dense, spec, examples, batch_size=32))
         clock.lap("evaluate")
-        for scorer, options, seed in scorer_variants(args.random_seeds):
-            if any((r["task"], r["scorer"], r["seed"]) == (task, scorer, seed) for r in rows):
+        for row_name, scorer, options, seed, scope in scorer_variants(args.random_seeds):
+            done = {r["sparsity"] for r in rows if (r["task"], r["scorer"], r["seed"]) == (task, row_name, seed)}
+            missing = tuple(s for s in sparsities if s not in done)
+            if not missing:
                 continue
             start = time.perf_counter()
             scores = scores_of(dense, scorer, options, task_data(task, args.eval_limit, seed)[0], args.examples)
             score_seconds = time.perf_counter() - start
             clock.lap(f"score ({scorer})")
-            for sparsity, metrics in prune_and_evaluate(dense, spec, scores, sparsities, examples).items():
+            for sparsity, metrics in prune_and_evaluate(dense, spec, scores, missing, examples, scope).items():
                 value = primary(spec, metrics)
                 rows.append({
-                    "task": task, "scorer": scorer, "seed": seed, "sparsity": sparsity,
+                    "task": task, "scorer": row_name, "seed": seed, "sparsity": sparsity,
                     "metric": spec.primary_metric, "dense": round(dense_value, 5), "pruned": round(value, 5),
                     "retained": round(value / dense_value, 5),
                     "score_examples": args.examples if load_scorer_class(scorer).needs_data else 0,
@@ -213,17 +225,25 @@ def report_main(rows: list[dict], args, clock: Clock) -> None:
     random_seeds = len({r["seed"] for r in rows if r["scorer"] == "random"})
     scorers = list(dict.fromkeys(r["scorer"] for r in rows))
 
-    def retained(scorer: str, sparsity: float) -> str:
+    # A weak zero-shot model's metric sits close to chance: pruned / dense flatters a pruned model that answers
+    # one class (0.54 / 0.75 = 0.72 on SST-2), so the margin over chance that survives is reported beside it.
+    floor = {task: chance(spec_of(task), task_data(task, args.eval_limit, 0)[1]) for task in args.tasks}
+
+    def margin(row: dict) -> float:
+        return (row["pruned"] - floor[row["task"]]) / (row["dense"] - floor[row["task"]])
+
+    def retained(scorer: str, sparsity: float, measure: Callable[[dict], float]) -> str:
         picked = [r for r in rows if r["scorer"] == scorer and r["sparsity"] == sparsity]
         seeds = sorted({r["seed"] for r in picked})
-        return spread([statistics.mean(r["retained"] for r in picked if r["seed"] == s) for s in seeds])
+        return spread([statistics.mean(measure(r) for r in picked if r["seed"] == s) for s in seeds])
 
     lines = [
         "# SmolLM2-135M-Instruct: task metric after pruning FFN neurons for one task",
         "",
         f"Model `{args.model}` (30 FFN layers x 1536 neurons), zero-shot default prompts. Data scorers see the same "
         f"{args.examples} seeded scoring examples (gold labels); attribution in joint mode, m = {JOINT['steps']}; "
-        f"every layer loses the same fraction; {args.eval_limit} seeded evaluation examples. `random`: mean "
+        f"every layer loses the same fraction, except `{GLOBAL}` (the same attribution scores, one ranking over all "
+        f"layers: layers lose different fractions); {args.eval_limit} seeded evaluation examples. `random`: mean "
         f"(min–max) over {random_seeds} seeds. Tasks: {', '.join(args.tasks)} (a task "
         "belongs here only if the dense model is clearly above chance on it: the `dense` sub-command).",
         "",
@@ -231,7 +251,18 @@ def report_main(rows: list[dict], args, clock: Clock) -> None:
         "",
         *markdown_table(
             ["scorer", *(f"{s:.0%}" for s in sparsities)],
-            [[sc, *(retained(sc, s) for s in sparsities)] for sc in scorers],
+            [[sc, *(retained(sc, s, lambda r: r["retained"]) for s in sparsities)] for sc in scorers],
+        ),
+        "",
+        "## Retained share of the dense model's margin over chance, averaged over the tasks",
+        "",
+        "(pruned − chance) / (dense − chance), chance = always answering the majority class of the evaluation "
+        f"examples ({', '.join(f'{t} {v:.3f}' for t, v in floor.items())}): 1 = as good as dense, 0 or below = "
+        "no better than not reading the input.",
+        "",
+        *markdown_table(
+            ["scorer", *(f"{s:.0%}" for s in sparsities)],
+            [[sc, *(retained(sc, s, margin) for s in sparsities)] for sc in scorers],
         ),
         "",
     ]
@@ -284,6 +315,12 @@ def run_budgets(args, clock: Clock, labels: str, name: str) -> None:
                     print(rows[-1], flush=True)
                 clock.lap("evaluate")
     write_csv(name, rows)
+    report_budgets(rows, args, labels, name, clock.line())
+
+
+def report_budgets(rows: list[dict], args, labels: str, name: str, timing: str) -> None:
+    """The budget sweep's report and figure; `random` needs no examples, so its one value fills every column."""
+    sparsities = tuple(args.sparsities)
     lines = [
         f"# SmolLM2-135M-Instruct: attribution from few examples ({labels} labels)",
         "",
@@ -300,19 +337,23 @@ def run_budgets(args, clock: Clock, labels: str, name: str) -> None:
             for source in sources:
                 cells = [
                     spread([r["pruned"] for r in rows if (r["task"], r["labels"], r["examples"], r["sparsity"])
-                            == (task, source, b, sparsity)]) or "—"
+                            == (task, source, 0 if source == "random" else b, sparsity)])
                     for b in args.budgets
                 ]  # fmt: skip
                 dense_value = next(r["dense"] for r in rows if r["task"] == task)
                 body.append([task, source, f"{dense_value:.3f}", *cells])
         lines += markdown_table(["task", "scorer / labels", "dense", *(f"{b} ex." for b in args.budgets)], body)
         lines.append("")
-    lines.append(clock.line())
+    lines.append(timing)
     write_report(name, lines)
     figure, axes = plt.subplots(1, len(args.tasks), figsize=(5 * len(args.tasks), 4), squeeze=False)
     for axis, task in zip(axes[0], args.tasks, strict=True):
         for source in sources:
             if source == "random":
+                for sparsity in sparsities:
+                    floor = statistics.mean(r["pruned"] for r in rows if (r["task"], r["labels"], r["sparsity"])
+                                            == (task, source, sparsity))  # fmt: skip
+                    axis.axhline(floor, color="gray", linestyle=":", lw=1, label=f"random {sparsity:.0%}")
                 continue
             for sparsity in sparsities:
                 means = [
@@ -501,10 +542,11 @@ def plot_lines(rows: list[dict], name: str, key: str, panels: list[str], sparsit
     for axis, panel in zip(axes[0], panels, strict=True):
         mine = [r for r in rows if r["task"] == panel]
         for i, line in enumerate(dict.fromkeys(r[key] for r in mine)):
+            measured = [s for s in sparsities if any(r[key] == line and r["sparsity"] == s for r in mine)]
             means = [
-                statistics.mean(r["pruned"] for r in mine if r[key] == line and r["sparsity"] == s) for s in sparsities
+                statistics.mean(r["pruned"] for r in mine if r[key] == line and r["sparsity"] == s) for s in measured
             ]
-            axis.plot(sparsities, means, marker="o", markersize=3, label=line, color=f"C{i}")
+            axis.plot(measured, means, marker="o", markersize=3, label=line, color=f"C{i}")
         axis.axhline(mine[0]["dense"], color="black", linestyle="--", lw=1)
         axis.set_title(panel)
         axis.set_xlabel("FFN sparsity")

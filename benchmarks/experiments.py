@@ -192,7 +192,9 @@ def prune_and_evaluate(
 
 
 def spread(values: list[float]) -> str:
-    """A value, or the mean (min–max) of several (one per seed)."""
+    """A value, the mean (min–max) of several (one per seed), or a dash for none (not measured yet)."""
+    if not values:
+        return "—"
     if len(values) == 1:
         return f"{values[0]:.3f}"
     return f"{statistics.mean(values):.3f} ({min(values):.3f}–{max(values):.3f})"
