@@ -10,6 +10,7 @@ One sub-command per experiment, each writing ``benchmarks/results/smollm2_<name>
 - ``unseen-domain``: scored on SST-2, evaluated on each ``sentiment_domains`` set (and scored in-domain);
 - ``overlap``: Jaccard overlap of the neurons that attribution keeps for two tasks;
 - ``joint-vs-exact``: joint-mode attribution next to exact (per-layer) mode on the same examples;
+- ``ablations``: one global ranking for the data scorers, and bias compensation, where SmolLM2 breaks;
 - ``roundtrip``: the folder ``lightning-prune fit-free --config configs/smollm2_sst2.yaml`` wrote, loaded
   by plain ``transformers`` (parameters, logits, greedy generation) next to this project's loader.
 
@@ -23,6 +24,7 @@ exact mode costs 30 times more (see ``joint-vs-exact``). Scores are cached as in
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
 import random
 import statistics
@@ -38,6 +40,7 @@ from experiments import (
     DATA,
     SCORE_SPLITS,
     Clock,
+    compensation_means,
     data_free_scores,
     data_scores,
     eval_examples,
@@ -495,6 +498,74 @@ def run_joint_vs_exact(args, clock: Clock) -> None:
     write_report("smollm2_joint_vs_exact", lines)
 
 
+def run_ablations(args, clock: Clock) -> None:
+    """Two remedies the MiniLM experiments support, tried where SmolLM2 breaks: one global ranking (layers lose
+    different fractions) for the data scorers, and bias compensation (removed neurons' mean activations over the
+    scoring examples' content tokens, folded into a down bias that Llama-style FFNs lack: zero-initialised
+    here, so the compensated model is a measurement, not a savable Llama)."""
+    sparsities = tuple(args.sparsities)
+    rows = []
+    for task in args.tasks:
+        spec = spec_of(task)
+        dense = load_model(args.model, spec)
+        pool, examples = task_data(task, args.eval_limit, 0)
+        scores = {
+            name: scores_of(dense, name, JOINT if name == "attribution" else {}, pool, args.examples)
+            for name in ("attribution", "wanda", "activation")
+        }
+        scores["random"] = data_free_scores(dense, "random", {"seed": 0})
+        means = compensation_means(dense, pool, args.examples, batch_size=SCORE_BATCH)
+        dense_value = round(primary(spec, evaluate(dense, spec, examples, batch_size=32)), 5)
+        clock.lap("score")
+        biased = copy.deepcopy(dense)
+        for layer in biased.ffn_layers():
+            layer.down_proj.bias = torch.nn.Parameter(torch.zeros(layer.down_proj.out_features), requires_grad=False)
+        runs = [(name, "global", False, dense) for name in ("attribution", "wanda", "activation")]
+        runs += [(name, "layer", True, biased) for name in ("attribution", "random")]
+        for name, scope, compensated, model in runs:
+            measured = prune_and_evaluate(
+                model, spec, scores[name], sparsities, examples, scope, means if compensated else None
+            )
+            for sparsity, metrics in measured.items():
+                rows.append({
+                    "task": task, "scorer": name, "scope": scope, "compensated": compensated, "sparsity": sparsity,
+                    "dense": dense_value, "pruned": round(primary(spec, metrics), 5),
+                    "positive_rate": round(metrics.get("positive_rate", float("nan")), 5),
+                })  # fmt: skip
+                print(rows[-1], flush=True)
+            clock.lap("evaluate")
+    write_csv("smollm2_ablations", rows)
+    header = ["task", "scorer", "scope", "bias compensation", *(f"{s:.0%} (positive rate)" for s in sparsities)]
+    body = []
+    for task, name, scope, compensated in dict.fromkeys(
+        (r["task"], r["scorer"], r["scope"], r["compensated"]) for r in rows
+    ):
+        mine = {r["sparsity"]: r for r in rows if (r["task"], r["scorer"], r["scope"], r["compensated"])
+                == (task, name, scope, compensated)}  # fmt: skip
+        cells = [f"{mine[s]['pruned']:.3f} ({mine[s]['positive_rate']:.2f})" for s in sparsities]
+        body.append([task, name, scope, "yes" if compensated else "no", *cells])
+    lines = [
+        "# SmolLM2-135M-Instruct: global ranking and bias compensation",
+        "",
+        "Two remedies from the MiniLM experiments, tried where SmolLM2 breaks: one global ranking over all "
+        "layers for the data scorers (layers lose different fractions), and bias compensation: each removed "
+        "neuron's mean activation over the scoring examples' content tokens folded into a down-projection bias. "
+        "Llama-style FFNs have no such bias, so it is added here zero-initialised: a measurement, not a model "
+        "`fit-free` can save. The same scorers with every layer losing the same fraction and no compensation: "
+        "`smollm2_main.md`.",
+        "",
+        f"Same {args.examples} scoring examples as the main table (attribution joint, m = {JOINT['steps']}; random "
+        f"seed 0); {args.eval_limit} evaluation examples; dense "
+        + ", ".join(f"{t} {next(r['dense'] for r in rows if r['task'] == t):.3f}" for t in args.tasks)
+        + ". Positive rate: share of answers of class 1 (a model answering one class sits at 0 or 1).",
+        "",
+        *markdown_table(header, body),
+        "",
+        clock.line(),
+    ]
+    write_report("smollm2_ablations", lines)
+
+
 def run_roundtrip(args, clock: Clock) -> None:
     """The pruned folder of ``lightning-prune fit-free`` loaded by plain transformers next to our loader."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -564,6 +635,7 @@ EXPERIMENTS: dict[str, tuple[Callable, dict]] = {
     "unseen-domain": (run_unseen_domain, {"sparsities": [0.5, 0.7]}),
     "overlap": (run_overlap, {"tasks": ["sst2", "agnews"]}),
     "joint-vs-exact": (run_joint_vs_exact, {"examples": 8, "sparsities": [0.5, 0.7]}),
+    "ablations": (run_ablations, {"sparsities": [0.3, 0.5]}),
     "roundtrip": (run_roundtrip, {}),
 }
 

@@ -31,6 +31,7 @@ from experiments import (
     SPARSITIES,
     TASK_NAMES,
     Clock,
+    compensation_means,
     data_free_scores,
     data_scores,
     dense_model,
@@ -78,6 +79,12 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--min-dense", type=float, default=0.2, help="leave tasks whose dense metric is below this out of the average"
     )
+    parser.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bias compensation (fit-free's default): removed neurons' mean activations over the scoring examples",
+    )
     parser.add_argument("--report-only", action="store_true", help="rebuild the .md and .png from the CSV")
     return parser.parse_args()
 
@@ -91,13 +98,18 @@ def measure(args: argparse.Namespace, clock: Clock) -> list[dict]:
         examples = eval_examples(spec, args.eval_limit)
         dense_value = primary(spec, evaluate(dense, spec, examples))
         clock.lap("evaluate")
+        means = {}  # per scoring seed: as in fit-free, every scorer's removed neurons get the scoring examples' means
         for row_name, scorer, options, seed in variants(args.random_seeds, task in args.signed_tasks):
+            pool = score_pool(spec, seed)
             if load_scorer_class(scorer).needs_data:
-                scores = data_scores(dense, scorer, options, score_pool(spec, seed), args.examples)
+                scores = data_scores(dense, scorer, options, pool, args.examples)
             else:
                 scores = data_free_scores(dense, scorer, options)
+            if args.compensate and seed not in means:
+                means[seed] = compensation_means(dense, pool, args.examples)
             clock.lap("score")
-            for sparsity, metrics in prune_and_evaluate(dense, spec, scores, tuple(args.sparsities), examples).items():
+            pruned = prune_and_evaluate(dense, spec, scores, tuple(args.sparsities), examples, means=means.get(seed))
+            for sparsity, metrics in pruned.items():
                 value = primary(spec, metrics)
                 rows.append({
                     "task": task, "scorer": row_name, "seed": seed, "sparsity": sparsity,
@@ -137,7 +149,15 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
         "",
         f"Model `{model_name(args.model)}` (6 FFN layers x 1536 neurons). Per task: scorers see the same "
         f"{args.examples} seeded scoring examples (gold labels); attribution uses m = {ATTRIBUTION['steps']} "
-        f"Riemann steps; every layer loses the same fraction. Evaluation on at most {args.eval_limit} examples "
+        f"Riemann steps (one weight per example: `example_weight: {ATTRIBUTION['example_weight']}`); every layer "
+        "loses the same fraction; "
+        + (
+            "bias compensation (fit-free's default): each removed neuron's mean activation over the scoring "
+            "examples is folded into the down-projection bias, for every scorer. "
+            if args.compensate
+            else "no bias compensation. "
+        )
+        + f"Evaluation on at most {args.eval_limit} examples "
         "(a seeded draw) of dev; QNLI and MNLI: scored on the first half of dev, evaluated on the second half "
         f"(the model was fine-tuned on the first half). `random`: mean (min–max) over {args.random_seeds} seeds.",
         "",
