@@ -28,6 +28,7 @@ from experiments import (
     MODEL,
     TASK_NAMES,
     Clock,
+    compensation_means,
     data_scores,
     dense_model,
     eval_examples,
@@ -70,9 +71,12 @@ def main() -> None:
     tasks, sparsity = args.tasks, args.sparsity
     models = {t: dense_model(TASKS[t], args.model) for t in tasks}
     # (task, 0): all examples; (task, "a") / (task, "b"): its first / second half — two disjoint draws.
-    scores = {}
+    scores, means = {}, {}
     for t in tasks:
         pool = score_pool(TASKS[t], 0)
+        # fit-free's default bias compensation: removed neurons get their means over the scoring task's examples
+        # (the encoder is shared, so they are the same whichever task's head is attached)
+        means[t] = compensation_means(models[t], pool, args.examples)
         scores[t, 0] = data_scores(models[t], "attribution", ATTRIBUTION, pool, args.examples)
         scores[t, "a"] = data_scores(models[t], "attribution", ATTRIBUTION, pool, args.examples // 2)
         scores[t, "b"] = [whole - half for whole, half in zip(scores[t, 0], scores[t, "a"], strict=True)]
@@ -92,7 +96,9 @@ def main() -> None:
         spec = TASKS[b]
 
         def pruned(kept_for: str, scope: Scope = "layer", spec=spec, b=b) -> float:
-            results = prune_and_evaluate(models[b], spec, scores[kept_for, 0], (sparsity,), examples[b], scope)
+            results = prune_and_evaluate(
+                models[b], spec, scores[kept_for, 0], (sparsity,), examples[b], scope, means[kept_for]
+            )
             return primary(spec, results[sparsity])
 
         own = pruned(b)
@@ -119,7 +125,9 @@ def main() -> None:
         "# Per-layer picture: task-specific neurons",
         "",
         f"Model `{model_name(args.model)}`; attribution scores (m = {ATTRIBUTION['steps']}, {args.examples} "
-        f"seeded examples per task, gold labels) at {sparsity:.0%} FFN sparsity.",
+        f"seeded examples per task, gold labels, `example_weight: {ATTRIBUTION['example_weight']}`) at "
+        f"{sparsity:.0%} FFN sparsity; pruned models with bias compensation (fit-free's default: means over the "
+        "scoring task's examples).",
         "",
         "## Kept fraction per layer when the lowest scores of the whole model go (global scope)",
         "",

@@ -87,6 +87,7 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT)
     parser.add_argument("--eval-max-length", type=int, default=256, help="evaluation truncation (tokens)")
     parser.add_argument("--in-domain", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument("--name", default="unseen_domain", help="results file name (a run of extra sparsities)")
     args = parser.parse_args()
     sparsities, length = tuple(args.sparsities), args.eval_max_length
     clock = Clock()
@@ -146,8 +147,8 @@ def main() -> None:
                 for sparsity, metrics in results.items():
                     add(direction, evaluated_on, domain, "attribution", 0, sparsity, metrics)
             clock.lap("evaluate")
-    write_csv("unseen_domain", rows)
-    write_report("unseen_domain", report(args, rows, truncated, clock))
+    write_csv(args.name, rows)
+    write_report(args.name, report(args, rows, truncated, clock))
     plot(args, rows)
 
 
@@ -255,7 +256,7 @@ def plot(args, rows: list[dict]) -> None:
     axes[0][0].set_ylabel("retained accuracy (pruned / dense)")
     axes[0][0].legend(fontsize=7)
     figure.suptitle("Scored on SST-2, evaluated elsewhere (dotted: 97% of dense)")
-    write_figure("unseen_domain", figure)
+    write_figure(args.name, figure)
 
 
 if __name__ == "__main__":
