@@ -53,7 +53,7 @@ from experiments import (
 )
 from results_io import RESULTS, markdown_table, write_csv, write_figure, write_report
 
-from lightning_prune import load_model, load_pruned_model
+from lightning_prune import Prompt, load_model, load_pruned_model
 from lightning_prune.adapters import PrunableModel
 from lightning_prune.pruning import Scope, select_neurons
 from lightning_prune.scorers import load_scorer_class, scorer_infos
@@ -133,6 +133,20 @@ def scorer_variants(random_seeds: int) -> list[tuple[str, str, dict, int, Scope]
     return rows
 
 
+def prompt_of(args) -> Prompt | None:
+    """``--chat``: every task's default prompt as the user turn of the model's chat template."""
+    return Prompt(chat=True) if args.chat else None
+
+
+def prompt_words(args) -> str:
+    return "default prompts in the chat template" if args.chat else "default prompts"
+
+
+def named(args, base: str) -> str:
+    """Results of ``--chat`` runs go to their own files."""
+    return f"{base}_chat" if args.chat else base
+
+
 # -- experiments ---------------------------------------------------------------------------------------------
 
 
@@ -141,7 +155,9 @@ def run_dense(args, clock: Clock) -> None:
     for task in args.tasks:
         spec = spec_of(task)
         _, examples = task_data(task, args.eval_limit, 0)
-        value = primary(spec, evaluate(load_model(args.model, spec), spec, examples, batch_size=32))
+        value = primary(
+            spec, evaluate(load_model(args.model, spec, prompt=prompt_of(args)), spec, examples, batch_size=32)
+        )
         base = chance(spec, examples)
         rows.append({
             "task": task, "metric": spec.primary_metric, "dense": round(value, 5), "chance": round(base, 5),
@@ -149,9 +165,9 @@ def run_dense(args, clock: Clock) -> None:
         })  # fmt: skip
         print(rows[-1], flush=True)
         clock.lap("evaluate")
-    write_csv("smollm2_dense", rows)
+    write_csv(named(args, "smollm2_dense"), rows)
     lines = [
-        "# SmolLM2-135M-Instruct, dense, zero-shot (default prompts)",
+        f"# SmolLM2-135M-Instruct, dense, zero-shot ({prompt_words(args)})",
         "",
         f"Model `{args.model}` de-quantized to float32; rank classification over the label words of each task's "
         f"default prompt (`lightning_prune/prompts.py`); {args.eval_limit} seeded evaluation examples per task. "
@@ -168,7 +184,7 @@ def run_dense(args, clock: Clock) -> None:
         "",
         clock.line(),
     ]
-    write_report("smollm2_dense", lines)
+    write_report(named(args, "smollm2_dense"), lines)
 
 
 def earlier_rows(name: str) -> list[dict]:
@@ -188,13 +204,13 @@ def run_main(args, clock: Clock) -> None:
     sparsities = tuple(args.sparsities)
     rows = [
         r
-        for r in earlier_rows("smollm2_main")
+        for r in earlier_rows(named(args, "smollm2_main"))
         if r["task"] in args.tasks and r["sparsity"] in sparsities and r["eval_examples"] == args.eval_limit
         and r["score_examples"] in (0, args.examples)
     ]  # fmt: skip
     for task in args.tasks:
         spec = spec_of(task)
-        dense = load_model(args.model, spec)
+        dense = load_model(args.model, spec, prompt=prompt_of(args))
         _, examples = task_data(task, args.eval_limit, 0)
         known = [r["dense"] for r in rows if r["task"] == task]
         dense_value = known[0] if known else primary(spec, evaluate(dense, spec, examples, batch_size=32))
@@ -219,7 +235,7 @@ def run_main(args, clock: Clock) -> None:
                 })  # fmt: skip
                 print(rows[-1], flush=True)
             clock.lap("evaluate")
-            write_csv("smollm2_main", rows)
+            write_csv(named(args, "smollm2_main"), rows)
             report_main(rows, args, clock)
 
 
@@ -243,8 +259,9 @@ def report_main(rows: list[dict], args, clock: Clock) -> None:
     lines = [
         "# SmolLM2-135M-Instruct: task metric after pruning FFN neurons for one task",
         "",
-        f"Model `{args.model}` (30 FFN layers x 1536 neurons), zero-shot default prompts. Data scorers see the same "
-        f"{args.examples} seeded scoring examples (gold labels); attribution in joint mode, m = {JOINT['steps']}; "
+        f"Model `{args.model}` (30 FFN layers x 1536 neurons), zero-shot, {prompt_words(args)}. Data scorers see "
+        f"the same {args.examples} seeded scoring examples (gold labels); attribution in joint mode, "
+        f"m = {JOINT['steps']}; "
         f"every layer loses the same fraction, except `{GLOBAL}` (the same attribution scores, one ranking over all "
         f"layers: layers lose different fractions); {args.eval_limit} seeded evaluation examples. `random`: mean "
         f"(min–max) over {random_seeds} seeds. Tasks: {', '.join(args.tasks)} (a task "
@@ -287,8 +304,8 @@ def report_main(rows: list[dict], args, clock: Clock) -> None:
         )
         lines.append("")
     lines.append(f"This run: {clock.line()} Scoring seconds per scorer: the CSV's `score_seconds` (cached: ~0).")
-    write_report("smollm2_main", lines)
-    plot_lines(rows, "smollm2_main", "scorer", list(dict.fromkeys(r["task"] for r in rows)), sparsities)
+    write_report(named(args, "smollm2_main"), lines)
+    plot_lines(rows, named(args, "smollm2_main"), "scorer", list(dict.fromkeys(r["task"] for r in rows)), sparsities)
 
 
 def run_budgets(args, clock: Clock, labels: str, name: str) -> None:
@@ -653,6 +670,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=2, help="low-resource / unsupervised: draws per budget")
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
+    parser.add_argument("--chat", action="store_true", help="dense / main: default prompts in the chat template")
     parser.add_argument("--pruned", default="runs/smollm2-sst2/model", help="roundtrip: a pruned model folder")
     run, defaults = EXPERIMENTS[parser.parse_known_args()[0].experiment]
     parser.set_defaults(**defaults)
