@@ -11,6 +11,7 @@ One sub-command per experiment, each writing ``benchmarks/results/smollm2_<name>
 - ``overlap``: Jaccard overlap of the neurons that attribution keeps for two tasks;
 - ``joint-vs-exact``: joint-mode attribution next to exact (per-layer) mode on the same examples;
 - ``ablations``: one global ranking for the data scorers, and bias compensation, where SmolLM2 breaks;
+- ``scope``: attribution with one global ranking vs the same fraction per layer, over several scoring draws;
 - ``roundtrip``: the folder ``lightning-prune fit-free --config configs/smollm2_sst2.yaml`` wrote, loaded
   by plain ``transformers`` (parameters, logits, greedy generation) next to this project's loader.
 
@@ -583,6 +584,53 @@ def run_ablations(args, clock: Clock) -> None:
     write_report("smollm2_ablations", lines)
 
 
+def run_scope(args, clock: Clock) -> None:
+    """Attribution with one global ranking vs every layer losing the same fraction, over ``--seeds`` scoring
+    draws: is the global ranking's 50% result (``ablations``) one lucky draw?"""
+    sparsities = tuple(args.sparsities)
+    rows = []
+    for task in args.tasks:
+        spec = spec_of(task)
+        dense = load_model(args.model, spec)
+        _, examples = task_data(task, args.eval_limit, 0)
+        for seed in range(args.seeds):
+            scores = scores_of(dense, "attribution", JOINT, task_data(task, args.eval_limit, seed)[0], args.examples)
+            clock.lap("score")
+            for scope in ("layer", "global"):
+                for sparsity, metrics in prune_and_evaluate(dense, spec, scores, sparsities, examples, scope).items():
+                    rows.append({
+                        "task": task, "seed": seed, "scope": scope, "sparsity": sparsity,
+                        "pruned": round(primary(spec, metrics), 5),
+                        "positive_rate": round(metrics.get("positive_rate", float("nan")), 5),
+                    })  # fmt: skip
+                    print(rows[-1], flush=True)
+            clock.lap("evaluate")
+    write_csv("smollm2_scope", rows)
+    header = ["task", "sparsity", "scope", *(f"draw {s}" for s in range(args.seeds)), "mean"]
+    body = []
+    for task in args.tasks:
+        for sparsity in sparsities:
+            for scope in ("layer", "global"):
+                values = [
+                    r["pruned"] for r in rows if (r["task"], r["sparsity"], r["scope"]) == (task, sparsity, scope)
+                ]
+                body.append(
+                    [task, f"{sparsity:.0%}", scope, *(f"{v:.3f}" for v in values), f"{statistics.mean(values):.3f}"]
+                )
+    lines = [
+        "# SmolLM2-135M-Instruct: one global ranking vs the same fraction per layer",
+        "",
+        f"Attribution (joint, m = {JOINT['steps']}) from {args.examples} scoring examples, {args.seeds} seeded draws "
+        f"(the main table's is draw 0); the same scores pruned with `scope: layer` and `scope: global`; "
+        f"{args.eval_limit} evaluation examples (pruned metric).",
+        "",
+        *markdown_table(header, body),
+        "",
+        clock.line(),
+    ]
+    write_report("smollm2_scope", lines)
+
+
 def run_roundtrip(args, clock: Clock) -> None:
     """The pruned folder of ``lightning-prune fit-free`` loaded by plain transformers next to our loader."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -653,6 +701,7 @@ EXPERIMENTS: dict[str, tuple[Callable, dict]] = {
     "overlap": (run_overlap, {"tasks": ["sst2", "agnews"]}),
     "joint-vs-exact": (run_joint_vs_exact, {"examples": 8, "sparsities": [0.5, 0.7]}),
     "ablations": (run_ablations, {"sparsities": [0.3, 0.5]}),
+    "scope": (run_scope, {"seeds": 3, "sparsities": [0.3, 0.5]}),
     "roundtrip": (run_roundtrip, {}),
 }
 
@@ -667,7 +716,7 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--sparsity", type=float, default=0.5, help="overlap: the sparsity compared")
     parser.add_argument("--random-seeds", type=int, default=3)
-    parser.add_argument("--seeds", type=int, default=2, help="low-resource / unsupervised: draws per budget")
+    parser.add_argument("--seeds", type=int, default=2, help="low-resource / unsupervised / scope: scoring draws")
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
     parser.add_argument("--chat", action="store_true", help="dense / main: default prompts in the chat template")
