@@ -12,6 +12,8 @@ One sub-command per experiment, each writing ``benchmarks/results/smollm2_<name>
 - ``joint-vs-exact``: joint-mode attribution next to exact (per-layer) mode on the same examples;
 - ``ablations``: one global ranking for the data scorers, and bias compensation, where SmolLM2 breaks;
 - ``scope``: attribution with one global ranking vs the same fraction per layer, over several scoring draws;
+- ``average``: the main tables of several tasks (default prompts or chat template, whichever holds each task)
+  averaged per scorer; no model needed;
 - ``roundtrip``: the folder ``lightning-prune fit-free --config configs/smollm2_sst2.yaml`` wrote, loaded
   by plain ``transformers`` (parameters, logits, greedy generation) next to this project's loader.
 
@@ -56,6 +58,7 @@ from results_io import RESULTS, markdown_table, write_csv, write_figure, write_r
 
 from lightning_prune import Prompt, load_model, load_pruned_model
 from lightning_prune.adapters import PrunableModel
+from lightning_prune.io import exclusive_lock
 from lightning_prune.pruning import Scope, select_neurons
 from lightning_prune.scorers import load_scorer_class, scorer_infos
 from lightning_prune.tasks import TASKS, Example, TaskSpec, get_task, load_split, read_tsv
@@ -195,20 +198,43 @@ def earlier_rows(name: str) -> list[dict]:
         return []
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
-    texts, integers = ("task", "scorer", "metric", "labels"), ("seed", "score_examples", "eval_examples", "examples")
-    return [{k: v if k in texts else int(float(v)) if k in integers else float(v) for k, v in r.items()} for r in rows]
+    texts = ("task", "scorer", "metric", "labels", "domain", "scored_on")
+    integers = ("seed", "score_examples", "eval_examples", "examples")
+
+    def parse(key: str, value: str) -> str | int | float:
+        return value if key in texts else int(float(value)) if key in integers else float(value)
+
+    return [{"seed": 0, **{k: parse(k, v) for k, v in r.items()}} for r in rows]
+
+
+def write_merged(name: str, rows: list[dict], key: Callable[[dict], tuple], keep: Callable[[dict], bool]) -> list[dict]:
+    """Write ``rows`` together with the kept rows that another run (disjoint ``--scorers`` or seeds) wrote to the same
+    CSV meanwhile, under a lock, so runs side by side never drop each other's results; returns all of them."""
+    with exclusive_lock(RESULTS / f"{name}.lock"):
+        mine = {key(r) for r in rows}
+        rows = rows + [r for r in earlier_rows(name) if keep(r) and key(r) not in mine]
+        write_csv(name, rows)
+    return rows
 
 
 def run_main(args, clock: Clock) -> None:
     """Resumable: (task, scorer, seed, sparsity) results already in the CSV with the same settings are kept, and the CSV
-    and report are rewritten after every scorer, so an interrupted run loses at most one scorer's work."""
+    and report are rewritten after every scorer, so an interrupted run loses at most one scorer's work. Two runs with
+    disjoint ``--scorers`` may share the CSV (``write_merged``)."""
     sparsities = tuple(args.sparsities)
-    rows = [
-        r
-        for r in earlier_rows(named(args, "smollm2_main"))
-        if r["task"] in args.tasks and r["sparsity"] in sparsities and r["eval_examples"] == args.eval_limit
-        and r["score_examples"] in (0, args.examples)
-    ]  # fmt: skip
+    name = named(args, "smollm2_main")
+
+    def same_settings(r: dict) -> bool:
+        return (
+            r["task"] in args.tasks and r["sparsity"] in sparsities and r["eval_examples"] == args.eval_limit
+            and r["score_examples"] in (0, args.examples)
+        )  # fmt: skip
+
+    def key(r: dict) -> tuple:
+        return r["task"], r["scorer"], r["seed"], r["sparsity"]
+
+    rows = [r for r in earlier_rows(name) if same_settings(r)]
+    variants = [v for v in scorer_variants(args.random_seeds) if not args.scorers or v[0] in args.scorers]
     for task in args.tasks:
         spec = spec_of(task)
         dense = load_model(args.model, spec, prompt=prompt_of(args))
@@ -216,7 +242,7 @@ def run_main(args, clock: Clock) -> None:
         known = [r["dense"] for r in rows if r["task"] == task]
         dense_value = known[0] if known else primary(spec, evaluate(dense, spec, examples, batch_size=32))
         clock.lap("evaluate")
-        for row_name, scorer, options, seed, scope in scorer_variants(args.random_seeds):
+        for row_name, scorer, options, seed, scope in variants:
             done = {r["sparsity"] for r in rows if (r["task"], r["scorer"], r["seed"]) == (task, row_name, seed)}
             missing = tuple(s for s in sparsities if s not in done)
             if not missing:
@@ -236,7 +262,7 @@ def run_main(args, clock: Clock) -> None:
                 })  # fmt: skip
                 print(rows[-1], flush=True)
             clock.lap("evaluate")
-            write_csv(named(args, "smollm2_main"), rows)
+            rows = write_merged(name, rows, key, same_settings)
             report_main(rows, args, clock)
 
 
@@ -264,8 +290,9 @@ def report_main(rows: list[dict], args, clock: Clock) -> None:
         f"the same {args.examples} seeded scoring examples (gold labels); attribution in joint mode, "
         f"m = {JOINT['steps']}; "
         f"every layer loses the same fraction, except `{GLOBAL}` (the same attribution scores, one ranking over all "
-        f"layers: layers lose different fractions); {args.eval_limit} seeded evaluation examples. `random`: mean "
-        f"(min–max) over {random_seeds} seeds. Tasks: {', '.join(args.tasks)} (a task "
+        f"layers: layers lose different fractions); {args.eval_limit} seeded evaluation examples."
+        f"{f' `random`: mean (min–max) over {random_seeds} seeds.' if random_seeds else ''}"
+        f" Tasks: {', '.join(args.tasks)} (a task "
         "belongs here only if the dense model is clearly above chance on it: the `dense` sub-command).",
         "",
         "## Retained fraction of the dense metric, averaged over the tasks",
@@ -307,6 +334,47 @@ def report_main(rows: list[dict], args, clock: Clock) -> None:
     lines.append(f"This run: {clock.line()} Scoring seconds per scorer: the CSV's `score_seconds` (cached: ~0).")
     write_report(named(args, "smollm2_main"), lines)
     plot_lines(rows, named(args, "smollm2_main"), "scorer", list(dict.fromkeys(r["task"] for r in rows)), sparsities)
+
+
+def run_average(args, clock: Clock) -> None:
+    """No model: the main tables already measured (``smollm2_main`` and ``smollm2_main_chat``), averaged per scorer
+    over the tasks in ``--tasks``, each from whichever file holds it (one prompt style per task)."""
+    rows = [r for name in ("smollm2_main", "smollm2_main_chat") for r in earlier_rows(name) if r["task"] in args.tasks]
+    if sorted({r["task"] for r in rows}) != sorted(args.tasks):
+        raise SystemExit(f"average: no main-table rows for some of {args.tasks}: run `main` (or `main --chat`) first")
+    sparsities = tuple(args.sparsities)
+    floor = {task: chance(spec_of(task), task_data(task, args.eval_limit, 0)[1]) for task in args.tasks}
+    table, body = [], []
+    for scorer in dict.fromkeys(r["scorer"] for r in rows):
+        cells = []
+        for sparsity in sparsities:
+            mine = [r for r in rows if r["scorer"] == scorer and r["sparsity"] == sparsity]
+            if {r["task"] for r in mine} != set(args.tasks):
+                cells.append("—")
+                continue
+            per_task = [[r for r in mine if r["task"] == t] for t in args.tasks]  # random: one row per seed
+            kept = statistics.mean(statistics.mean(r["retained"] for r in rs) for rs in per_task)
+            margin = statistics.mean(
+                statistics.mean((r["pruned"] - floor[r["task"]]) / (r["dense"] - floor[r["task"]]) for r in rs)
+                for rs in per_task
+            )
+            table.append({
+                "scorer": scorer, "sparsity": sparsity, "retained": round(kept, 5), "margin": round(margin, 5),
+            })  # fmt: skip
+            cells.append(f"{kept:.3f} / {margin:.2f}")
+        body.append([scorer, *cells])
+    write_csv("smollm2_main_average", table)
+    lines = [
+        "# SmolLM2-135M-Instruct: the main tables averaged over tasks",
+        "",
+        f"Tasks: {', '.join(args.tasks)}, each from its own main table (`smollm2_main.csv`: default prompts; "
+        "`smollm2_main_chat.csv`: the chat template). Per cell: pruned / dense, then the share of the dense "
+        "model's margin over chance kept ((pruned − chance) / (dense − chance); chance "
+        f"{', '.join(f'{t} {v:.3f}' for t, v in floor.items())}); random: mean over its seeds first.",
+        "",
+        *markdown_table(["scorer", *(f"{s:.0%}" for s in sparsities)], body),
+    ]
+    write_report("smollm2_main_average", lines)
 
 
 def run_budgets(args, clock: Clock, labels: str, name: str) -> None:
@@ -392,33 +460,53 @@ def report_budgets(rows: list[dict], args, labels: str, name: str, timing: str) 
 
 
 def run_unseen_domain(args, clock: Clock) -> None:
-    sparsities = tuple(args.sparsities)
+    """Seeds ``--first-seed`` ... (``--seeds`` of them): each draws its own SST-2 and in-domain scoring examples and
+    its own random scores; the evaluation examples stay fixed. Resumable per (domain, seed), and runs with disjoint
+    seeds may share the CSV."""
+    sparsities, name = tuple(args.sparsities), "smollm2_unseen_domain"
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+
+    def same_settings(r: dict) -> bool:
+        return r["domain"] in args.domains and r["sparsity"] in sparsities
+
+    def key(r: dict) -> tuple:
+        return r["domain"], r["scored_on"], r["seed"], r["sparsity"]
+
+    rows = [r for r in earlier_rows(name) if same_settings(r)]
     dense = load_model(args.model, SST2)
-    sst2_pool, _ = task_data("sst2", args.eval_limit, 0)
-    scored = {"sst2": scores_of(dense, "attribution", JOINT, sst2_pool, args.examples)}
-    random_scores = data_free_scores(dense, "random", {"seed": 0})
-    clock.lap("score")
-    rows = []
-    for domain in args.domains:
-        pool, examples = file_split(DATA / "sentiment_domains" / domain / "test.tsv", SST2, args.eval_limit, domain)
-        examples = by_length(examples)
-        scored[domain] = scores_of(dense, "attribution", JOINT, seeded_order(pool, 0), args.examples)
+    for seed in seeds:
+        sst2_scores = scores_of(dense, "attribution", JOINT, task_data("sst2", args.eval_limit, seed)[0], args.examples)
+        random_scores = data_free_scores(dense, "random", {"seed": seed})
         clock.lap("score")
-        dense_value = primary(SST2, evaluate(dense, SST2, examples, batch_size=32))
-        for scored_on, scores in (("sst2", scored["sst2"]), (domain, scored[domain]), ("random", random_scores)):
-            for sparsity, metrics in prune_and_evaluate(dense, SST2, scores, sparsities, examples).items():
-                rows.append({
-                    "domain": domain, "scored_on": scored_on, "sparsity": sparsity, "dense": round(dense_value, 5),
-                    "accuracy": round(primary(SST2, metrics), 5),
-                })  # fmt: skip
-                print(rows[-1], flush=True)
-        clock.lap("evaluate")
-    write_csv("smollm2_unseen_domain", rows)
+        for domain in args.domains:
+            if any((r["domain"], r["seed"]) == (domain, seed) for r in rows):
+                continue
+            pool, examples = file_split(DATA / "sentiment_domains" / domain / "test.tsv", SST2, args.eval_limit, domain)
+            examples = by_length(examples)
+            domain_scores = scores_of(dense, "attribution", JOINT, seeded_order(pool, seed), args.examples)
+            clock.lap("score")
+            known = [r["dense"] for r in rows if r["domain"] == domain]
+            dense_value = known[0] if known else primary(SST2, evaluate(dense, SST2, examples, batch_size=32))
+            for scored_on, scores in (("sst2", sst2_scores), (domain, domain_scores), ("random", random_scores)):
+                for sparsity, metrics in prune_and_evaluate(dense, SST2, scores, sparsities, examples).items():
+                    rows.append({
+                        "domain": domain, "scored_on": scored_on, "seed": seed, "sparsity": sparsity,
+                        "dense": round(dense_value, 5), "accuracy": round(primary(SST2, metrics), 5),
+                    })  # fmt: skip
+                    print(rows[-1], flush=True)
+            clock.lap("evaluate")
+            rows = write_merged(name, rows, key, same_settings)
+    report_unseen_domain(rows, args, clock)
+
+
+def report_unseen_domain(rows: list[dict], args, clock: Clock) -> None:
+    sparsities, domains = tuple(args.sparsities), [d for d in args.domains if any(r["domain"] == d for r in rows)]
+    seeds = sorted({r["seed"] for r in rows})
     body = []
-    for domain in args.domains:
+    for domain in domains:
         mine = [r for r in rows if r["domain"] == domain]
         cells = [
-            f"{next(r['accuracy'] for r in mine if r['scored_on'] == src and r['sparsity'] == s):.3f}"
+            spread([r["accuracy"] for r in mine if r["scored_on"] == src and r["sparsity"] == s])
             for s in sparsities
             for src in ("sst2", domain, "random")
         ]
@@ -430,17 +518,18 @@ def run_unseen_domain(args, clock: Clock) -> None:
         f"SST-2 prompt and label words for every domain. Attribution (joint, m = {JOINT['steps']}) from "
         f"{args.examples} SST-2 training examples, next to {args.examples} examples of the domain itself "
         f"(in-domain reference; each domain file split once: {args.eval_limit} for evaluation, the rest for "
-        "scoring) and the random scorer. One seed.",
+        f"scoring) and the random scorer. {len(seeds)} seeds ({', '.join(map(str, seeds))}), each its own scoring "
+        "draws and random scores: mean (min–max); the evaluation examples are the same for every seed.",
         "",
         *markdown_table(["domain", "dense", *header], body),
         "",
-        clock.line(),
+        f"This run: {clock.line()}",
     ]
     write_report("smollm2_unseen_domain", lines)
     plot_lines(
-        [{**r, "task": r["domain"], "pruned": r["accuracy"], "seed": 0,
+        [{**r, "task": r["domain"], "pruned": r["accuracy"],
           "scorer": r["scored_on"] if r["scored_on"] in ("sst2", "random") else "in-domain"} for r in rows],
-        "smollm2_unseen_domain", "scorer", args.domains, sparsities,
+        "smollm2_unseen_domain", "scorer", domains, sparsities,
     )  # fmt: skip
 
 
@@ -703,6 +792,7 @@ EXPERIMENTS: dict[str, tuple[Callable, dict]] = {
     "ablations": (run_ablations, {"sparsities": [0.3, 0.5]}),
     "scope": (run_scope, {"seeds": 3, "sparsities": [0.3, 0.5]}),
     "roundtrip": (run_roundtrip, {}),
+    "average": (run_average, {"tasks": ["sst2", "agnews"], "sparsities": [0.1, 0.3, 0.5, 0.7]}),
 }
 
 
@@ -716,7 +806,11 @@ def main() -> None:
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.3, 0.5, 0.7])
     parser.add_argument("--sparsity", type=float, default=0.5, help="overlap: the sparsity compared")
     parser.add_argument("--random-seeds", type=int, default=3)
-    parser.add_argument("--seeds", type=int, default=2, help="low-resource / unsupervised / scope: scoring draws")
+    parser.add_argument("--scorers", nargs="+", help="main: only these rows (e.g. attribution-global random)")
+    parser.add_argument(
+        "--seeds", type=int, default=2, help="low-resource / unsupervised / scope / unseen-domain: scoring draws"
+    )
+    parser.add_argument("--first-seed", type=int, default=0, help="unseen-domain: the first draw's seed")
     parser.add_argument("--budgets", type=int, nargs="+", default=[8, 16, 32, 64])
     parser.add_argument("--domains", nargs="+", default=list(DOMAINS))
     parser.add_argument("--chat", action="store_true", help="dense / main: default prompts in the chat template")

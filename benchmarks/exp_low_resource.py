@@ -3,7 +3,9 @@
 Per task and seed, the scoring examples are the first n of a seeded permutation of the scoring split, so the
 budgets of one seed are nested (see ``experiments.py``); seed 0 at 128 examples is the main table's draw.
 Evaluated at ``--sparsities`` (layer scope), reported as mean (min–max) over seeds, next to the dense metric
-and the random scorer (same seeds).
+and the random scorer (same seeds). With fit-free's default bias compensation, each removed neuron's mean
+activation comes from the same n examples the scores did (random: from the largest budget's examples), as a
+user with n examples would get.
 
 Writes ``benchmarks/results/low_resource.{csv,md,png}``. Re-run:
 
@@ -25,6 +27,7 @@ from experiments import (
     EVAL_LIMIT,
     MODEL,
     Clock,
+    compensation_means,
     data_free_scores,
     data_scores,
     dense_model,
@@ -50,6 +53,7 @@ def sweep(
     sparsities: tuple[float, ...],
     eval_limit: int,
     labels: LabelSource,
+    compensate: bool,
     clock: Clock,
 ) -> list[dict]:
     """Rows of (task, labels, budget, seed, sparsity, metric) for attribution; budget 0 = the random scorer."""
@@ -67,7 +71,10 @@ def sweep(
                 runs.append((budget, data_scores(dense, "attribution", ATTRIBUTION, pool, budget, labels)))
                 clock.lap("score")
             for budget, scores in runs:
-                for sparsity, metrics in prune_and_evaluate(dense, spec, scores, sparsities, examples).items():
+                count = min(budget or max(budgets), len(pool))
+                means = compensation_means(dense, pool, count) if compensate else None
+                pruned = prune_and_evaluate(dense, spec, scores, sparsities, examples, means=means)
+                for sparsity, metrics in pruned.items():
                     rows.append({
                         "task": task, "labels": labels, "examples": min(budget, len(pool)), "seed": seed,
                         "sparsity": sparsity, "metric": spec.primary_metric, "dense": round(dense_value, 5),
@@ -98,29 +105,43 @@ def sweep_arguments(description: str, tasks: list[str], budgets: list[int]) -> a
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
     parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT)
+    parser.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bias compensation (fit-free's default): removed neurons' mean activations over the scoring examples",
+    )
     return parser.parse_args()
 
 
 def main() -> None:
     args = sweep_arguments(__doc__, ["sst2", "mrpc", "stsb", "rte"], [8, 16, 32, 64, 128])
     clock = Clock()
-    rows = sweep(
-        args.model, args.tasks, args.budgets, args.seeds, tuple(args.sparsities), args.eval_limit, "gold", clock
-    )
+    settings = (args.model, args.tasks, args.budgets, args.seeds, tuple(args.sparsities), args.eval_limit)
+    rows = sweep(*settings, "gold", args.compensate, clock)
     write_csv("low_resource", rows)
     lines = [
         "# Low-resource: attribution scored with few examples",
         "",
         f"Model `{model_name(args.model)}`; attribution (m = {ATTRIBUTION['steps']}, gold labels) with n seeded "
         f"scoring examples per task; mean (min–max) over {args.seeds} seeds (seed s draws the same examples "
-        f"for every n, nested); `random` uses the same seeds. Evaluation on at most {args.eval_limit} dev "
-        "examples (QNLI/MNLI: second half of dev, scored on the first half).",
+        f"for every n, nested); `random` uses the same seeds. {compensation_words(args.compensate)} Evaluation on "
+        f"at most {args.eval_limit} dev examples (QNLI/MNLI: second half of dev, scored on the first half).",
     ]
     for sparsity in args.sparsities:
         lines += ["", f"## {sparsity:.0%} FFN sparsity", "", *table(rows, sparsity)]
     lines += ["", clock.line()]
     write_report("low_resource", lines)
     plot(rows, args.sparsities, "low_resource", "Attribution with n scoring examples (bars: min–max over seeds)")
+
+
+def compensation_words(compensate: bool) -> str:
+    if not compensate:
+        return "No bias compensation."
+    return (
+        "Bias compensation (fit-free's default): removed neurons' mean activations over the same n scoring examples "
+        "(`random`: over the largest budget's)."
+    )
 
 
 def plot(rows: list[dict], sparsities: list[float], name: str, title: str) -> None:

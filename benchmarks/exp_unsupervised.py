@@ -17,7 +17,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from exp_low_resource import plot, sweep, sweep_arguments, table
+from exp_low_resource import compensation_words, plot, sweep, sweep_arguments, table
 from experiments import ATTRIBUTION, Clock, data_scores, dense_model, jaccard, model_name, score_pool
 from results_io import write_csv, write_report
 
@@ -51,14 +51,14 @@ def main() -> None:
     args = sweep_arguments(__doc__, ["sst2", "stsb", "mnli"], [8, 16, 32, 64])
     clock = Clock()
     settings = (args.model, args.tasks, args.budgets, args.seeds, tuple(args.sparsities), args.eval_limit)
-    rows = sweep(*settings, "gold", clock) + sweep(*settings, "pseudo", clock)
+    rows = sweep(*settings, "gold", args.compensate, clock) + sweep(*settings, "pseudo", args.compensate, clock)
     write_csv("unsupervised", rows)
     lines = [
         "# Unsupervised: pseudo-labels (the model's own predictions) vs gold labels",
         "",
         f"Model `{model_name(args.model)}`; attribution (m = {ATTRIBUTION['steps']}) with n seeded scoring "
-        f"examples, mean (min–max) over {args.seeds} seeds; evaluation on at most {args.eval_limit} dev "
-        "examples (MNLI: second half of dev). `random` is the same in both tables.",
+        f"examples, mean (min–max) over {args.seeds} seeds. {compensation_words(args.compensate)} Evaluation on at "
+        f"most {args.eval_limit} dev examples (MNLI: second half of dev). `random` is the same in both tables.",
         "",
         f"| task | pseudo-labels agreeing with gold ({max(args.budgets)} scoring examples) | neurons kept at 50% by "
         "both (Jaccard) |",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import os
 import re
 import socket
 import subprocess
@@ -56,10 +57,21 @@ def bert_fp16_dir(bert_dir, tmp_path_factory) -> Path:
     return folder
 
 
-def test_saved_in_the_source_dtype_and_smaller_than_the_source(bert_fp16_dir, glue_dir, tmp_path):
+@pytest.fixture
+def group_readable_umask():
+    """umask 022 for the test (CI's may be stricter), so a file left 0600 is one the umask did not ask for."""
+    previous = os.umask(0o022)
+    yield
+    os.umask(previous)
+
+
+def test_saved_in_the_source_dtype_and_smaller_than_the_source(bert_fp16_dir, glue_dir, tmp_path, group_readable_umask):
     # A plain cut (no bias compensation: compensated biases are float32 sums, rounded when saved as float16).
     metrics = magnitude_run(bert_fp16_dir, glue_dir, tmp_path / "auto", "--compensate", "false")
     assert weights_dtype(tmp_path / "auto" / "model") == "F16"
+    # Every file readable as the umask asks (0644), not left at safetensors' own 0600.
+    for path in (tmp_path / "auto").rglob("*"):
+        assert path.stat().st_mode & 0o644 == 0o644, path
     assert metrics["saved_models"]["model"]["dtype"] == "float16"
     dense_size = (bert_fp16_dir / "model.safetensors").stat().st_size
     assert (tmp_path / "auto" / "model" / "model.safetensors").stat().st_size < dense_size

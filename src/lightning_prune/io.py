@@ -113,6 +113,7 @@ def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
     try:
         (tmp / MARKER_FILE).write_text(MARKER_TEXT)
         yield tmp
+        _readable_like(tmp, tmp / MARKER_FILE)
         check_replaceable(final, overwrite)  # again: someone may have filled it while this run worked
         if final.is_dir() and not any(final.iterdir()):
             final.rmdir()
@@ -125,6 +126,18 @@ def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
             os.replace(tmp, final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _readable_like(folder: Path, reference: Path) -> None:
+    """Give every file under ``folder`` at least the permissions of ``reference`` (a file this process wrote
+    the usual way, so the user's umask decides): safetensors writes its files 0600, which a serving process
+    under another user could not read."""
+    wanted = reference.stat().st_mode & 0o777
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.is_symlink():
+            mode = path.stat().st_mode & 0o777
+            if mode | wanted != mode:
+                path.chmod(mode | wanted)
 
 
 @contextlib.contextmanager
