@@ -27,6 +27,7 @@ from experiments import (
     EVAL_LIMIT,
     MODEL,
     Clock,
+    add_compensate_option,
     compensation_means,
     data_free_scores,
     data_scores,
@@ -70,10 +71,12 @@ def sweep(
             for budget in budgets:
                 runs.append((budget, data_scores(dense, "attribution", ATTRIBUTION, pool, budget, labels)))
                 clock.lap("score")
+            means = {}  # per example count: random's (the largest budget's) is that budget's too
             for budget, scores in runs:
                 count = min(budget or max(budgets), len(pool))
-                means = compensation_means(dense, pool, count) if compensate else None
-                pruned = prune_and_evaluate(dense, spec, scores, sparsities, examples, means=means)
+                if compensate and count not in means:
+                    means[count] = compensation_means(dense, pool, count)
+                pruned = prune_and_evaluate(dense, spec, scores, sparsities, examples, means=means.get(count))
                 for sparsity, metrics in pruned.items():
                     rows.append({
                         "task": task, "labels": labels, "examples": min(budget, len(pool)), "seed": seed,
@@ -105,12 +108,7 @@ def sweep_arguments(description: str, tasks: list[str], budgets: list[int]) -> a
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
     parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT)
-    parser.add_argument(
-        "--compensate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bias compensation (fit-free's default): removed neurons' mean activations over the scoring examples",
-    )
+    add_compensate_option(parser)
     return parser.parse_args()
 
 

@@ -31,6 +31,7 @@ from experiments import (
     SPARSITIES,
     TASK_NAMES,
     Clock,
+    add_compensate_option,
     compensation_means,
     data_free_scores,
     data_scores,
@@ -79,12 +80,7 @@ def arguments() -> argparse.Namespace:
     parser.add_argument(
         "--min-dense", type=float, default=0.2, help="leave tasks whose dense metric is below this out of the average"
     )
-    parser.add_argument(
-        "--compensate",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="bias compensation (fit-free's default): removed neurons' mean activations over the scoring examples",
-    )
+    add_compensate_option(parser)
     parser.add_argument("--report-only", action="store_true", help="rebuild the .md and .png from the CSV")
     return parser.parse_args()
 

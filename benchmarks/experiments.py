@@ -10,6 +10,7 @@ re-running a script, or another script that needs the same scores, does not scor
 
 from __future__ import annotations
 
+import argparse
 import copy
 import random
 import statistics
@@ -100,6 +101,16 @@ def truncated_share(model: PrunableModel, examples: list[Example], max_length: i
     """Share of ``examples`` longer than ``max_length`` tokens (cut when evaluated at that length)."""
     lengths = [len(model.tokenizer(*e.texts, truncation=False)["input_ids"]) for e in examples]
     return sum(n > max_length for n in lengths) / len(examples)
+
+
+def add_compensate_option(parser: argparse.ArgumentParser) -> None:
+    """``--compensate/--no-compensate``, on by default as in fit-free."""
+    parser.add_argument(
+        "--compensate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="bias compensation (fit-free's default): removed neurons' mean activations over the scoring examples",
+    )
 
 
 def compensation_means(model: PrunableModel, pool: list[Example], count: int, batch_size: int = 16) -> list[Tensor]:
