@@ -69,11 +69,12 @@ def encode(tokenizer, examples, max_length: int) -> dict:
                           return_tensors="pt"))  # fmt: skip
 
 
-def save_state(work: Path, model: MultiTaskModel, optimizer, progress: dict) -> None:
+def save_state(work: Path, tensors: dict[str, torch.Tensor], optimizer, progress: dict) -> None:
+    """The trained weights, optimizer and progress, replacing the previous checkpoint whole."""
     tmp = work.with_name(work.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(tmp / "model.safetensors"))
+    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
     torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # our own file, read back with weights_only=True
     (tmp / "progress.json").write_text(json.dumps(progress))
     shutil.rmtree(work, ignore_errors=True)
@@ -167,7 +168,7 @@ def main() -> None:
         progress["loss"][task] = 0.9 * progress["loss"].get(task, value) + 0.1 * value
         progress["seconds"] = time.perf_counter() - start
         if progress["step"] % args.checkpoint_every == 0 or progress["step"] == args.steps:
-            save_state(args.work_dir, model, optimizer, progress)
+            save_state(args.work_dir, model.state_dict(), optimizer, progress)
             losses = " ".join(f"{t}={v:.3f}" for t, v in sorted(progress["loss"].items()))
             print(f"step {progress['step']}/{args.steps} {progress['seconds']:.0f}s loss {losses}", flush=True)
     model.eval()

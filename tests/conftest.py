@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,15 @@ def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
         code = exit_.code
     captured = capsys.readouterr()
     return code, captured.out, captured.err
+
+
+def digest(*paths: Path) -> dict[str, str]:
+    """sha256 of every file under each path (and of the path's absence), keyed by path."""
+    hashes = {}
+    for root in paths:
+        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
+        for file in files:
+            hashes[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
+        if not root.exists():
+            hashes[str(root)] = "missing"
+    return hashes

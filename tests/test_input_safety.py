@@ -7,7 +7,6 @@ before any model is loaded or any example scored.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import sys
@@ -19,7 +18,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import fit_free_args, one_error_line, run_cli
+from conftest import digest, fit_free_args, one_error_line, run_cli
 from lightning_prune.cli import main
 from lightning_prune.io import MARKER_FILE
 from lightning_prune.sources import gguf_cache_folder
@@ -31,18 +30,6 @@ COMMITTED_MODEL = REPO / "models" / "minilm-glue-multitask"
 QUIET = ["--trainer.enable_progress_bar", "false"]
 UNWRITABLE = Path("/proc/lightning-prune-test")  # /proc takes no new files, not even from root
 linux_only = pytest.mark.skipif(sys.platform != "linux", reason="/proc is Linux's")
-
-
-def digest(*paths: Path) -> dict[str, str]:
-    """sha256 of every file under each path (and of the path's absence), keyed by path."""
-    hashes = {}
-    for root in paths:
-        files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file())
-        for file in files:
-            hashes[str(file)] = hashlib.sha256(file.read_bytes()).hexdigest()
-        if not root.exists():
-            hashes[str(root)] = "missing"
-    return hashes
 
 
 class Inputs:

@@ -23,6 +23,7 @@ from lightning_prune.commands.fit_free import check_request, fit_free
 from lightning_prune.data import TaskDataModule
 from lightning_prune.entry import USAGE, list_scorers, normalize_arguments
 from lightning_prune.errors import UsageError
+from lightning_prune.lora import check_adapter_folder, require_peft
 from lightning_prune.modules import TaskModel
 from lightning_prune.scorers import accepted_options
 from lightning_prune.tasks import require_hub
@@ -132,7 +133,12 @@ class PruneCLI(LightningCLI):
         c = self.config[self.subcommand]
         check_trainer(c.trainer.accelerator, c.trainer.devices)
         data = c.data
-        inputs = user_inputs(c.model.path, data.data_dir, data.score_file, data.eval_file, data.selection_file)
+        inputs = user_inputs(
+            c.model.path, data.data_dir, data.score_file, data.eval_file, data.selection_file, c.model.adapter
+        )
+        if c.model.adapter is not None:
+            check_adapter_folder(c.model.adapter)
+            require_peft()
         if self.subcommand == "fit-free":
             if _given(self.command_line, "--scorer") and not _given(self.command_line, "--scorer_options"):
                 c.scorer_options = self._options_of_new_scorer(c.scorer, c.scorer_options)

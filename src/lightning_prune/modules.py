@@ -36,6 +36,8 @@ class TaskModel(LightningModule):
         demonstrations: in-context examples of decoder LMs; filled in from ``data.demonstrations``.
         eval_max_length: evaluation inputs are truncated to this many tokens (default: ``max_length``);
             set it to the length of the real inputs (e.g. 512 for long reviews) to evaluate them whole.
+        adapter: a PEFT LoRA adapter folder trained on the (dense) model at ``path``: merged into its weights
+            at load, so the model is scored, pruned and saved merged (needs ``pip install 'lightning-prune[lora]'``).
     """
 
     def __init__(
@@ -47,13 +49,14 @@ class TaskModel(LightningModule):
         prompt: Prompt | None = None,
         demonstrations: list[Example] | None = None,
         eval_max_length: int | None = None,
+        adapter: str | None = None,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["demonstrations"])
         if any(length is not None and length < 1 for length in (max_length, eval_max_length)):
             raise UsageError("max_length and eval_max_length must be at least 1 token")
         self.spec = get_task(task, labels)
-        self.net: PrunableModel = load_model(path, self.spec, max_length, prompt, demonstrations)
+        self.net: PrunableModel = load_model(path, self.spec, max_length, prompt, demonstrations, adapter)
         self.metrics = build_metrics(self.spec)
 
     def collate(self, examples: list[Example]) -> Batch:

@@ -6,7 +6,8 @@ shared encoders with per-task heads (BERT, RoBERTa, XLM-R, ELECTRA, MiniLM, Dist
 A folder written by ``lightning-prune`` holds ``pruning_plan.json`` and is rebuilt at its pruned shapes, and
 ``lightning_prune.json``: the task it answers and how (a decoder LM's prompt), used unless the caller gives
 a prompt of its own.
-A model may also be a ``.gguf`` file or a ``pkg:`` reference to a file in an installed package (``sources``).
+A model may also be a ``.gguf`` file or a ``pkg:`` reference to a file in an installed package (``sources``),
+and a dense one may come with a LoRA adapter, merged into it at load (``lora``).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from lightning_prune.adapters.encoder import (
 )
 from lightning_prune.adapters.t5 import T5_MODEL_TYPES, T5TextToText
 from lightning_prune.errors import UsageError
+from lightning_prune.lora import check_adapter_folder, merge_lora, require_peft
 from lightning_prune.prompts import Prompt
 from lightning_prune.pruning.plan import apply_plan, read_plan, trim_padding
 from lightning_prune.sources import resolve_model_source, source_inputs
@@ -74,8 +76,9 @@ def _load_tokenizer(loader, source: str | Path):
         raise UsageError(f"could not load the tokenizer from {source}: {first_line}") from None
 
 
-def _load_hf(loader, source: str | Path, plan: dict | None):
-    """A Hugging Face model: ``from_pretrained`` when dense, rebuilt from config when it carries a plan.
+def _load_hf(loader, source: str | Path, plan: dict | None, adapter: str | None = None):
+    """A Hugging Face model: ``from_pretrained`` when dense (with a LoRA ``adapter`` merged in), rebuilt from
+    config when it carries a plan.
 
     Weights that do not fit the config (missing, unexpected or mismatched keys: e.g. a DistilBERT config
     over BERT weights) are an error: transformers would fill the gaps with random weights.
@@ -109,19 +112,21 @@ def _load_hf(loader, source: str | Path, plan: dict | None):
             f"the weights in {source} do not match its config.json (model_type {model.config.model_type!r}): "
             f"{counts} keys, e.g. {example}; the config belongs to another model: restore the model's own config.json"
         )
-    return model
+    return model if adapter is None else merge_lora(model, adapter, str(source))
 
 
-def model_inputs(path: str | Path) -> dict[str, Path]:
+def model_inputs(path: str | Path, adapter: str | Path | None = None) -> dict[str, Path]:
     """What a model is read from: the model folder and, for heads, a separate encoder folder; for a ``.gguf``
-    file or ``pkg:`` reference, the file and its de-quantized folder (``sources.source_inputs``)."""
+    file or ``pkg:`` reference, the file and its de-quantized folder (``sources.source_inputs``); the LoRA
+    ``adapter`` folder."""
+    inputs = {} if adapter is None else {"the LoRA adapter folder": Path(adapter).expanduser()}
     from_source = source_inputs(str(path))
     if from_source is not None:
-        return from_source
+        return {**from_source, **inputs}
     folder = Path(path).expanduser()
     if not _is_local(str(path)):
-        return {}
-    inputs = {"the model folder": folder}
+        return inputs
+    inputs["the model folder"] = folder
     try:
         heads_config = json.loads((folder / HEADS_CONFIG).read_text())
     except (OSError, ValueError):  # no heads, or damaged ones: loading reports that
@@ -213,16 +218,20 @@ def load_model(
     max_length: int | None = None,
     prompt: Prompt | None = None,
     demonstrations: list[Example] | None = None,
+    adapter: str | Path | None = None,
 ) -> PrunableModel:
     """Load the model at ``path`` (local folder, ``.gguf`` file, ``pkg:`` reference, or for T5 and decoder
     LMs a hub id) bound to ``task``, in float32, frozen. ``prompt`` and ``demonstrations`` (in-context
-    examples) apply to decoder LMs only.
+    examples) apply to decoder LMs only; ``adapter``, a PEFT LoRA folder, is merged into a dense model.
 
     A folder lightning-prune saved (``ANSWER_FILE``) must be asked for its own task; it answers with its
     saved prompt and demonstrations unless ``prompt`` or ``demonstrations`` are given (they replace both), and
     truncates at its saved ``max_length`` unless one is given (otherwise ``DEFAULT_MAX_LENGTH``)."""
     from transformers import AutoConfig, AutoModel, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
+    if adapter is not None:  # a bad adapter fails before the model loads
+        adapter = str(check_adapter_folder(adapter)[0])
+        require_peft()
     path = resolve_model_source(str(path))
     folder = Path(path).expanduser()
     if _is_local(path):
@@ -234,6 +243,10 @@ def load_model(
         if not (folder / HEADS_CONFIG).is_file() and not (folder / "config.json").is_file():
             raise UsageError(f"{path} is not a model folder: it has neither config.json nor {HEADS_CONFIG}")
     plan = read_plan(folder) if folder.is_dir() else None
+    if plan is not None and adapter is not None:
+        raise UsageError(
+            f"{path} is a pruned model; a LoRA adapter fits the dense model it was trained on: give that model"
+        )
     saved = read_answer_settings(folder) if folder.is_dir() else {}
     _check_saved_task(saved, task, path)
     if max_length is None:
@@ -247,7 +260,7 @@ def load_model(
         config_type = _model_type(source)
         if config_type not in ENCODER_LAYOUTS:
             raise UsageError(f"encoder of {path} is {config_type!r}; supported: {supported_architectures()}")
-        encoder = _load_hf(AutoModel, source, plan)
+        encoder = _load_hf(AutoModel, source, plan, adapter)
         source_dtype = _stored_dtype(source, AutoConfig.from_pretrained(str(source)))
         tokenizer_source = folder if (folder / "tokenizer_config.json").is_file() else source
         model: PrunableModel = EncoderWithHeads(
@@ -278,10 +291,10 @@ def load_model(
         source_dtype = _stored_dtype(folder, config)
         if config.model_type in CAUSAL_LM_MODEL_TYPES:
             tokenizer = _load_tokenizer(AutoTokenizer, path)
-            decoder = _load_hf(AutoModelForCausalLM, path, plan)
+            decoder = _load_hf(AutoModelForCausalLM, path, plan, adapter)
             model = CausalLMClassifier(decoder, task, tokenizer, max_length, prompt, demonstrations)
         else:
-            seq2seq = _load_hf(AutoModelForSeq2SeqLM, path, plan)
+            seq2seq = _load_hf(AutoModelForSeq2SeqLM, path, plan, adapter)
             model = T5TextToText(seq2seq, task, _load_tokenizer(AutoTokenizer, path), max_length)
     if not isinstance(model, CausalLMClassifier) and (prompt is not None or demonstrations):
         raise UsageError(

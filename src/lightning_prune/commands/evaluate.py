@@ -24,10 +24,11 @@ def user_inputs(
     score_file: str | None,
     eval_file: str | None,
     selection_file: str | None = None,
+    adapter: str | None = None,
 ) -> dict[str, Path | str | None]:
     """Everything a run reads, by description: no output may be, lie inside or contain any of them."""
     files = {"score_file": score_file, "eval_file": eval_file, "selection_file": selection_file}
-    return {**model_inputs(model_path), "data_dir": data_dir, **files}
+    return {**model_inputs(model_path, adapter), "data_dir": data_dir, **files}
 
 
 def _is_result_file(path: Path) -> bool:
@@ -85,12 +86,13 @@ def evaluate(
     """
     if output_file is not None:
         h = datamodule.hparams
-        inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file)
+        inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file, adapter=model.hparams.adapter)
         check_output_file(output_file, overwrite, inputs)
     summary = {
         "format": RESULT_FORMAT,
         "task": model.spec.name,
         "model": model.hparams.path,
+        "adapter": model.hparams.adapter,
         "eval_source": datamodule.hparams.eval_file or f"{datamodule.hparams.eval_split} split",
         "metrics": test_metrics(trainer, model, datamodule),
         "parameters": model.net.num_parameters(),

@@ -176,7 +176,9 @@ def fit_free(
             pruned model's predictions balanced on inputs unlike the scoring examples (e.g. long texts).
     """
     h = datamodule.hparams
-    inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file, h.selection_file)
+    inputs = user_inputs(
+        model.hparams.path, h.data_dir, h.score_file, h.eval_file, h.selection_file, model.hparams.adapter
+    )
     scorer_impl = check_request(
         scorer,
         scorer_options,
@@ -277,6 +279,7 @@ def fit_free(
     summary: dict[str, Any] = {
         "task": model.spec.name,
         "model": model.hparams.path,
+        "adapter": model.hparams.adapter,
         "architecture": model.net.architecture,
         "scorer": scorer,
         "scorer_options": scorer_options or {},

