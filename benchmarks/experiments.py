@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_prune import __version__, load_model
+from lightning_prune import load_model
 from lightning_prune.adapters import PrunableModel
 from lightning_prune.cache import ScoreCache, examples_fingerprint, model_fingerprint, score_key
 from lightning_prune.data import subsample
 from lightning_prune.modules import LabelSource, score_batch
 from lightning_prune.pruning import Scope, activation_means, prune_model, select_neurons
-from lightning_prune.scorers import create_scorer
+from lightning_prune.scorers import create_scorer, scorer_code
 from lightning_prune.tasks import Example, TaskSpec, build_metrics, load_split, metric_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -133,7 +133,7 @@ def _score_segment(
     batch_size: int,
 ) -> list[Tensor]:
     request = {
-        "lightning_prune": __version__,
+        "code": scorer_code(scorer),
         "model": fingerprint,
         "task": model.task.name,
         "input_settings": model.input_settings(),
@@ -144,7 +144,7 @@ def _score_segment(
         "batch_size": batch_size,
     }
     cache = ScoreCache(SCORE_CACHE, score_key(request), request)
-    cached = cache.load_final(len(model.ffn_layers()))
+    cached = cache.load_final([layer.size for layer in model.ffn_layers()], len(examples))
     if cached is not None:
         return cached[0]
     impl = create_scorer(scorer, options)

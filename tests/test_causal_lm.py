@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import time
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import distribution
 from pathlib import Path
@@ -39,6 +39,11 @@ def family_dir(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def word_level_dir(tmp_path_factory) -> Path:
     return build_causal_lm(tmp_path_factory.mktemp("word"), "llama", word_level=True)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_dir(tmp_path_factory) -> Path:
+    return build_causal_lm(tmp_path_factory.mktemp("sentencepiece"), "llama", sentencepiece=True)
 
 
 def _batch(model, glue_dir, task="sst2", count=6):
@@ -79,6 +84,68 @@ def test_every_family_scores_label_words_like_the_full_model(family_dir, glue_di
         assert set(predictions.tolist()) <= {0.0, 1.0, 2.0, 3.0, 4.0, 5.0}
     else:
         assert torch.equal(predictions, reference.argmax(-1))
+
+
+def _one_string_log_probs(model, examples) -> torch.Tensor:
+    """``[examples, label words]`` from the full HF model: the log-probabilities of each word's tokens in the
+    tokens of prompt + word as one text. The word's tokens are those after the prompt's without its trailing
+    spaces, which join the word (as lm-evaluation-harness splits them)."""
+    rows = []
+    for example in examples:
+        prompt = model.render(example)
+        context = model.tokenizer(prompt.rstrip(" "))["input_ids"]
+        scores = []
+        for word in model.prompt.label_words:
+            ids = model.tokenizer(prompt + word)["input_ids"]
+            assert ids[: len(context)] == context
+            logits = model.model(input_ids=torch.tensor([ids])).logits.float()[0, len(context) - 1 : -1]
+            answer = torch.tensor(ids[len(context) :]).unsqueeze(1)
+            scores.append(torch.log_softmax(logits, -1).gather(1, answer).sum())
+        rows.append(torch.stack(scores))
+    return torch.stack(rows)
+
+
+def test_label_words_are_tokenized_as_they_follow_the_prompt(sentencepiece_dir, glue_dir):
+    """A SentencePiece tokenizer starts a text with "▁": " negative" alone is ['▁', '▁negative'], after the
+    prompt ['▁negative']; the model is asked for the tokens it would write."""
+    model = load_model(sentencepiece_dir, TASKS["sst2"])
+    examples = load_split(TASKS["sst2"], "validation", glue_dir)[:4]
+    prompt = model.render(examples[0])
+    prompt_ids = model.tokenizer(prompt)["input_ids"]
+    tokens = model.tokenizer.convert_ids_to_tokens
+    assert tokens(model.tokenizer(" negative", add_special_tokens=False)["input_ids"]) == ["▁", "▁negative"]
+    for word, row, mask in zip(model.prompt.label_words, model.candidate_ids, model.candidate_mask, strict=True):
+        ids = model.tokenizer(prompt + word)["input_ids"]
+        assert ids[: len(prompt_ids)] == prompt_ids
+        assert row[mask.bool()].tolist() == ids[len(prompt_ids) :]
+    assert tokens(model.candidate_ids[0].tolist()) == ["▁negative"]
+    with torch.no_grad():
+        scores = model.label_word_scores(model.collate(examples))
+        torch.testing.assert_close(scores, _one_string_log_probs(model, examples), rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("tokenizer", ["byte_level", "sentencepiece"])
+def test_label_words_merging_with_the_prompt_end_replace_its_last_token(
+    llama_dir, sentencepiece_dir, glue_dir, tokenizer
+):
+    """A template ending with a space and words without one: "Sentiment: " + "bad movie" is [..., ':', '▁bad',
+    '▁movie'], not [..., ':', '▁', 'bad', ...]; the prompts lose their last token, multi-token words included."""
+    folder = sentencepiece_dir if tokenizer == "sentencepiece" else llama_dir
+    prompt = Prompt(template="Review: {sentence}\nSentiment: ", label_words=["bad movie", "good"])
+    model = load_model(folder, TASKS["sst2"], prompt=prompt)
+    examples = load_split(TASKS["sst2"], "validation", glue_dir)[:4]
+    batch = model.collate(examples)
+    full_lengths = [len(model.tokenizer(model.render(e))["input_ids"]) for e in examples]
+    assert batch["attention_mask"].sum(1).tolist() == [length - 1 for length in full_lengths]
+    assert model.candidate_mask.sum(1).tolist() == [2, 1]
+    with torch.no_grad():
+        reference = _one_string_log_probs(model, examples)
+        torch.testing.assert_close(model.label_word_scores(batch), reference, rtol=1e-4, atol=1e-4)
+        expected = reference[torch.arange(len(examples)), batch["labels"]]
+        torch.testing.assert_close(model.target_log_prob(batch, batch["labels"]), expected, rtol=1e-4, atol=1e-4)
+    mixed = Prompt(template="Review: {sentence}\nSentiment: ", label_words=["bad", " good"])
+    with pytest.raises(UsageError, match=r"numbers of the prompt's last tokens \({'bad': 1, ' good': 0}\)"):
+        load_model(folder, TASKS["sst2"], prompt=mixed)
 
 
 def test_multi_token_label_words_sum_their_tokens(llama_dir, glue_dir):
@@ -198,6 +265,29 @@ def test_pruned_decoder_loads_with_plain_transformers_and_generates(llama_dir, g
         generated = plain.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0)
         assert torch.equal(generated, ours.model.generate(ids, max_new_tokens=5, do_sample=False, pad_token_id=0))
     assert generated.shape[1] == ids.shape[1] + 5
+
+
+def test_a_pruned_decoder_keeps_the_tokenizer_settings_of_its_source(glue_dir, tmp_path):
+    """Scoring pads right, truncates left and needs a pad token; the saved tokenizer is the source's (here left
+    padding, right truncation, no pad token), so batched generation with the pruned model works as before."""
+    from transformers import AutoTokenizer
+
+    dense = build_causal_lm(tmp_path / "dense", "llama")
+    source = AutoTokenizer.from_pretrained(dense, padding_side="left", truncation_side="right")
+    source.pad_token = None
+    source.save_pretrained(dense)
+    files = {name: json.loads((dense / name).read_text()) for name in ("tokenizer.json", "tokenizer_config.json")}
+    model = load_model(dense, TASKS["sst2"])
+    batch = _batch(model, glue_dir)
+    assert (model.tokenizer.padding_side, model.tokenizer.truncation_side) == ("right", "left")
+    assert batch["attention_mask"][:, 0].all() and not batch["attention_mask"][:, -1].all()  # padded on the right
+    assert model.source_tokenizer.pad_token is None and model.source_tokenizer.padding_side == "left"
+
+    out = tmp_path / "run"
+    main(fit_free_args(dense, glue_dir, out))
+    saved = AutoTokenizer.from_pretrained(out / "model")
+    assert (saved.padding_side, saved.truncation_side, saved.pad_token) == ("left", "right", None)
+    assert {name: json.loads((out / "model" / name).read_text()) for name in files} == files
 
 
 CUSTOM_PROMPT = Prompt(template="Text: {sentence} Mood:", label_words=[" bad", " good"], chat=True)
@@ -394,15 +484,22 @@ def test_concurrent_conversions_of_one_gguf_take_turns(tmp_path, monkeypatch):
     pytest.importorskip("gguf")
     pytest.importorskip("accelerate")
     gguf_file = write_tiny_gguf(tmp_path / "tiny.gguf")
-    conversions = []
-    convert = sources._convert_gguf
+    conversions, arrivals, all_arrived = [], [], threading.Event()
+    convert, lock = sources._convert_gguf, sources.exclusive_lock
 
-    def slow_convert(file, folder):
+    def counted_lock(path):
+        arrivals.append(path)
+        if len(arrivals) == 3:
+            all_arrived.set()
+        return lock(path)
+
+    def convert_once_all_wait(file, folder):
         conversions.append(folder)
-        time.sleep(1.0)  # the other caller arrives while this conversion runs
+        assert all_arrived.wait(timeout=60)  # the other callers are at the lock while this conversion runs
         convert(file, folder)
 
-    monkeypatch.setattr(sources, "_convert_gguf", slow_convert)
+    monkeypatch.setattr(sources, "exclusive_lock", counted_lock)
+    monkeypatch.setattr(sources, "_convert_gguf", convert_once_all_wait)
     with ThreadPoolExecutor(3) as pool:  # flock excludes separately opened files within a process too
         folders = list(pool.map(lambda _: gguf_folder(gguf_file), range(3)))
     assert len(conversions) == 1 and len(set(folders)) == 1

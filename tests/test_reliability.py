@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -19,7 +18,6 @@ from safetensors.torch import load_file
 
 from conftest import fit_free_args, one_error_line, run_cli
 from lightning_prune.cli import main
-from lightning_prune.testing import build_bert_with_heads
 
 
 def args_for(model_dir, glue_dir, out, *extra):
@@ -113,65 +111,34 @@ def test_same_seed_gives_bit_identical_scores_and_models(bert_dir, glue_dir, tmp
     ).read_bytes()
 
 
-def _cli(args: list[str], **kwargs) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "lightning_prune", *args],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        **kwargs,
-    )
+KILL_WHILE_SAVING = """
+import os
+import signal
+
+from lightning_prune.adapters import base
 
 
-def _wait_for(predicate, process: subprocess.Popen, timeout: float = 120.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and process.poll() is None:
-        if predicate():
-            return True
-        time.sleep(0.002)
-    return False
+def killed(*args, **kwargs):
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
-def test_killed_during_scoring_leaves_no_output_and_resumes_to_identical_scores(bert_dir, glue_dir, tmp_path):
-    cache = tmp_path / "cache"
-    slow = [
-        "--scorer_options",
-        '{"steps": 64, "steps_per_pass": 8}',
-        "--checkpoint_every",
-        "1",
-        "--cache_dir",
-        str(cache),
-    ]
+base.save_model = killed
+"""
+
+
+def test_killed_during_saving_leaves_no_output(bert_dir, glue_dir, tmp_path):
+    """SIGKILL injected where the model weights are written (deterministic, no polling): nothing appears at
+    output_dir; the next run finishes and removes what the killed one left."""
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(textwrap.dedent(KILL_WHILE_SAVING))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
     out = tmp_path / "run"
-    process = _cli(args_for(bert_dir, glue_dir, out, *slow))
-    reached = _wait_for(lambda: any(cache.glob("*.partial.safetensors")), process)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    assert reached, "scoring never saved progress"
-    assert not out.exists()
-    resumed = subprocess.run(
-        [sys.executable, "-m", "lightning_prune", *args_for(bert_dir, glue_dir, out, *slow)],
-        capture_output=True,
-        text=True,
-        timeout=300,
+    args = args_for(
+        bert_dir, glue_dir, out, "--scorer", "magnitude", "--scorer_options", "{}", "--evaluate_dense", "false"
     )
-    assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert json.loads((out / "metrics.json").read_text())["batches_resumed"] > 0  # it did resume
-    fresh = tmp_path / "fresh"
-    main(args_for(bert_dir, glue_dir, fresh, *slow[:-2], "--cache_dir", str(tmp_path / "other-cache")))
-    assert same_tensors(out / "scores.safetensors", fresh / "scores.safetensors")
-    assert not list(cache.glob("*.partial.safetensors"))
-
-
-def test_killed_during_saving_leaves_no_output(glue_dir, tmp_path):
-    big = build_bert_with_heads(tmp_path / "big", hidden_size=256, intermediate_size=2048, layers=4)  # ~30 MB to save
-    out = tmp_path / "run"
-    args = args_for(big, glue_dir, out, "--scorer", "magnitude", "--scorer_options", "{}", "--evaluate_dense", "false")
-    process = _cli(args)
-    saving = _wait_for(lambda: any(tmp_path.glob(".run.tmp-*")), process)
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=60)
-    assert saving, "the run ended before it was caught saving"
+    killed = subprocess.run([sys.executable, "-m", "lightning_prune", *args], env=env, capture_output=True, timeout=300)
+    assert killed.returncode == -signal.SIGKILL
     assert not out.exists() and list(tmp_path.glob(".run.tmp-*"))
     main(args)  # the next run finishes, and clears what the killed one left
     assert (out / "metrics.json").is_file() and not list(tmp_path.glob(".run.tmp-*"))
@@ -217,13 +184,11 @@ def test_one_failing_rank_ends_the_ddp_run_without_hanging(bert_dir, glue_dir, t
         "--trainer.accelerator",
         "cpu",
     )
-    start = time.monotonic()
     result = subprocess.run(
         [sys.executable, "-m", "lightning_prune", *args], env=env, capture_output=True, text=True, timeout=240
     )
     assert result.returncode != 0
-    assert "injected failure on rank 1" in result.stderr
-    assert time.monotonic() - start < 200
+    assert "injected failure on rank 1" in result.stderr  # and it ended: a hang would pass the timeout
     assert not out.exists()
 
 

@@ -8,6 +8,7 @@ a run killed mid-scoring finishes with the scores an uninterrupted run gives.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -48,6 +49,18 @@ def examples_fingerprint(examples: list[Example]) -> str:
     return digest.hexdigest()
 
 
+@functools.cache
+def code_fingerprint(*files: str) -> str:
+    """Hash of this package's source files and of ``files`` (a plugin scorer's module): scores computed by other
+    code are never reused, even under the same version number."""
+    digest = hashlib.sha256()
+    package = Path(__file__).resolve().parent
+    for path in [*sorted(package.rglob("*.py")), *(Path(f) for f in files)]:
+        digest.update(str(path.relative_to(package) if path.is_relative_to(package) else path.name).encode())
+        digest.update(path.read_bytes() if path.is_file() else b"missing")
+    return digest.hexdigest()
+
+
 def score_key(request: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
@@ -68,6 +81,7 @@ class ScoreCache:
         self.root = Path(root)
         self.key = key
         self.request = request
+        self.rejected: list[str] = []  # why entries of this key were not trusted (they are recomputed)
 
     @property
     def final_path(self) -> Path:
@@ -82,6 +96,7 @@ class ScoreCache:
         try:
             return load_file(str(path))
         except (SafetensorError, OSError):  # a damaged cache entry is recomputed, never trusted
+            self.rejected.append(f"{path.name} is unreadable")
             return None
 
     def _write(self, path: Path, tensors: dict[str, Tensor]) -> None:
@@ -93,28 +108,45 @@ class ScoreCache:
                 metadata={"request": json.dumps(self.request, default=str)},
             )
 
-    @staticmethod
-    def _layers(tensors: dict[str, Tensor], count: int, extras: tuple[str, ...]) -> list[Tensor] | None:
-        """The per-layer tensors, or None for an entry that lacks any expected key (then it is recomputed)."""
-        layers = [tensors.get(f"layer{i}") for i in range(count)]
-        if any(t is None for t in layers) or any(key not in tensors for key in extras):
+    def _layers(self, path: Path, sizes: list[int], extras: tuple[str, ...]) -> tuple[list[Tensor], dict] | None:
+        """The per-layer tensors and extras of the entry at ``path``, or None for a missing one or one that does
+        not fit the model (a layer's width, a missing key) or holds non-finite scores: it is recomputed."""
+        tensors = self._read(path)
+        if tensors is None:
             return None
-        return layers  # type: ignore[return-value]
+        layers = [tensors.get(f"layer{i}") for i in range(len(sizes))]
+        problem = None
+        if any(t is None for t in layers) or any(key not in tensors for key in extras):
+            problem = "lacks entries"
+        elif any(tuple(t.shape) != (size,) for t, size in zip(layers, sizes, strict=True)):  # type: ignore[union-attr]
+            problem = "has scores of another shape than the model's FFN layers"
+        elif not all(bool(torch.isfinite(t).all()) for t in layers):  # type: ignore[arg-type]
+            problem = "holds NaN or infinite scores"
+        if problem is not None:
+            self.rejected.append(f"{path.name} {problem}")
+            return None
+        return layers, tensors  # type: ignore[return-value]
 
-    def load_final(self, num_layers: int) -> tuple[list[Tensor], int] | None:
-        tensors = self._read(self.final_path)
-        layers = self._layers(tensors, num_layers, ("examples",)) if tensors else None
-        return None if layers is None else (layers, int(tensors["examples"]))
+    def load_final(self, sizes: list[int], examples: int | None = None) -> tuple[list[Tensor], int] | None:
+        """Finished scores for FFN layers of ``sizes`` neurons, summed over ``examples`` examples (if known)."""
+        found = self._layers(self.final_path, sizes, ("examples",))
+        if found is None:
+            return None
+        layers, tensors = found
+        if examples is not None and int(tensors["examples"]) != examples:
+            self.rejected.append(f"{self.final_path.name} sums {int(tensors['examples'])} examples, not {examples}")
+            return None
+        return layers, int(tensors["examples"])
 
     def save_final(self, scores: list[Tensor], examples: int) -> None:
         tensors = {f"layer{i}": s for i, s in enumerate(scores)}
         self._write(self.final_path, {**tensors, "examples": torch.tensor(examples)})
 
-    def load_progress(self, rank: int, world_size: int, num_layers: int) -> Progress | None:
-        tensors = self._read(self.partial_path(rank, world_size))
-        layers = self._layers(tensors, num_layers, ("examples", "batches")) if tensors else None
-        if layers is None:
+    def load_progress(self, rank: int, world_size: int, sizes: list[int]) -> Progress | None:
+        found = self._layers(self.partial_path(rank, world_size), sizes, ("examples", "batches"))
+        if found is None:
             return None
+        layers, tensors = found
         return Progress(layers, float(tensors["examples"]), int(tensors["batches"]))
 
     def save_progress(self, rank: int, world_size: int, progress: Progress) -> None:

@@ -8,6 +8,7 @@ also come from YAML (``--config``), and ``--print_config`` shows the resolved co
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import warnings
 from argparse import SUPPRESS, ArgumentError
@@ -22,9 +23,9 @@ from lightning_prune.commands.evaluate import check_output_file, evaluate, user_
 from lightning_prune.commands.fit_free import check_request, fit_free
 from lightning_prune.data import TaskDataModule
 from lightning_prune.entry import USAGE, list_scorers, normalize_arguments
-from lightning_prune.errors import UsageError
+from lightning_prune.errors import Terminated, UsageError
 from lightning_prune.lora import check_adapter_folder, require_peft
-from lightning_prune.modules import TaskModel
+from lightning_prune.modules import StopOnSigterm, TaskModel
 from lightning_prune.scorers import accepted_options
 from lightning_prune.tasks import require_hub
 
@@ -35,14 +36,19 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "enable_model_summary": False,
     "use_distributed_sampler": False,  # TaskDataModule shards without duplicates itself
     "devices": 1,
+    "callbacks": [StopOnSigterm()],  # LightningCLI adds them to the user's callbacks
 }
 
 
 MAX_SEED = 2**32 - 1  # what seed_everything (numpy) accepts
 
 
-def check_trainer(accelerator: Any, devices: Any) -> None:
-    """The device settings Lightning would reject with a traceback, as one line each."""
+def check_trainer(accelerator: Any, devices: Any, limits: dict[str, Any] | None = None) -> None:
+    """The device settings Lightning would reject with a traceback, as one line each; ``limits``
+    (``limit_test_batches``, ``limit_predict_batches``) of 0, which would evaluate or score nothing."""
+    for name, value in (limits or {}).items():
+        if value is not None and not isinstance(value, bool) and float(value) == 0:
+            raise UsageError(f"--trainer.{name} 0 runs no batch at all: drop it, or give a number or fraction above 0")
     if str(accelerator) in ("gpu", "cuda") and not torch.cuda.is_available():
         raise UsageError(
             f"--trainer.accelerator {accelerator}: no GPU is visible to torch on this machine; "
@@ -131,7 +137,8 @@ class PruneCLI(LightningCLI):
         if self.subcommand is None:
             return
         c = self.config[self.subcommand]
-        check_trainer(c.trainer.accelerator, c.trainer.devices)
+        limits = {name: c.trainer.get(name) for name in ("limit_test_batches", "limit_predict_batches")}
+        check_trainer(c.trainer.accelerator, c.trainer.devices, limits)
         data = c.data
         inputs = user_inputs(
             c.model.path, data.data_dir, data.score_file, data.eval_file, data.selection_file, c.model.adapter
@@ -158,7 +165,8 @@ class PruneCLI(LightningCLI):
             )
         elif c.output_file is not None:
             check_output_file(c.output_file, c.overwrite, inputs)
-        files = (data.eval_file, data.score_file) if self.subcommand == "fit-free" else (data.eval_file,)
+        reads_scoring_data = self.subcommand == "fit-free" or data.demonstrations
+        files = (data.eval_file, data.score_file) if reads_scoring_data else (data.eval_file,)
         if data.data_dir is None and None in files:
             require_hub("--data.data_dir")  # before the model loads, not after 40 s of retries
 
@@ -224,6 +232,13 @@ def main(args: list[str] | None = None) -> None:
             fold_trainer_help=not help_all,
             command_line=argv,
         )
+    except Terminated:
+        print(
+            "lightning-prune: stopped by SIGTERM; nothing was written. Scoring progress is saved: run the same "
+            "command again to resume",
+            file=sys.stderr,
+        )
+        sys.exit(128 + signal.SIGTERM)
     except ValueError as error:  # UsageError, also raised inside a jsonargparse link (data -> model.demonstrations)
         usage = error if isinstance(error, UsageError) else error.__cause__
         if not isinstance(usage, UsageError):

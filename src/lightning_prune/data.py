@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 from typing import Literal
 
+from jsonargparse.typing import NonNegativeInt
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
@@ -82,7 +83,7 @@ class TaskDataModule(LightningDataModule):
         selection_file: str | None = None,
         seed: int = 0,
         batch_size: int = 16,
-        num_workers: int = 0,
+        num_workers: NonNegativeInt = 0,
         demonstrations: int = 0,
     ) -> None:
         super().__init__()
@@ -118,19 +119,25 @@ class TaskDataModule(LightningDataModule):
         picked = set(random.Random(f"demonstrations-{h.seed}").sample(range(len(examples)), h.demonstrations))
         return [examples[i] for i in sorted(picked)], [e for i, e in enumerate(examples) if i not in picked]
 
+    def _pool(self) -> list[Example]:
+        """The scoring source without the demonstrations (read once)."""
+        if "pool" not in self._cache:
+            self._cache["demonstrations"], self._cache["pool"] = self._score_pool()
+        return self._cache["pool"]
+
     def demonstration_examples(self) -> list[Example]:
-        """The in-context examples (none unless ``demonstrations`` > 0)."""
-        if "demonstrations" not in self._cache:
-            self._cache["demonstrations"], pool = self._score_pool()
-            self._cache["pool"] = pool
+        """The in-context examples (none unless ``demonstrations`` > 0: then the scoring data is not read, so
+        ``evaluate`` with an ``eval_file`` needs nothing else)."""
+        if not self.hparams.demonstrations:
+            return []
+        self._pool()
         return self._cache["demonstrations"]
 
     def score_examples(self) -> list[Example]:
         """The scoring examples (read once; a bad file fails here, before any model work if called early)."""
         h = self.hparams
         if "score" not in self._cache:
-            self.demonstration_examples()
-            self._cache["score"] = subsample(self._cache["pool"], h.num_examples, h.seed, "num_examples")
+            self._cache["score"] = subsample(self._pool(), h.num_examples, h.seed, "num_examples")
         return self._cache["score"]
 
     def heaviest_score_batch(self, net: PrunableModel) -> Batch:
@@ -163,8 +170,7 @@ class TaskDataModule(LightningDataModule):
                 f"the selection examples are drawn from the scoring source {score_source}, which overlaps the "
                 "evaluation examples: give --data.selection_file, or score on another split or file"
             )
-        self.demonstration_examples()
-        examples = self._cache["pool"]  # the scoring source without the demonstrations
+        examples = self._pool()
         scoring = set(_draw(len(examples), h.num_examples, h.seed, "num_examples"))
         rest = [e for i, e in enumerate(examples) if i not in scoring]
         if not rest:

@@ -28,12 +28,16 @@ def _target(final: Path) -> Path:
     return final.resolve() if final.is_symlink() else final
 
 
+Protected = Mapping[str, "str | Path | None"]  # what a run reads, by description (see check_output_location)
+
+
 @contextlib.contextmanager
-def atomic_path(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of ``final`` to write; rename it into place only if the block succeeds."""
+def atomic_path(final: Path, protected: Protected | None = None) -> Iterator[Path]:
+    """Yield a temporary sibling of ``final`` to write; rename it into place only if the block succeeds.
+    ``protected``: the run's inputs, which the clean-up of killed runs' leftovers never touches."""
     final = _target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_siblings(final)
+    remove_stale_siblings(final, protected)
     tmp = _temporary_name(final, "tmp")
     try:
         yield tmp
@@ -60,13 +64,25 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_siblings(final: Path) -> None:
+def _touches(path: Path, protected: Protected | None) -> bool:
+    """Whether ``path`` is, lies inside or contains one of the ``protected`` inputs (symlinks resolved)."""
+    resolved = path.resolve()
+    return any(
+        source is not None and _relation(resolved, Path(source).expanduser().resolve()) is not None
+        for source in (protected or {}).values()
+    )
+
+
+def remove_stale_siblings(final: Path, protected: Protected | None = None) -> None:
     """Clean up after runs that were killed (their process is gone): delete their temporary siblings of
     ``final``, and if one died between moving the old ``final`` aside and moving the new one in, put the
-    old one back."""
+    old one back. A leftover that is, holds or lies inside one of the ``protected`` inputs is left alone: a
+    user may prune from a folder that a killed sweep left behind."""
     for leftover in sorted(final.parent.glob(f".{final.name}.*-*")):
         kind, _, pid = leftover.name.rpartition("-")
         if not (kind.endswith((".tmp", ".old")) and pid.isdigit()) or _pid_alive(int(pid)):
+            continue
+        if _touches(leftover, protected):
             continue
         if kind.endswith(".old") and not final.exists():
             os.replace(leftover, final)
@@ -101,12 +117,13 @@ def check_replaceable(final: Path, overwrite: bool, what: str = "output_dir") ->
 
 
 @contextlib.contextmanager
-def atomic_directory(final: Path, overwrite: bool = False) -> Iterator[Path]:
+def atomic_directory(final: Path, overwrite: bool = False, protected: Protected | None = None) -> Iterator[Path]:
     """Yield an empty temporary directory (holding only the marker file) that replaces ``final`` once the
-    block succeeds; an existing ``final`` is replaced only if ``check_replaceable`` allows it."""
+    block succeeds; an existing ``final`` is replaced only if ``check_replaceable`` allows it.
+    ``protected``: as for ``atomic_path``."""
     final = _target(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_siblings(final)
+    remove_stale_siblings(final, protected)
     tmp = _temporary_name(final, "tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
@@ -171,6 +188,8 @@ def check_output_location(
     ``inputs`` maps a description (``"the model folder"``) to its path; None entries are skipped.
     ``may_contain_inputs``: an output that only adds new files of its own (the score cache) may lie above an input.
     """
+    if not str(path).strip():
+        raise UsageError(f"{what} is empty: give a path, e.g. runs/<name>")
     resolved = Path(path).expanduser().resolve()
     clashes = [
         (relation, name, source)
@@ -213,6 +232,21 @@ def check_writable(path: str | Path, what: str, in_parent: bool = False) -> None
         ) from None
 
 
-def write_json(path: Path, payload: Any) -> None:
-    with atomic_path(path) as tmp:
+@contextlib.contextmanager
+def write_errors_reported(what: str, path: str | Path) -> Iterator[None]:
+    """A full disk, an exceeded quota or a folder removed while writing becomes one line naming ``what``; the
+    atomic writes inside leave nothing half-written."""
+    from safetensors import SafetensorError
+
+    try:
+        yield
+    except (OSError, SafetensorError) as error:
+        reason = getattr(error, "strerror", None) or str(error).splitlines()[0]
+        raise UsageError(
+            f"could not write {what} {path}: {reason}; nothing was written: free some space or choose another place"
+        ) from None
+
+
+def write_json(path: Path, payload: Any, protected: Protected | None = None) -> None:
+    with atomic_path(path, protected) as tmp:
         tmp.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")

@@ -7,13 +7,13 @@ import time
 from typing import Literal
 
 import torch
-from lightning import LightningModule
+from lightning import Callback, LightningModule, Trainer
 from torch import Tensor
 from torch.utils.hooks import RemovableHandle
 
-from lightning_prune.adapters import Batch, FFNLayer, PrunableModel, load_model
+from lightning_prune.adapters import Batch, FFNLayer, PrunableModel, load_model, position_limit
 from lightning_prune.cache import Progress, ScoreCache
-from lightning_prune.errors import UsageError
+from lightning_prune.errors import Terminated, UsageError
 from lightning_prune.prompts import Prompt
 from lightning_prune.pruning import ActivationMeans
 from lightning_prune.scorers import NeuronScorer, check_scores
@@ -57,6 +57,11 @@ class TaskModel(LightningModule):
             raise UsageError("max_length and eval_max_length must be at least 1 token")
         self.spec = get_task(task, labels)
         self.net: PrunableModel = load_model(path, self.spec, max_length, prompt, demonstrations, adapter)
+        limit = position_limit(self.net)
+        if eval_max_length is not None and limit is not None and eval_max_length > limit:
+            raise UsageError(
+                f"eval_max_length {eval_max_length} exceeds the {limit} positions of {path}: give at most {limit}"
+            )
         self.metrics = build_metrics(self.spec)
 
     def collate(self, examples: list[Example]) -> Batch:
@@ -126,7 +131,7 @@ class ScoringModule(LightningModule):
     def on_predict_epoch_start(self) -> None:
         layers = self.net.ffn_layers()
         resume = self.cache is not None and self.hparams.resume
-        resumed = self.cache.load_progress(*self._shard(), len(layers)) if resume else None
+        resumed = self.cache.load_progress(*self._shard(), [layer.size for layer in layers]) if resume else None
         fresh = Progress([torch.zeros(layer.size, dtype=torch.float64) for layer in layers], 0.0, 0)
         self.progress = resumed if resumed is not None else fresh
         self.resumed_batches = self.progress.batches
@@ -139,7 +144,12 @@ class ScoringModule(LightningModule):
         self.progress.sums = [total + score for total, score in zip(self.progress.sums, checked, strict=True)]
         self.progress.examples += batch["labels"].shape[0]
         self.progress.batches = batch_idx + 1
-        if self.cache is not None and self.progress.batches % self.hparams.checkpoint_every == 0:
+        if self.progress.batches % self.hparams.checkpoint_every == 0:
+            self.save_progress()
+
+    def save_progress(self) -> None:
+        """Save this process's partial sums, so an interrupted run resumes after its last batch."""
+        if self.cache is not None:
             self.cache.save_progress(*self._shard(), self.progress)
 
     def _count_passes(self, last_layer: FFNLayer) -> RemovableHandle | None:
@@ -208,3 +218,20 @@ class ActivationMeansModule(LightningModule):
     @property
     def means(self) -> list[Tensor]:
         return self.accumulator.means()
+
+
+class StopOnSigterm(Callback):
+    """Stop after the current batch when SIGTERM arrived (Lightning only notes it outside training), saving the
+    scoring progress first: ``docker stop`` or a scheduler's kill then ends the run promptly, and resumably."""
+
+    def _check(self, trainer: Trainer, module: LightningModule) -> None:
+        if trainer.received_sigterm:
+            if isinstance(module, ScoringModule):
+                module.save_progress()
+            raise Terminated("SIGTERM")
+
+    def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        self._check(trainer, pl_module)
+
+    def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
+        self._check(trainer, pl_module)

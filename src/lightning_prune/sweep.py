@@ -25,6 +25,11 @@ class SweepPoint:
     selection_metrics: dict[str, float] | None = None
     within_drop: bool | None = None
 
+    def achieved_sparsity(self, widths: dict[str, int]) -> float:
+        """The share of the FFN neurons (of layers ``widths`` wide) removed: below ``sparsity`` where
+        ``min_keep`` kept more."""
+        return 1.0 - sum(len(k) for k in self.kept) / sum(widths.values())
+
 
 def parse_sparsities(sparsity: float | list[float]) -> list[float]:
     """One sparsity or several, sorted and without repeats."""

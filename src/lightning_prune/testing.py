@@ -185,11 +185,26 @@ CHAT_TEMPLATE = (
 )
 
 
-def decoder_tokenizer(word_level: bool = False) -> PreTrainedTokenizerFast:
+def decoder_tokenizer(word_level: bool = False, sentencepiece: bool = False) -> PreTrainedTokenizerFast:
     """A tokenizer for the tiny decoder LMs, knowing the default prompts, with a chat template: byte-level
-    BPE as Llama 3, Qwen and SmolLM use (every text tokenizes), or ``word_level`` with an unknown token."""
+    BPE as Llama 3, Qwen and SmolLM use (every text tokenizes), ``word_level`` with an unknown token, or
+    ``sentencepiece``: BPE over text whose spaces are "▁" and which starts with one, as in Llama 2's, Mistral's
+    and Gemma's tokenizer.json, so that " negative" alone is ['▁', '▁negative'] but after a prompt ['▁negative']."""
+    if word_level and sentencepiece:
+        raise ValueError("word_level and sentencepiece are different tokenizers: choose one")
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
-    if word_level:
+    if sentencepiece:
+        tok = Tokenizer(models.BPE(unk_token="<unk>"))
+        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        # Trained on words (each "▁" starts one) so that no token spans two, as SentencePiece's pieces; used,
+        # like Llama 2's, without a pre-tokenizer.
+        tok.pre_tokenizer = pre_tokenizers.Split("▁", "merged_with_next")
+        tok.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=600, special_tokens=specials))
+        tok.pre_tokenizer = None
+        tok.decoder = decoders.Sequence(
+            [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
+        )
+    elif word_level:
         tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
         tok.normalizer = normalizers.Lowercase()
         tok.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -214,10 +229,13 @@ def decoder_tokenizer(word_level: bool = False) -> PreTrainedTokenizerFast:
     )
 
 
-def build_causal_lm(folder: Path, model_type: str = "llama", seed: int = 0, word_level: bool = False) -> Path:
-    """A tiny random decoder LM of family ``model_type`` (2 layers, hidden 32, FFN 48, tied embeddings)."""
+def build_causal_lm(
+    folder: Path, model_type: str = "llama", seed: int = 0, word_level: bool = False, sentencepiece: bool = False
+) -> Path:
+    """A tiny random decoder LM of family ``model_type`` (2 layers, hidden 32, FFN 48, tied embeddings), with
+    the ``decoder_tokenizer`` of ``word_level`` and ``sentencepiece``."""
     torch.manual_seed(seed)
-    tokenizer = decoder_tokenizer(word_level)
+    tokenizer = decoder_tokenizer(word_level, sentencepiece)
     config = AutoConfig.for_model(
         model_type,
         vocab_size=len(tokenizer),

@@ -52,6 +52,7 @@ __all__ = [
     "PrunableModel",
     "load_model",
     "model_inputs",
+    "position_limit",
     "read_answer_settings",
     "supported_architectures",
 ]
@@ -249,6 +250,7 @@ def load_model(
         )
     saved = read_answer_settings(folder) if folder.is_dir() else {}
     _check_saved_task(saved, task, path)
+    given_length = max_length is not None or "max_length" in saved
     if max_length is None:
         max_length = saved.get("max_length", DEFAULT_MAX_LENGTH)
     if prompt is None and not demonstrations and saved.get("prompt") is not None:
@@ -302,6 +304,14 @@ def load_model(
             f"{path} is a {model.architecture} model: drop them"
         )
 
+    _check_tokenizer(model, path)
+    limit = position_limit(model)
+    if limit is not None and max_length > limit:
+        if given_length:
+            raise UsageError(
+                f"max_length {max_length} exceeds the {limit} positions of {path}: give at most {limit} tokens"
+            )
+        model.max_length = limit  # the default is cut to what the model can read
     model.source_dtype = source_dtype
     if plan is not None:
         _load_pruned_weights(model, folder, plan)
@@ -309,6 +319,25 @@ def load_model(
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()
+
+
+def _check_tokenizer(model: PrunableModel, path: str) -> None:
+    """The tokenizer belongs to the model: its size is within a factor of two of the embedding's rows (padding
+    rows, or a few added tokens, are common). A folder without its tokenizer files gets a handful of special
+    tokens from transformers, and every word would be read as unknown."""
+    rows = model.weights_module.get_input_embeddings().num_embeddings
+    size = len(model.tokenizer)
+    if not rows // 2 <= size <= 2 * rows:
+        raise UsageError(
+            f"the tokenizer of {path} has {size} tokens but the model's embedding has {rows} rows: its tokenizer "
+            "files (tokenizer.json, vocab) are missing or belong to another model; restore the model's own"
+        )
+
+
+def position_limit(model: PrunableModel) -> int | None:
+    """The most positions the model's position embeddings or rotary tables were trained for (None: relative
+    positions, e.g. T5)."""
+    return getattr(model.weights_module.config, "max_position_embeddings", None)
 
 
 def _model_type(source: Path) -> str:

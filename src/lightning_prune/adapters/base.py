@@ -111,7 +111,8 @@ class PrunableModel(nn.Module, ABC):
     def __init__(self, task: TaskSpec, tokenizer, max_length: int) -> None:
         super().__init__()
         self.task = task
-        self.tokenizer = tokenizer
+        self.tokenizer = tokenizer  # what batches are made with (an adapter may adjust a copy of the user's)
+        self.source_tokenizer = tokenizer  # the user's, saved with the pruned model
         self.max_length = max_length
 
     @abstractmethod
@@ -193,7 +194,7 @@ class PrunableModel(nn.Module, ABC):
             setattr(module.config, self.ffn_width_key, self.pruning_plan["layers"][0]["dense_size"])
         module.config.dtype = dtype
         module.config.save_pretrained(directory)
-        self.tokenizer.save_pretrained(directory)
+        self.source_tokenizer.save_pretrained(directory)
         weights_file = WEIGHTS_FILE if plain else PER_LAYER_WEIGHTS_FILE
         save_model(module, str(directory / weights_file))
         self.save_extras(directory)

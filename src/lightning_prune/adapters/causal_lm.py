@@ -1,13 +1,15 @@
 """Decoder-only LMs with gated FFNs (Llama, Mistral, Qwen2/3, Gemma 2/3, SmolLM, ...), answering by rank
 classification over the task's label words after a prompt (``prompts``).
 
-The answer's log-probability is the sum over its tokens (a label word may be several tokens). Vocabulary
+The answer's log-probability is the sum over its tokens (a label word may be several tokens), which are the
+tokens the word has after the prompt, not alone (``CausalLMClassifier._label_word_ids``). Vocabulary
 logits are computed only at the positions that predict answer tokens: the LM head (often tied to the
 embeddings) is a large share of a small model's compute, and every other position's logits are unused.
 """
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import torch
@@ -25,7 +27,14 @@ GATED_FFN = (("gate_proj", "up_proj"), "down_proj")
 
 
 class CausalLMClassifier(PrunableModel):
-    """A causal LM bound to one task through a prompt and one label word per answer."""
+    """A causal LM bound to one task through a prompt and one label word per answer.
+
+    Scoring needs right padding (answers follow each prompt's last token), left truncation (a long input loses
+    its start, never the question and cue at the end) and a pad token: ``tokenizer`` is a copy with those
+    settings, and ``source_tokenizer`` the caller's, untouched, which ``save`` writes, so that the saved model
+    pads, truncates and generates as its source did (a saved ``tokenizer.json`` would also carry the copy's
+    padding and truncation state, which transformers reloads as its defaults).
+    """
 
     ffn_width_key = "intermediate_size"
 
@@ -44,13 +53,14 @@ class CausalLMClassifier(PrunableModel):
         self.prompt = resolve_prompt(task, prompt)
         if self.prompt.chat and not getattr(tokenizer, "chat_template", None):
             raise UsageError("prompt.chat is true but the model's tokenizer has no chat template: set chat to false")
-        if tokenizer.pad_token_id is None:
-            tokenizer.pad_token = tokenizer.eos_token
-        tokenizer.padding_side = "right"  # answers are appended right after each prompt's last token
-        tokenizer.truncation_side = "left"  # a long input loses its start, never the question and cue at the end
+        self.tokenizer = copy.deepcopy(tokenizer)
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.tokenizer.padding_side = "right"
+        self.tokenizer.truncation_side = "left"
         self.demonstrations = list(demonstrations or [])
         self.context = self._demonstration_context()
-        ids = [self._word_ids(word) for word in self.prompt.label_words]
+        ids, self.prompt_overlap = self._label_word_ids()
         for i, word in enumerate(self.prompt.label_words):
             if ids[i] in ids[:i]:
                 raise UsageError(f"label word {word!r} tokenizes like another label word: give distinct words")
@@ -63,16 +73,49 @@ class CausalLMClassifier(PrunableModel):
         self.register_buffer("candidate_ids", candidates, persistent=False)
         self.register_buffer("candidate_mask", mask, persistent=False)
 
-    def _word_ids(self, word: str) -> list[int]:
-        """The tokens of a label word as it follows the prompt, refusing words the tokenizer does not know."""
-        ids = self.tokenizer(word, add_special_tokens=False)["input_ids"]
-        unknown = self.tokenizer.unk_token_id
-        if not ids or (unknown is not None and unknown in ids):
+    def _encode(self, text: str) -> list[int]:
+        """The tokens of ``text``, without the special tokens the tokenizer adds around a text (BOS)."""
+        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+
+    def _label_word_ids(self) -> tuple[list[list[int]], int]:
+        """Each label word's tokens as they follow the prompt, and how many of the prompt's last tokens they replace.
+
+        A word is tokenized after the text before it, as lm-evaluation-harness does, never alone: SentencePiece
+        tokenizers (Llama 2, Mistral, Gemma) start a text with "▁", so " negative" alone is ['▁', '▁negative'] but
+        ['▁negative'] after a prompt. The text before it is the prompt rendered for a placeholder example (each
+        field holds its name): chat template and demonstrations included; a template ending with a field gets the
+        tokens that follow the placeholder.
+
+        A word whose first token merges with the prompt's end ("Answer: " + "yes": [..., ':', '▁yes'], not
+        [..., ':', '▁', 'yes']) starts where the tokens of prompt + word first differ from the prompt's, and
+        ``collate`` drops the prompt tokens after that point: prompt + answer are the tokens of the whole text,
+        which is what the model reads and writes. All words share one prompt batch, so words that replace
+        different numbers of prompt tokens are refused rather than scored after a prompt they do not follow.
+        """
+        placeholder = Example(tuple(self.task.text_fields), 0, -1)
+        context_text = self.render(placeholder)
+        context = self._encode(context_text)
+        ids, overlaps = [], []
+        for word in self.prompt.label_words:
+            full = self._encode(context_text + word)
+            pairs = enumerate(zip(context, full, strict=False))  # of different lengths
+            shared = next((i for i, (a, b) in pairs if a != b), min(len(context), len(full)))
+            word_ids = full[shared:]
+            unknown = self.tokenizer.unk_token_id
+            if not word_ids or (unknown is not None and unknown in word_ids):
+                raise UsageError(
+                    f"label word {word!r} is not a word this model's tokenizer knows (tokens: "
+                    f"{self.tokenizer.convert_ids_to_tokens(word_ids)}): choose another label word"
+                )
+            ids.append(word_ids)
+            overlaps.append(len(context) - shared)
+        if len(set(overlaps)) > 1:
+            merged = dict(zip(self.prompt.label_words, overlaps, strict=True))
             raise UsageError(
-                f"label word {word!r} is not a word this model's tokenizer knows (tokens: "
-                f"{self.tokenizer.convert_ids_to_tokens(ids)}): choose another label word"
+                f"label words merge with different numbers of the prompt's last tokens ({merged}): start every "
+                "label word the same way (e.g. all with a space, and no space at the template's end)"
             )
-        return ids
+        return ids, overlaps[0]
 
     # -- prompts ----------------------------------------------------------------------------------------------
 
@@ -110,8 +153,15 @@ class CausalLMClassifier(PrunableModel):
         ]
 
     def collate(self, examples: list[Example]) -> Batch:
+        """The rendered prompts, without their last ``prompt_overlap`` tokens (see ``_label_word_ids``)."""
         # A chat template writes its own special tokens.
-        return self.text_batch([self.render(e) for e in examples], examples, add_special_tokens=not self.prompt.chat)
+        batch = self.text_batch([self.render(e) for e in examples], examples, add_special_tokens=not self.prompt.chat)
+        if self.prompt_overlap:
+            lengths = batch["attention_mask"].sum(1) - self.prompt_overlap
+            keep = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
+            batch["input_ids"] = batch["input_ids"][:, : keep.shape[1]].masked_fill(~keep, self.tokenizer.pad_token_id)
+            batch["attention_mask"] = keep.long()
+        return batch
 
     def candidate_index(self, labels: Tensor) -> Tensor:
         """Task-level labels to label-word indices (regression: the word of the nearest value)."""

@@ -12,7 +12,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from lightning_prune.adapters import model_inputs
 from lightning_prune.data import TaskDataModule, TestSet
 from lightning_prune.errors import UsageError
-from lightning_prune.io import check_output_location, check_writable, write_json
+from lightning_prune.io import check_output_location, check_writable, write_errors_reported, write_json
 from lightning_prune.modules import TaskModel
 
 RESULT_FORMAT = "lightning-prune/evaluation"  # marks a result file evaluate wrote: only such a file is overwritten
@@ -31,8 +31,13 @@ def user_inputs(
     return {**model_inputs(model_path, adapter), "data_dir": data_dir, **files}
 
 
+MAX_RESULT_BYTES = 1 << 24  # an evaluation result is a few kB: a larger file is not one
+
+
 def _is_result_file(path: Path) -> bool:
     try:
+        if path.stat().st_size > MAX_RESULT_BYTES:
+            return False
         return json.loads(path.read_text(encoding="utf-8")).get("format") == RESULT_FORMAT
     except (OSError, ValueError, AttributeError):  # unreadable, not UTF-8, not JSON, not an object
         return False
@@ -40,10 +45,12 @@ def _is_result_file(path: Path) -> bool:
 
 def check_output_file(output_file: str, overwrite: bool, inputs: dict[str, Path | str | None]) -> None:
     """Refuse, before any work, an ``output_file`` that would change an input or a file evaluate did not write."""
+    check_output_location(output_file, "output_file", inputs)
     path = Path(output_file).expanduser()
-    check_output_location(path, "output_file", inputs)
     if path.is_dir():
         raise UsageError(f"output_file {path} is a folder: give a file path such as runs/eval.json")
+    if path.exists() and not path.is_file():  # reading a FIFO would hang, /dev/zero fill the memory
+        raise UsageError(f"output_file {path} is not a regular file (a device, pipe or socket): give a file path")
     if path.exists():
         if not overwrite:
             raise UsageError(
@@ -84,9 +91,9 @@ def evaluate(
             ``overwrite``, and only if it is an earlier result of this command).
         overwrite: replace an ``output_file`` that holds an earlier result.
     """
+    h = datamodule.hparams
+    inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file, adapter=model.hparams.adapter)
     if output_file is not None:
-        h = datamodule.hparams
-        inputs = user_inputs(model.hparams.path, h.data_dir, h.score_file, h.eval_file, adapter=model.hparams.adapter)
         check_output_file(output_file, overwrite, inputs)
     summary = {
         "format": RESULT_FORMAT,
@@ -100,6 +107,7 @@ def evaluate(
     }
     if trainer.is_global_zero:
         if output_file is not None:
-            write_json(Path(output_file), summary)
+            with write_errors_reported("output_file", output_file):
+                write_json(Path(output_file), summary, protected=inputs)
         rank_zero_info(json.dumps(summary["metrics"]))
     return summary

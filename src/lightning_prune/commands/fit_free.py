@@ -9,20 +9,27 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
+from jsonargparse.typing import PositiveInt
 from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors.torch import save_file
 
-from lightning_prune import __version__
 from lightning_prune.adapters.base import SAVE_DTYPES
 from lightning_prune.cache import ScoreCache, cache_root, examples_fingerprint, model_fingerprint, score_key
 from lightning_prune.commands.evaluate import test_metrics, user_inputs
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
-from lightning_prune.io import atomic_directory, check_output_location, check_replaceable, check_writable, write_json
+from lightning_prune.io import (
+    atomic_directory,
+    check_output_location,
+    check_replaceable,
+    check_writable,
+    write_errors_reported,
+    write_json,
+)
 from lightning_prune.modules import ActivationMeansModule, LabelSource, ScoringModule, TaskModel
 from lightning_prune.pruning import PLAN_FILE, Scope, prune_model, restore_ffn, select_neurons, snapshot_ffn
-from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_infos
+from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_code, scorer_infos
 from lightning_prune.sweep import SweepPoint, choose, parse_sparsities, write_sweep_reports
 
 SCORES_FILE = "scores.safetensors"
@@ -97,7 +104,7 @@ def _score_request(
     """Everything that determines a data scorer's scores: the cache key is a hash of it."""
     provider = scorer_infos()[scorer]
     return {
-        "lightning_prune": __version__,
+        "code": scorer_code(scorer),  # this package's and the scorer's source: other code, other scores
         "model": model_fingerprint(model.net),
         "architecture": model.net.architecture,
         "task": model.spec.name,
@@ -112,6 +119,7 @@ def _score_request(
         "scorer_settings": vars(create_scorer(scorer, scorer_options)),  # with defaults: a new default, a new key
         "labels": labels,
         "precision": str(trainer.precision),
+        "limit_predict_batches": trainer.limit_predict_batches,  # a partial scoring run is not the full one
     }
 
 
@@ -134,7 +142,7 @@ def fit_free(
     evaluate_dense: bool = True,
     cache_dir: str | None = None,
     reuse_scores: bool = True,
-    checkpoint_every: int = 10,
+    checkpoint_every: PositiveInt = 10,
     compensate: bool = True,
 ) -> dict[str, Any]:
     """Prune the task's least important FFN neurons and save the smaller model.
@@ -194,6 +202,12 @@ def fit_free(
         save_dtype,
     )
     sparsities = parse_sparsities(sparsity)
+    widest = max(layer.size for layer in model.net.ffn_layers())
+    if max(sparsities) > 0 and min_keep >= widest:
+        raise UsageError(
+            f"min_keep {min_keep} is at least the width of every FFN layer (the widest has {widest} neurons): "
+            "nothing would be pruned; choose a smaller min_keep"
+        )
     if scorer_impl.needs_data:
         # Bad data, or a scorer that cannot fit its heaviest batch in memory, fails now, before any model work.
         scorer_impl.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
@@ -224,7 +238,11 @@ def fit_free(
     if scorer_impl.needs_data:
         request = _score_request(trainer, model, datamodule, scorer, scorer_options, labels)
         cache = ScoreCache(cache_root(cache_dir), score_key(request), request)
-        cached = cache.load_final(len(layers)) if reuse_scores else None
+        limited = trainer.limit_predict_batches not in (None, 1.0)  # then the example count is not known ahead
+        expected = None if limited else len(datamodule.score_examples())
+        cached = cache.load_final([layer.size for layer in layers], expected) if reuse_scores else None
+        if cache.rejected:
+            rank_zero_info(f"note: score cache: {'; '.join(cache.rejected)}: recomputing those scores")
         if cached is not None:
             (scores, examples_scored), from_cache = cached, True
         else:
@@ -287,8 +305,11 @@ def fit_free(
         "examples_scored": examples_scored,
         "score_key": cache.key if cache is not None else None,
         "scores_from_cache": from_cache,
+        "cache_entries_rejected": cache.rejected if cache is not None else [],  # damaged or not fitting: recomputed
         "batches_resumed": resumed_batches,  # on rank 0: batches restored from an interrupted run
         "sparsity": chosen.sparsity if chosen else None,
+        # The FFN neurons removed: below ``sparsity`` where min_keep keeps more.
+        "achieved_sparsity": chosen.achieved_sparsity(dense_neurons) if chosen else None,
         "scope": scope,
         "primary_metric": metric,
         "dense_metrics": dense["metrics"],
@@ -325,7 +346,10 @@ def fit_free(
         ]
     if trainer.is_global_zero:
         start = time.perf_counter()
-        with atomic_directory(Path(output_dir), overwrite=overwrite) as tmp:
+        with (
+            write_errors_reported("output_dir", output_dir),
+            atomic_directory(Path(output_dir), overwrite=overwrite, protected=inputs) as tmp,
+        ):
             save_file(
                 {layer.name: score.contiguous() for layer, score in zip(layers, scores, strict=True)},
                 str(tmp / SCORES_FILE),
@@ -383,7 +407,10 @@ def _report(summary: dict[str, Any], output_dir: str) -> str:
             f"; chosen by max_drop {selection['max_drop']:g}: selection {metric} "
             f"{selection['dense_metrics'][metric]:.4f} -> {selection['chosen_metrics'][metric]:.4f}"
         )
+    asked, achieved = summary["sparsity"], summary["achieved_sparsity"]
+    if abs(achieved - asked) > 0.005:
+        asked = f"{achieved:.3f} (asked {asked}; min_keep kept more)"
     return (
-        f"{summary['task']}: {metric} dense {dense:.4f} -> pruned {pruned:.4f} at FFN sparsity {summary['sparsity']} "
+        f"{summary['task']}: {metric} dense {dense:.4f} -> pruned {pruned:.4f} at FFN sparsity {asked} "
         f"({summary['scorer']}); parameters {params['dense']:,} -> {params['pruned']:,}{chosen}; wrote {output_dir}"
     )

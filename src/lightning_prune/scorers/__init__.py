@@ -83,6 +83,15 @@ def load_scorer_class(name: str) -> type[NeuronScorer]:
     return scorer_class
 
 
+def scorer_code(name: str) -> str:
+    """A fingerprint of the code that computes scorer ``name``'s scores (this package and the scorer's module
+    and its parents' modules, e.g. a plugin's file): part of every score cache key."""
+    from lightning_prune.cache import code_fingerprint
+
+    files = sorted({inspect.getfile(cls) for cls in load_scorer_class(name).__mro__[:-1] if cls is not object})
+    return code_fingerprint(*files)
+
+
 def accepted_options(name: str) -> tuple[list[str], bool]:
     """The option names scorer ``name``'s constructor takes, and whether it takes any (``**kwargs``)."""
     parameters = inspect.signature(load_scorer_class(name)).parameters
