@@ -30,6 +30,7 @@ from results_io import write_csv, write_report
 
 from lightning_prune import load_model
 from lightning_prune.adapters import PrunableModel
+from lightning_prune.export import save_model_folder
 from lightning_prune.pruning import prune_model, select_neurons
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
@@ -96,7 +97,7 @@ def main() -> None:
         for sparsity, model in models.items():
             folder = Path(tmp) / str(sparsity)
             folder.mkdir()
-            model.save(folder)
+            save_model_folder(model, folder)
             ms = statistics.median(latency[sparsity])
             per_second = statistics.median(throughput[sparsity])
             ideal_latency = encoder_flops(dense, single_tokens) / encoder_flops(model, single_tokens)

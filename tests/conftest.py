@@ -64,7 +64,7 @@ def one_error_line(err: str) -> str:
 
 def run_cli(args: list[str], capsys) -> tuple[int, str, str]:
     """Run ``lightning-prune`` in-process: exit code, stdout, stderr."""
-    from lightning_prune.cli import main
+    from lightning_prune.entry import main
 
     try:
         main(args)

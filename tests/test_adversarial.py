@@ -81,10 +81,10 @@ def test_a_partial_scoring_run_does_not_serve_a_full_one(inputs):
 
 
 def test_other_scorer_code_gets_another_key(inputs, monkeypatch):
-    from lightning_prune import cache
+    from lightning_prune import fingerprint
 
     first = _fit_free_json(fit_free_args(inputs.model, inputs.glue, inputs.root / "a", *QUIET))
-    monkeypatch.setattr(cache, "code_fingerprint", lambda *files: "edited code")
+    monkeypatch.setattr(fingerprint, "code_fingerprint", lambda *files: "edited code")
     second = _fit_free_json(fit_free_args(inputs.model, inputs.glue, inputs.root / "b", *QUIET))
     assert first["score_key"] != second["score_key"] and not second["scores_from_cache"]
 
@@ -202,12 +202,12 @@ def test_min_keep_that_limits_pruning_reports_the_achieved_sparsity(inputs, caps
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(inputs, capsys, monkeypatch):
     """Saving fails with ENOSPC (injected where the weights are written): one line, no output folder."""
-    from lightning_prune.adapters import base
+    from lightning_prune import export
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(base, "save_model", full_disk)
+    monkeypatch.setattr(export, "save_model", full_disk)
     assert_refused(inputs.fit_free(), capsys, "No space left on device", [inputs.model, inputs.glue], absent=inputs.out)
     assert not list(inputs.root.glob(".run.*"))
 

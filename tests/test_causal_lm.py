@@ -20,6 +20,7 @@ from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES
 from lightning_prune.cli import main
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
+from lightning_prune.export import save_model_folder
 from lightning_prune.prompts import Prompt
 from lightning_prune.scorers import create_scorer
 from lightning_prune.scorers.attribution import AttributionScorer
@@ -358,7 +359,7 @@ def test_a_saved_model_answers_only_its_own_task(prompted_run, glue_dir, tmp_pat
 
 def test_a_saved_model_remembers_the_labels_of_a_task_outside_glue(llama_dir, tmp_path):
     topics = get_task("topics", ["sports", "world", "science"])
-    load_model(llama_dir, topics).save(tmp_path / "saved")
+    save_model_folder(load_model(llama_dir, topics), tmp_path / "saved")
     assert json.loads((tmp_path / "saved" / "lightning_prune.json").read_text())["labels"] == list(topics.labels)
     assert load_pruned_model(str(tmp_path / "saved"), "topics").task == topics
     with pytest.raises(UsageError, match=r"with labels \['sports', 'world', 'science'\] .*not \['world', 'sports'"):

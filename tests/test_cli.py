@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import fit_free_args, run_cli
-from lightning_prune import load_pruned_model
+from lightning_prune import entry, load_pruned_model
 from lightning_prune.cli import main
 from lightning_prune.modules import TaskModel
 from lightning_prune.pruning import PLAN_FILE
@@ -189,7 +189,7 @@ def test_t5_regression_with_pseudo_labels_then_evaluate(t5_dir, glue_dir, tmp_pa
 
 
 def test_scorers_command_lists_built_ins(capsys):
-    main(["scorers"])
+    entry.main(["scorers"])
     out = capsys.readouterr().out
     for name in ("attribution", "activation", "magnitude", "random"):
         assert f"\n{name} " in out and "lightning-prune" in out

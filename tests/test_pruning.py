@@ -8,6 +8,7 @@ import torch
 
 from lightning_prune import load_model
 from lightning_prune.errors import UsageError
+from lightning_prune.export import save_model_folder
 from lightning_prune.pruning import PLAN_FILE, activation_means, prune_model, select_neurons, slice_ffn
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
@@ -65,7 +66,7 @@ def test_save_load_round_trip(model_dir, glue_dir, tmp_path):
     model = load_model(model_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
     plan = prune_model(model, select_neurons(create_scorer("random")(model, None), 0.7, scope="global"))
-    model.save(tmp_path)
+    save_model_folder(model, tmp_path)
     (tmp_path / PLAN_FILE).write_text(__import__("json").dumps(plan))
     loaded = load_model(tmp_path, TASKS["sst2"])
     assert [layer.size for layer in loaded.ffn_layers()] == [layer.size for layer in model.ffn_layers()]
@@ -78,7 +79,7 @@ def test_plan_from_another_model_is_refused(bert_dir, t5_dir, tmp_path):
     t5 = load_model(t5_dir, TASKS["sst2"])
     bert = load_model(bert_dir, TASKS["sst2"])
     plan = prune_model(t5, select_neurons(create_scorer("random")(t5, None), 0.5))
-    bert.save(tmp_path)
+    save_model_folder(bert, tmp_path)
     (tmp_path / PLAN_FILE).write_text(__import__("json").dumps(plan))
     with pytest.raises(UsageError, match="plan belongs to another model"):
         load_model(tmp_path, TASKS["sst2"])
@@ -168,7 +169,7 @@ def test_compensated_model_saves_and_loads(bert_dir, glue_dir, tmp_path):
     batch = _batch(model, glue_dir)
     kept = select_neurons(create_scorer("random", {"seed": 2})(model, None), 0.5)
     plan = prune_model(model, kept, activation_means(model, [batch]))
-    model.save(tmp_path)
+    save_model_folder(model, tmp_path)
     (tmp_path / PLAN_FILE).write_text(json.dumps(plan))
     expected, got = _outputs(model, batch), _outputs(load_model(tmp_path, TASKS["sst2"]), batch)
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])

@@ -115,14 +115,14 @@ KILL_WHILE_SAVING = """
 import os
 import signal
 
-from lightning_prune.adapters import base
+from lightning_prune import export
 
 
 def killed(*args, **kwargs):
     os.kill(os.getpid(), signal.SIGKILL)
 
 
-base.save_model = killed
+export.save_model = killed
 """
 
 

@@ -8,7 +8,6 @@ a run killed mid-scoring finishes with the scores an uninterrupted run gives.
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -46,18 +45,6 @@ def examples_fingerprint(examples: list[Example]) -> str:
     digest = hashlib.sha256()
     for example in examples:
         digest.update(json.dumps([example.index, list(example.texts), example.label]).encode())
-    return digest.hexdigest()
-
-
-@functools.cache
-def code_fingerprint(*files: str) -> str:
-    """Hash of this package's source files and of ``files`` (a plugin scorer's module): scores computed by other
-    code are never reused, even under the same version number."""
-    digest = hashlib.sha256()
-    package = Path(__file__).resolve().parent
-    for path in [*sorted(package.rglob("*.py")), *(Path(f) for f in files)]:
-        digest.update(str(path.relative_to(package) if path.is_relative_to(package) else path.name).encode())
-        digest.update(path.read_bytes() if path.is_file() else b"missing")
     return digest.hexdigest()
 
 

@@ -19,10 +19,10 @@ from lightning import Trainer
 from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from lightning_prune.commands import USAGE
 from lightning_prune.commands.evaluate import check_output_file, evaluate, user_inputs
 from lightning_prune.commands.fit_free import check_request, fit_free
 from lightning_prune.data import TaskDataModule
-from lightning_prune.entry import USAGE, list_scorers, normalize_arguments
 from lightning_prune.errors import Terminated, UsageError
 from lightning_prune.lora import check_adapter_folder, require_peft
 from lightning_prune.modules import StopOnSigterm, TaskModel
@@ -195,6 +195,22 @@ class PruneCLI(LightningCLI):
             self.trainer.resolved_config = parser.dump(self.config[self.subcommand], skip_none=False)
 
 
+def normalize_arguments(argv: list[str]) -> list[str]:
+    """``--sparsity 0.1,0.3,0.5`` (or ``=``) becomes the list ``[0.1,0.3,0.5]`` that the parser reads."""
+    out = list(argv)
+    for i, arg in enumerate(out):
+        if arg.startswith("--sparsity="):
+            name, value = arg.split("=", 1)
+        elif i > 0 and out[i - 1] == "--sparsity":
+            name, value = None, arg
+        else:
+            continue
+        if "," in value and not value.lstrip().startswith("["):
+            value = f"[{value}]"
+        out[i] = f"{name}={value}" if name else value
+    return out
+
+
 def _drop_advertisements(record: logging.LogRecord) -> bool:
     return not str(record.msg).startswith("💡 Tip")
 
@@ -210,9 +226,6 @@ def main(args: list[str] | None = None) -> None:
     help_all = "--help-all" in argv
     argv = ["--help" if arg == "--help-all" else arg for arg in argv]
     try:
-        if argv[:1] == ["scorers"]:
-            list_scorers()
-            return
         PruneCLI(
             TaskModel,
             TaskDataModule,

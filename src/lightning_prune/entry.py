@@ -1,20 +1,23 @@
-"""The console entry point. ``lightning-prune --help`` and ``lightning-prune scorers`` are answered here,
-without importing Lightning, Transformers or torchmetrics (seconds of start-up); everything else goes
-to the LightningCLI in ``cli``."""
+"""The console entry point and the one dispatcher. ``lightning-prune --help``, ``scorers`` and a command's plain
+``--help`` (rendered once by the LightningCLI, then served from a cache keyed by this code, the libraries that
+build the parser and the terminal width) are answered without importing Lightning, Transformers or torchmetrics
+(seconds of start-up); everything else goes to the LightningCLI in ``cli``."""
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import io
+import json
+import os
+import shutil
 import sys
+from importlib.metadata import PackageNotFoundError, entry_points, version
+from pathlib import Path
 
+from lightning_prune.commands import COMMANDS, USAGE
 from lightning_prune.errors import UsageError
 
-USAGE = "lightning-prune [-h] [--config CONFIG] {fit-free,evaluate,scorers} ..."
-# The first docstring line of each command function (tests keep them equal).
-COMMANDS = {
-    "fit-free": "Prune the task's least important FFN neurons and save the smaller model.",
-    "evaluate": "Evaluate the model on the task's evaluation examples.",
-    "scorers": "List the installed scorers, their distribution and what they need.",
-}
 HELP = "\n".join(
     [
         f"usage: {USAGE}",
@@ -30,22 +33,6 @@ HELP = "\n".join(
         "              a YAML (or JSON) file of options, e.g. configs/quickstart.yaml",
     ]
 )
-
-
-def normalize_arguments(argv: list[str]) -> list[str]:
-    """``--sparsity 0.1,0.3,0.5`` (or ``=``) becomes the list ``[0.1,0.3,0.5]`` that the parser reads."""
-    out = list(argv)
-    for i, arg in enumerate(out):
-        if arg.startswith("--sparsity="):
-            name, value = arg.split("=", 1)
-        elif i > 0 and out[i - 1] == "--sparsity":
-            name, value = None, arg
-        else:
-            continue
-        if "," in value and not value.lstrip().startswith("["):
-            value = f"[{value}]"
-        out[i] = f"{name}={value}" if name else value
-    return out
 
 
 def list_scorers() -> None:
@@ -70,6 +57,51 @@ def list_scorers() -> None:
         print(f"{name:<14}{info.distribution:<28}{info.version:<10}{flags}".rstrip())
 
 
+HELP_FLAGS = (["--help"], ["-h"], ["--help-all"])
+PARSER_LIBRARIES = ("lightning", "jsonargparse", "transformers", "torch")  # their signatures make the options
+
+
+def _help_cache_file(argv: list[str]) -> Path:
+    """Where the help text of ``argv`` is kept: the key changes with this package's code, the parser's libraries,
+    the installed scorer plugins and the terminal width (help is wrapped to it)."""
+    from lightning_prune.fingerprint import code_fingerprint
+
+    def installed(name: str) -> str:
+        try:
+            return version(name)
+        except PackageNotFoundError:
+            return "missing"
+
+    plugins = sorted(f"{e.name}={e.value}" for e in entry_points(group="lightning_prune.scorers"))
+    key = [code_fingerprint(), [installed(n) for n in PARSER_LIBRARIES], plugins, shutil.get_terminal_size(), argv]
+    digest = hashlib.sha256(json.dumps(key).encode()).hexdigest()[:32]
+    root = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "lightning-prune" / "help"
+    return root / f"{digest}.txt"
+
+
+def command_help(argv: list[str]) -> None:
+    """``lightning-prune <command> --help``: from the cache, or rendered by the LightningCLI and then cached."""
+    from lightning_prune.io import atomic_path
+
+    cached = _help_cache_file(argv)
+    with contextlib.suppress(OSError):
+        print(cached.read_text(encoding="utf-8"), end="")
+        return
+    from lightning_prune.cli import main as cli_main
+
+    rendered, code = io.StringIO(), 0
+    with contextlib.redirect_stdout(rendered):
+        try:
+            cli_main(argv)
+        except SystemExit as exit_:
+            code = exit_.code
+    print(rendered.getvalue(), end="")
+    if code not in (0, None):
+        sys.exit(code)
+    with contextlib.suppress(OSError), atomic_path(cached) as tmp:  # an unwritable cache only costs speed
+        tmp.write_text(rendered.getvalue(), encoding="utf-8")
+
+
 def main(args: list[str] | None = None) -> None:
     argv = sys.argv[1:] if args is None else args
     if argv in ([], ["-h"], ["--help"]):
@@ -83,6 +115,9 @@ def main(args: list[str] | None = None) -> None:
         except UsageError as error:
             print(f"lightning-prune: error: {error}", file=sys.stderr)
             sys.exit(2)
+        return
+    if argv[:1] in (["fit-free"], ["evaluate"]) and argv[1:] in HELP_FLAGS:
+        command_help(argv)
         return
     from lightning_prune.cli import main as cli_main
 

@@ -7,18 +7,15 @@ interface, so a new architecture needs an adapter and nothing else.
 from __future__ import annotations
 
 import contextlib
-import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_model
 from torch import Tensor, nn
 
-from lightning_prune.io import write_json
-from lightning_prune.pruning.slicing import pad_ffn
+from lightning_prune.ffn import FFNLayer
 from lightning_prune.tasks import TASKS, Example, TaskSpec
 
 Batch = dict[str, Tensor]
@@ -30,29 +27,6 @@ SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": t
 # How a saved model answers its task (``PrunableModel.answer_settings``): loading it without settings of
 # one's own reproduces the classifier that was pruned and measured.
 ANSWER_FILE = "lightning_prune.json"
-
-
-@dataclass
-class FFNLayer:
-    """One feed-forward block: its neurons are the inputs of ``down`` (the outputs of each ``up``)."""
-
-    name: str
-    block: nn.Module
-    up: tuple[str, ...]  # paths of the up (and gate) projections inside ``block``
-    down: str  # path of the down projection inside ``block``
-    side: str = "encoder"  # which token mask applies: "encoder" or "decoder"
-
-    @property
-    def down_proj(self) -> nn.Linear:
-        return self.block.get_submodule(self.down)
-
-    @property
-    def up_projs(self) -> list[nn.Linear]:
-        return [self.block.get_submodule(path) for path in self.up]
-
-    @property
-    def size(self) -> int:
-        return self.down_proj.in_features
 
 
 ActivationHook = Callable[[FFNLayer, Tensor], Tensor]
@@ -167,45 +141,6 @@ class PrunableModel(nn.Module, ABC):
         """What ``ANSWER_FILE`` records: the task, its label set where it is not a GLUE task's, the input length."""
         labels = {"labels": list(self.task.labels)} if self.task.name not in TASKS and self.task.labels else {}
         return {"task": self.task.name, **labels, "max_length": self.max_length}
-
-    def save(self, directory: Path, dtype: torch.dtype | None = None, pad_uneven: bool = False) -> dict:
-        """Write config, tokenizer, weights in ``dtype`` (default: ``source_dtype``; shared tensors once), the
-        adapter's extras and ``ANSWER_FILE``; return how the FFN widths were stored (``metrics.json`` reports it).
-
-        Plain ``from_pretrained`` needs one FFN width, in the config's ``ffn_width_key``. Layers of different
-        widths (global scope) are either padded to the widest with all-zero neurons (``pad_uneven``: exact,
-        zero down-projection columns add nothing; ``pruning_plan.json`` says so, and ``load_model`` strips
-        the padding) or written as ``PER_LAYER_WEIGHTS_FILE``, which only ``load_model`` reads.
-        """
-        dtype = dtype or self.source_dtype
-        layers = self.ffn_layers()
-        widths = [layer.size for layer in layers]
-        uniform = len(set(widths)) == 1
-        plain = self.ffn_width_key is not None and (uniform or pad_uneven)
-        module = copy.deepcopy(self.weights_module).to(dtype)  # the live model stays float32 and unpadded
-        if plain and not uniform:
-            names = {id(m): name for name, m in self.weights_module.named_modules()}
-            for layer in layers:
-                pad_ffn(replace(layer, block=module.get_submodule(names[id(layer.block)])), max(widths))
-        if plain:
-            setattr(module.config, self.ffn_width_key, max(widths))
-        elif self.ffn_width_key is not None and self.pruning_plan is not None:
-            # per-layer weights are rebuilt from the dense config: a re-pruned model's config held a pruned width
-            setattr(module.config, self.ffn_width_key, self.pruning_plan["layers"][0]["dense_size"])
-        module.config.dtype = dtype
-        module.config.save_pretrained(directory)
-        self.source_tokenizer.save_pretrained(directory)
-        weights_file = WEIGHTS_FILE if plain else PER_LAYER_WEIGHTS_FILE
-        save_model(module, str(directory / weights_file))
-        self.save_extras(directory)
-        write_json(directory / ANSWER_FILE, self.answer_settings())
-        return {
-            "dtype": str(dtype).removeprefix("torch."),
-            "weights_file": weights_file,
-            "ffn_widths": "uniform" if uniform else ("padded" if plain else "per-layer"),
-            "padded_width": max(widths) if plain and not uniform else None,
-            "plain_hf_loadable": plain,
-        }
 
     def block_inputs(self, batch: Batch) -> list[BlockInput] | None:
         """Each FFN layer's block inputs from one clean pass, if the adapter can restart from a block

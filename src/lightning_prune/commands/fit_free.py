@@ -19,6 +19,7 @@ from lightning_prune.cache import ScoreCache, cache_root, examples_fingerprint, 
 from lightning_prune.commands.evaluate import test_metrics, user_inputs
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
+from lightning_prune.export import save_model_folder
 from lightning_prune.io import (
     atomic_directory,
     check_output_location,
@@ -366,7 +367,7 @@ def fit_free(
             summary["saved_models"] = {}
             for name, point in to_save.items():
                 plan = prune_model(model.net, point.kept, means)
-                layout = model.net.save(tmp / name, dtype, pad_uneven_ffn)
+                layout = save_model_folder(model.net, tmp / name, dtype, pad_uneven_ffn)
                 padding = {"padded_width": layout["padded_width"]} if layout["padded_width"] is not None else {}
                 write_json(tmp / name / PLAN_FILE, {**plan, **padding})
                 restore_ffn(model.net, dense_ffn)

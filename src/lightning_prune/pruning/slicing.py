@@ -11,7 +11,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
-    from lightning_prune.adapters.base import FFNLayer
+    from lightning_prune.ffn import FFNLayer
 
 
 def _linear_like(linear: nn.Linear, weight: Tensor, bias: Tensor | None) -> nn.Linear:

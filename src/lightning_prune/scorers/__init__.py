@@ -86,7 +86,7 @@ def load_scorer_class(name: str) -> type[NeuronScorer]:
 def scorer_code(name: str) -> str:
     """A fingerprint of the code that computes scorer ``name``'s scores (this package and the scorer's module
     and its parents' modules, e.g. a plugin's file): part of every score cache key."""
-    from lightning_prune.cache import code_fingerprint
+    from lightning_prune.fingerprint import code_fingerprint
 
     files = sorted({inspect.getfile(cls) for cls in load_scorer_class(name).__mro__[:-1] if cls is not object})
     return code_fingerprint(*files)

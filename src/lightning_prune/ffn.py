@@ -1,0 +1,30 @@
+"""An FFN layer as adapters describe it and pruning cuts it: the block, and where its projections are."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+
+@dataclass
+class FFNLayer:
+    """One feed-forward block: its neurons are the inputs of ``down`` (the outputs of each ``up``)."""
+
+    name: str
+    block: nn.Module
+    up: tuple[str, ...]  # paths of the up (and gate) projections inside ``block``
+    down: str  # path of the down projection inside ``block``
+    side: str = "encoder"  # which token mask applies: "encoder" or "decoder"
+
+    @property
+    def down_proj(self) -> nn.Linear:
+        return self.block.get_submodule(self.down)
+
+    @property
+    def up_projs(self) -> list[nn.Linear]:
+        return [self.block.get_submodule(path) for path in self.up]
+
+    @property
+    def size(self) -> int:
+        return self.down_proj.in_features
