@@ -18,6 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
 DOCS = ROOT / "docs"
 OPTIONS = DOCS / "options.md"
+PACKAGE = ROOT / "src" / "lightning_prune"
 README_MAX_LINES = 200
 HELP_COLUMNS = "120"
 COMMANDS = ("fit-free", "evaluate")
@@ -70,10 +71,14 @@ def render_options() -> str:
     return "".join(parts)
 
 
+def _without_fences(text: str) -> str:
+    """``text`` without fenced code blocks."""
+    return re.sub(r"^```.*?^```[^\n]*$", "", text, flags=re.MULTILINE | re.DOTALL)
+
+
 def _without_code(text: str) -> str:
     """``text`` without fenced code blocks and inline code spans (links there are examples, not links)."""
-    text = re.sub(r"^```.*?^```[^\n]*$", "", text, flags=re.MULTILINE | re.DOTALL)
-    return re.sub(r"`[^`\n]*`", "", text)
+    return re.sub(r"`[^`\n]*`", "", _without_fences(text))
 
 
 def _slug(heading: str) -> str:
@@ -84,7 +89,7 @@ def _slug(heading: str) -> str:
 
 def _anchors(file: Path) -> set[str]:
     anchors, seen = set(), {}
-    for line in _without_code(file.read_text(encoding="utf-8")).splitlines():
+    for line in _without_fences(file.read_text(encoding="utf-8")).splitlines():
         found = re.match(r"#{1,6} (.+)", line)
         if found:
             slug = _slug(found.group(1))
@@ -138,6 +143,25 @@ def test_every_docs_page_is_reachable_from_the_readme():
             linked.add((document.parent / target).resolve())
     orphans = [page.name for page in sorted(DOCS.glob("*.md")) if page.resolve() not in linked]
     assert not orphans, f"docs pages no page links to: {orphans}"
+
+
+def test_code_layout_names_every_module():
+    """docs/development.md's layout table names every module of the package (``name.py``, ``package/`` and the
+    modules inside it), so a new module is documented where it lands."""
+    text = (DOCS / "development.md").read_text(encoding="utf-8")
+    layout = text[text.index("## Code layout") :]
+    missing = []
+    for path in sorted(PACKAGE.iterdir()):
+        if path.suffix == ".py" and path.stem != "__init__":
+            missing += [] if f"`{path.name}`" in layout else [path.name]
+        elif path.is_dir() and (path / "__init__.py").is_file():
+            missing += [] if f"`{path.name}/`" in layout else [f"{path.name}/"]
+            missing += [
+                f"{path.name}/{module.name}"
+                for module in sorted(path.glob("*.py"))
+                if module.stem != "__init__" and f"`{module.stem}`" not in layout
+            ]
+    assert not missing, f"docs/development.md's code layout lacks: {missing}"
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_prune.commands import USAGE
 from lightning_prune.commands.evaluate import check_output_file, evaluate, user_inputs
-from lightning_prune.commands.fit_free import check_request, fit_free
+from lightning_prune.commands.fit_free import FitFreeSettings, check_request, fit_free
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import Terminated, UsageError
 from lightning_prune.lora import check_adapter_folder, require_peft
@@ -149,20 +149,7 @@ class PruneCLI(LightningCLI):
         if self.subcommand == "fit-free":
             if _given(self.command_line, "--scorer") and not _given(self.command_line, "--scorer_options"):
                 c.scorer_options = self._options_of_new_scorer(c.scorer, c.scorer_options)
-            check_request(
-                c.scorer,
-                c.scorer_options,
-                c.labels,
-                c.sparsity,
-                c.scope,
-                c.min_keep,
-                c.output_dir,
-                c.overwrite,
-                c.cache_dir,
-                inputs,
-                c.max_drop,
-                c.save_dtype,
-            )
+            check_request(FitFreeSettings.of(c), inputs)
         elif c.output_file is not None:
             check_output_file(c.output_file, c.overwrite, inputs)
         reads_scoring_data = self.subcommand == "fit-free" or data.demonstrations

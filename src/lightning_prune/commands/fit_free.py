@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from jsonargparse.typing import PositiveInt
 from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors.torch import save_file
+from torch import Tensor
 
 from lightning_prune.adapters.base import SAVE_DTYPES
 from lightning_prune.cache import ScoreCache, cache_root, examples_fingerprint, model_fingerprint, score_key
@@ -39,46 +41,69 @@ CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
 
 
-def check_request(
-    scorer: str,
-    scorer_options: dict[str, Any] | None,
-    labels: str,
-    sparsity: float | list[float],
-    scope: str,
-    min_keep: int,
-    output_dir: str,
-    overwrite: bool,
-    cache_dir: str | None = None,
-    inputs: dict[str, Path | str | None] | None = None,
-    max_drop: float | None = None,
-    save_dtype: str = "auto",
-) -> NeuronScorer:
+@dataclass(frozen=True)
+class FitFreeSettings:
+    """fit-free's own options (documented on ``fit_free``), as one value the checks and steps share."""
+
+    scorer: str
+    scorer_options: dict[str, Any] | None
+    labels: LabelSource
+    sparsity: float | list[float]
+    max_drop: float | None
+    save_models: str
+    scope: Scope
+    min_keep: int
+    save_dtype: str
+    pad_uneven_ffn: bool
+    output_dir: str
+    overwrite: bool
+    evaluate_dense: bool
+    cache_dir: str | None
+    reuse_scores: bool
+    checkpoint_every: int
+    compensate: bool
+
+    @classmethod
+    def of(cls, options: Any) -> FitFreeSettings:
+        """The settings held by a mapping (the parsed command line, or a function's ``locals()``)."""
+        return cls(**{f.name: options[f.name] for f in fields(cls)})
+
+    @property
+    def sparsities(self) -> list[float]:
+        return parse_sparsities(self.sparsity)
+
+
+def check_request(settings: FitFreeSettings, inputs: dict[str, Path | str | None] | None = None) -> NeuronScorer:
     """Reject bad settings and unusable outputs before any model or data is loaded; return the scorer.
 
     ``inputs`` (see ``user_inputs``): what the run reads; neither ``output_dir`` nor the score cache may be,
     lie inside or contain one of them (the cache may lie above them: it only adds files of its own).
     """
-    sparsities = parse_sparsities(sparsity)
-    if not sparsities:
+    s = settings
+    if not s.sparsities:
         raise UsageError("sparsity is an empty list: give one fraction of FFN neurons to remove, or several")
-    for value in sparsities:
-        select_neurons([], value, scope, min_keep)  # validates sparsity, scope and min_keep
-    if max_drop is not None and max_drop < 0:
-        raise UsageError(f"max_drop {max_drop} is negative: give the largest tolerated metric drop, e.g. 0.01")
-    if save_dtype != "auto" and save_dtype not in SAVE_DTYPES:
-        raise UsageError(f"save_dtype {save_dtype!r} is not supported: use auto, {', '.join(SAVE_DTYPES)}")
-    if labels not in ("gold", "pseudo"):
-        raise UsageError(f"labels {labels!r} is not supported: use 'gold' (supervised) or 'pseudo' (unsupervised)")
-    scorer_impl = create_scorer(scorer, scorer_options)
+    for value in s.sparsities:
+        select_neurons([], value, s.scope, s.min_keep)  # validates sparsity, scope and min_keep
+    if s.max_drop is not None and s.max_drop < 0:
+        raise UsageError(f"max_drop {s.max_drop} is negative: give the largest tolerated metric drop, e.g. 0.01")
+    scorer_impl = create_scorer(s.scorer, s.scorer_options)
     inputs = dict(inputs or {})
-    cache = cache_root(cache_dir) if scorer_impl.needs_data else None
-    check_output_location(output_dir, "output_dir", {**inputs, "the score cache": cache})
-    check_replaceable(Path(output_dir), overwrite)
-    check_writable(output_dir, "output_dir", in_parent=True)
+    cache = cache_root(s.cache_dir) if scorer_impl.needs_data else None
+    check_output_location(s.output_dir, "output_dir", {**inputs, "the score cache": cache})
+    check_replaceable(Path(s.output_dir), s.overwrite)
+    check_writable(s.output_dir, "output_dir", in_parent=True)
     if cache is not None:
         check_output_location(cache, "cache_dir", inputs, may_contain_inputs=True)
         check_writable(cache, "cache_dir")
     return scorer_impl
+
+
+def run_inputs(model: TaskModel, datamodule: TaskDataModule) -> dict[str, Path | str | None]:
+    """What this run reads (``user_inputs``), from the model's and the data's settings."""
+    h = datamodule.hparams
+    return user_inputs(
+        model.hparams.path, h.data_dir, h.score_file, h.eval_file, h.selection_file, model.hparams.adapter
+    )
 
 
 def available_memory(trainer: Trainer) -> int | None:
@@ -94,18 +119,36 @@ def available_memory(trainer: Trainer) -> int | None:
     return int(found.group(1)) * 1024 if found else None
 
 
+def check_against_model(
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
+) -> bool:
+    """What needs the loaded model, before any work: min_keep against the layers' widths, the scorer's memory
+    for its heaviest batch, every data source read once. Returns whether bias compensation applies."""
+    widest = max(layer.size for layer in model.net.ffn_layers())
+    if max(settings.sparsities) > 0 and settings.min_keep >= widest:
+        raise UsageError(
+            f"min_keep {settings.min_keep} is at least the width of every FFN layer (the widest has {widest} "
+            "neurons): nothing would be pruned; choose a smaller min_keep"
+        )
+    if scorer.needs_data:
+        scorer.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
+    # Compensation folds into down-projection biases: models without them (T5, decoder LMs) are cut plainly.
+    compensate = settings.compensate and any(layer.down_proj.bias is not None for layer in model.net.ffn_layers())
+    if compensate:
+        datamodule.score_examples()  # the means come from them: bad data fails now
+    datamodule.eval_examples()
+    if settings.max_drop is not None:
+        datamodule.selection_examples_list()
+    return compensate
+
+
 def _score_request(
-    trainer: Trainer,
-    model: TaskModel,
-    datamodule: TaskDataModule,
-    scorer: str,
-    scorer_options: dict[str, Any] | None,
-    labels: str,
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings
 ) -> dict[str, Any]:
     """Everything that determines a data scorer's scores: the cache key is a hash of it."""
-    provider = scorer_infos()[scorer]
+    provider = scorer_infos()[settings.scorer]
     return {
-        "code": scorer_code(scorer),  # this package's and the scorer's source: other code, other scores
+        "code": scorer_code(settings.scorer),  # this package's and the scorer's source: other code, other scores
         "model": model_fingerprint(model.net),
         "architecture": model.net.architecture,
         "task": model.spec.name,
@@ -114,14 +157,234 @@ def _score_request(
         "input_settings": model.net.input_settings(),
         "examples": examples_fingerprint(datamodule.score_examples()),
         "batch_size": datamodule.hparams.batch_size,
-        "scorer": scorer,
+        "scorer": settings.scorer,
         "scorer_provider": f"{provider.distribution}=={provider.version}:{provider.entry_point.value}",
-        "scorer_options": scorer_options or {},
-        "scorer_settings": vars(create_scorer(scorer, scorer_options)),  # with defaults: a new default, a new key
-        "labels": labels,
+        "scorer_options": settings.scorer_options or {},
+        # with defaults: a new default, a new key
+        "scorer_settings": vars(create_scorer(settings.scorer, settings.scorer_options)),
+        "labels": settings.labels,
         "precision": str(trainer.precision),
         "limit_predict_batches": trainer.limit_predict_batches,  # a partial scoring run is not the full one
     }
+
+
+@dataclass
+class Scores:
+    """Per-layer neuron scores and where they came from."""
+
+    layers: list[Tensor]
+    examples: int = 0
+    cache: ScoreCache | None = None
+    from_cache: bool = False
+    resumed_batches: int = 0  # on rank 0: batches restored from an interrupted run
+
+
+def neuron_scores(
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
+) -> Scores:
+    """The scorer's scores: from the cache when this exact request was scored before, else computed over the
+    scoring examples by ``trainer.predict`` (resuming an interrupted run) and cached."""
+    layers = model.net.ffn_layers()
+    if not scorer.needs_data:
+        return Scores(check_scores(settings.scorer, scorer(model.net, None), layers))
+    request = _score_request(trainer, model, datamodule, settings)
+    cache = ScoreCache(cache_root(settings.cache_dir), score_key(request), request)
+    limited = trainer.limit_predict_batches not in (None, 1.0)  # then the example count is not known ahead
+    expected = None if limited else len(datamodule.score_examples())
+    cached = cache.load_final([layer.size for layer in layers], expected) if settings.reuse_scores else None
+    if cache.rejected:
+        rank_zero_info(f"note: score cache: {'; '.join(cache.rejected)}: recomputing those scores")
+    if cached is not None:
+        return Scores(cached[0], cached[1], cache, from_cache=True)
+    rank_zero_info(f"scoring {len(datamodule.score_examples())} examples with {settings.scorer}")
+    scoring = ScoringModule(
+        model.net, scorer, settings.scorer, settings.labels, cache, settings.checkpoint_every, settings.reuse_scores
+    )
+    trainer.predict(scoring, datamodule=datamodule, return_predictions=False)
+    if trainer.is_global_zero:
+        cache.save_final(scoring.scores, scoring.examples_seen)
+    trainer.strategy.barrier()
+    cache.clear_progress(trainer.global_rank, trainer.world_size)
+    return Scores(scoring.scores, scoring.examples_seen, cache, resumed_batches=scoring.resumed_batches)
+
+
+def compensation_means(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule) -> list[Tensor]:
+    """What removed neurons are replaced by: their mean activation over the scoring examples (all processes)."""
+    averaging = ActivationMeansModule(model.net)
+    trainer.predict(averaging, datamodule=datamodule, return_predictions=False)
+    return averaging.means
+
+
+def prune_and_evaluate(
+    trainer: Trainer,
+    model: TaskModel,
+    datamodule: TaskDataModule,
+    settings: FitFreeSettings,
+    scores: Scores,
+    means: list[Tensor] | None,
+    seconds: dict[str, float],
+) -> list[SweepPoint]:
+    """Prune the dense model at each sparsity and evaluate it (and on the selection examples, for ``max_drop``).
+    Every sparsity prunes the same dense model: its FFN modules are put back between points, not reloaded."""
+    dense_ffn = snapshot_ffn(model.net)
+    metric = model.spec.primary_metric
+    points: list[SweepPoint] = []
+    seconds["prune"] = seconds["evaluate_pruned"] = 0.0
+    for value in settings.sparsities:
+        start = time.perf_counter()
+        kept = select_neurons(scores.layers, value, settings.scope, settings.min_keep)
+        prune_model(model.net, kept, means)
+        seconds["prune"] += time.perf_counter() - start
+        start = time.perf_counter()
+        point = SweepPoint(value, kept, model.net.num_parameters(), test_metrics(trainer, model, datamodule))
+        seconds["evaluate_pruned"] += time.perf_counter() - start
+        if settings.max_drop is not None:
+            start = time.perf_counter()
+            point.selection_metrics = test_metrics(trainer, model, datamodule, "selection")
+            seconds["evaluate_selection"] += time.perf_counter() - start
+        points.append(point)
+        restore_ffn(model.net, dense_ffn)
+        if len(settings.sparsities) > 1:
+            selected = f", selection {point.selection_metrics[metric]:.4f}" if point.selection_metrics else ""
+            rank_zero_info(f"sparsity {value:g}: {metric} {point.metrics[metric]:.4f}{selected}")
+    return points
+
+
+def models_to_save(
+    points: list[SweepPoint], dense_selection: dict[str, float] | None, metric: str, settings: FitFreeSettings
+) -> tuple[SweepPoint | None, dict[str, SweepPoint]]:
+    """The chosen point (the one sparsity, or the ``max_drop`` choice of a sweep) and the models to write."""
+    if settings.max_drop is not None:
+        assert dense_selection is not None
+        chosen = choose(points, dense_selection[metric], metric, settings.max_drop)
+    else:
+        chosen = points[0] if len(points) == 1 else None
+    to_save = {MODEL_DIR: chosen} if chosen is not None and settings.save_models != "none" else {}
+    if settings.save_models == "all" and len(points) > 1:
+        to_save.update({f"{MODEL_DIR}-{point.sparsity:g}": point for point in points})
+    return chosen, to_save
+
+
+def run_summary(
+    trainer: Trainer,
+    model: TaskModel,
+    datamodule: TaskDataModule,
+    settings: FitFreeSettings,
+    scores: Scores,
+    dense: dict[str, Any],
+    points: list[SweepPoint],
+    chosen: SweepPoint | None,
+    to_save: dict[str, SweepPoint],
+    compensate: bool,
+    seconds: dict[str, float],
+) -> dict[str, Any]:
+    """What ``metrics.json`` records about the run."""
+    summary: dict[str, Any] = {
+        "task": model.spec.name,
+        "model": model.hparams.path,
+        "adapter": model.hparams.adapter,
+        "architecture": model.net.architecture,
+        "scorer": settings.scorer,
+        "scorer_options": settings.scorer_options or {},
+        "labels": settings.labels,
+        "examples_scored": scores.examples,
+        "score_key": scores.cache.key if scores.cache is not None else None,
+        "scores_from_cache": scores.from_cache,
+        # damaged or not fitting: recomputed
+        "cache_entries_rejected": scores.cache.rejected if scores.cache is not None else [],
+        "batches_resumed": scores.resumed_batches,
+        "sparsity": chosen.sparsity if chosen else None,
+        # The FFN neurons removed: below ``sparsity`` where min_keep keeps more.
+        "achieved_sparsity": chosen.achieved_sparsity(dense["neurons"]) if chosen else None,
+        "scope": settings.scope,
+        "primary_metric": model.spec.primary_metric,
+        "dense_metrics": dense["metrics"],
+        "pruned_metrics": chosen.metrics if chosen else None,
+        "parameters": {"dense": dense["parameters"], "pruned": chosen.parameters if chosen else None},
+        "bias_compensation": compensate,
+        "ffn_neurons": {
+            name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
+            for i, (name, size) in enumerate(dense["neurons"].items())
+        },
+        "world_size": trainer.world_size,
+        "seconds": seconds,
+    }
+    if settings.max_drop is not None:
+        summary["selection"] = {
+            "max_drop": settings.max_drop,
+            "examples": len(datamodule.selection_examples_list()),
+            "source": datamodule.selection_source(),
+            "dense_metrics": dense["selection_metrics"],
+            "chosen_metrics": chosen.selection_metrics if chosen else None,
+            "chosen_sparsity": chosen.sparsity if chosen else None,
+        }
+    if len(points) > 1:
+        summary["sweep"] = [
+            {
+                "sparsity": point.sparsity,
+                "parameters": point.parameters,
+                "metrics": point.metrics,
+                "selection_metrics": point.selection_metrics,
+                "within_drop": point.within_drop,
+                "saved_as": next((name for name, p in to_save.items() if p is point), None),
+            }
+            for point in points
+        ]
+    return summary
+
+
+def write_run(
+    trainer: Trainer,
+    model: TaskModel,
+    settings: FitFreeSettings,
+    scores: Scores,
+    means: list[Tensor] | None,
+    summary: dict[str, Any],
+    dense: dict[str, Any],
+    points: list[SweepPoint],
+    chosen: SweepPoint | None,
+    to_save: dict[str, SweepPoint],
+    inputs: dict[str, Path | str | None],
+) -> None:
+    """Write output_dir whole or not at all: scores, the models to save, sweep reports, config, metrics."""
+    start = time.perf_counter()
+    layers = model.net.ffn_layers()
+    dense_ffn = snapshot_ffn(model.net)
+    metric = model.spec.primary_metric
+    with (
+        write_errors_reported("output_dir", settings.output_dir),
+        atomic_directory(Path(settings.output_dir), overwrite=settings.overwrite, protected=inputs) as tmp,
+    ):
+        save_file(
+            {layer.name: score.contiguous() for layer, score in zip(layers, scores.layers, strict=True)},
+            str(tmp / SCORES_FILE),
+            metadata={
+                "task": model.spec.name,
+                "scorer": settings.scorer,
+                "labels": settings.labels,
+                "scorer_options": json.dumps(settings.scorer_options or {}),
+                "examples": str(scores.examples),
+                "layers": json.dumps([layer.name for layer in layers]),
+            },
+        )
+        dtype = None if settings.save_dtype == "auto" else SAVE_DTYPES[settings.save_dtype]
+        summary["saved_models"] = {}
+        for name, point in to_save.items():
+            plan = prune_model(model.net, point.kept, means)
+            layout = save_model_folder(model.net, tmp / name, dtype, settings.pad_uneven_ffn)
+            padding = {"padded_width": layout["padded_width"]} if layout["padded_width"] is not None else {}
+            write_json(tmp / name / PLAN_FILE, {**plan, **padding})
+            restore_ffn(model.net, dense_ffn)
+            summary["saved_models"][name] = {"sparsity": point.sparsity, **layout}
+        if len(points) > 1:
+            note = write_sweep_reports(tmp, points, metric, dense, chosen, settings.max_drop)
+            if note:
+                rank_zero_warn(note)
+        config_text = getattr(trainer, "resolved_config", None)
+        if config_text:
+            (tmp / CONFIG_FILE).write_text(config_text)
+        summary["seconds"]["save"] = time.perf_counter() - start
+        write_json(tmp / METRICS_FILE, summary)
 
 
 def fit_free(
@@ -184,46 +447,17 @@ def fit_free(
             folded into the down projection's bias (layers without a bias are cut plainly): keeps the
             pruned model's predictions balanced on inputs unlike the scoring examples (e.g. long texts).
     """
-    h = datamodule.hparams
-    inputs = user_inputs(
-        model.hparams.path, h.data_dir, h.score_file, h.eval_file, h.selection_file, model.hparams.adapter
-    )
-    scorer_impl = check_request(
-        scorer,
-        scorer_options,
-        labels,
-        sparsity,
-        scope,
-        min_keep,
-        output_dir,
-        overwrite,
-        cache_dir,
-        inputs,
-        max_drop,
-        save_dtype,
-    )
-    sparsities = parse_sparsities(sparsity)
-    widest = max(layer.size for layer in model.net.ffn_layers())
-    if max(sparsities) > 0 and min_keep >= widest:
-        raise UsageError(
-            f"min_keep {min_keep} is at least the width of every FFN layer (the widest has {widest} neurons): "
-            "nothing would be pruned; choose a smaller min_keep"
-        )
-    if scorer_impl.needs_data:
-        # Bad data, or a scorer that cannot fit its heaviest batch in memory, fails now, before any model work.
-        scorer_impl.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
-    # Compensation folds into down-projection biases: models without them (T5, decoder LMs) are cut plainly.
-    compensate = compensate and any(layer.down_proj.bias is not None for layer in model.net.ffn_layers())
-    if compensate:
-        datamodule.score_examples()  # the means come from them: bad data fails now
-    datamodule.eval_examples()
-    if max_drop is not None:
-        datamodule.selection_examples_list()
+    settings = FitFreeSettings.of(locals())
+    inputs = run_inputs(model, datamodule)
+    scorer_impl = check_request(settings, inputs)
+    compensate = check_against_model(trainer, model, datamodule, settings, scorer_impl)
     seconds: dict[str, float] = {}
-    metric = model.spec.primary_metric
-    dense_neurons = model.ffn_sizes()
-    dense: dict[str, Any] = {"parameters": model.net.num_parameters(), "metrics": None, "selection_metrics": None}
-
+    dense: dict[str, Any] = {
+        "parameters": model.net.num_parameters(),
+        "neurons": model.ffn_sizes(),
+        "metrics": None,
+        "selection_metrics": None,
+    }
     if evaluate_dense:
         start = time.perf_counter()
         dense["metrics"] = test_metrics(trainer, model, datamodule)
@@ -232,155 +466,17 @@ def fit_free(
         start = time.perf_counter()
         dense["selection_metrics"] = test_metrics(trainer, model, datamodule, "selection")
         seconds["evaluate_selection"] = time.perf_counter() - start
-
     start = time.perf_counter()
-    layers = model.net.ffn_layers()
-    cache, from_cache, resumed_batches = None, False, 0
-    if scorer_impl.needs_data:
-        request = _score_request(trainer, model, datamodule, scorer, scorer_options, labels)
-        cache = ScoreCache(cache_root(cache_dir), score_key(request), request)
-        limited = trainer.limit_predict_batches not in (None, 1.0)  # then the example count is not known ahead
-        expected = None if limited else len(datamodule.score_examples())
-        cached = cache.load_final([layer.size for layer in layers], expected) if reuse_scores else None
-        if cache.rejected:
-            rank_zero_info(f"note: score cache: {'; '.join(cache.rejected)}: recomputing those scores")
-        if cached is not None:
-            (scores, examples_scored), from_cache = cached, True
-        else:
-            rank_zero_info(f"scoring {len(datamodule.score_examples())} examples with {scorer}")
-            scoring = ScoringModule(model.net, scorer_impl, scorer, labels, cache, checkpoint_every, reuse_scores)
-            trainer.predict(scoring, datamodule=datamodule, return_predictions=False)
-            scores, examples_scored = scoring.scores, scoring.examples_seen
-            resumed_batches = scoring.resumed_batches
-            if trainer.is_global_zero:
-                cache.save_final(scores, examples_scored)
-            trainer.strategy.barrier()
-            cache.clear_progress(trainer.global_rank, trainer.world_size)
-    else:
-        scores, examples_scored = check_scores(scorer, scorer_impl(model.net, None), layers), 0
+    scores = neuron_scores(trainer, model, datamodule, settings, scorer_impl)
     seconds["score"] = time.perf_counter() - start
-
-    means = None
-    if compensate:  # what removed neurons are replaced by: their mean activation over the scoring examples
-        averaging = ActivationMeansModule(model.net)
-        trainer.predict(averaging, datamodule=datamodule, return_predictions=False)
-        means = averaging.means
-
-    # Every sparsity prunes the same dense model: its FFN modules are put back between points, not reloaded.
-    dense_ffn = snapshot_ffn(model.net)
-    points: list[SweepPoint] = []
-    seconds["prune"] = seconds["evaluate_pruned"] = 0.0
-    for value in sparsities:
-        start = time.perf_counter()
-        kept = select_neurons(scores, value, scope, min_keep)
-        prune_model(model.net, kept, means)
-        seconds["prune"] += time.perf_counter() - start
-        start = time.perf_counter()
-        point = SweepPoint(value, kept, model.net.num_parameters(), test_metrics(trainer, model, datamodule))
-        seconds["evaluate_pruned"] += time.perf_counter() - start
-        if max_drop is not None:
-            start = time.perf_counter()
-            point.selection_metrics = test_metrics(trainer, model, datamodule, "selection")
-            seconds["evaluate_selection"] += time.perf_counter() - start
-        points.append(point)
-        restore_ffn(model.net, dense_ffn)
-        if len(sparsities) > 1:
-            selected = f", selection {point.selection_metrics[metric]:.4f}" if point.selection_metrics else ""
-            rank_zero_info(f"sparsity {value:g}: {metric} {point.metrics[metric]:.4f}{selected}")
-    if max_drop is not None:
-        chosen = choose(points, dense["selection_metrics"][metric], metric, max_drop)
-    else:
-        chosen = points[0] if len(points) == 1 else None
-    to_save = {MODEL_DIR: chosen} if chosen is not None and save_models != "none" else {}
-    if save_models == "all" and len(points) > 1:
-        to_save.update({f"{MODEL_DIR}-{point.sparsity:g}": point for point in points})
-
-    summary: dict[str, Any] = {
-        "task": model.spec.name,
-        "model": model.hparams.path,
-        "adapter": model.hparams.adapter,
-        "architecture": model.net.architecture,
-        "scorer": scorer,
-        "scorer_options": scorer_options or {},
-        "labels": labels,
-        "examples_scored": examples_scored,
-        "score_key": cache.key if cache is not None else None,
-        "scores_from_cache": from_cache,
-        "cache_entries_rejected": cache.rejected if cache is not None else [],  # damaged or not fitting: recomputed
-        "batches_resumed": resumed_batches,  # on rank 0: batches restored from an interrupted run
-        "sparsity": chosen.sparsity if chosen else None,
-        # The FFN neurons removed: below ``sparsity`` where min_keep keeps more.
-        "achieved_sparsity": chosen.achieved_sparsity(dense_neurons) if chosen else None,
-        "scope": scope,
-        "primary_metric": metric,
-        "dense_metrics": dense["metrics"],
-        "pruned_metrics": chosen.metrics if chosen else None,
-        "parameters": {"dense": dense["parameters"], "pruned": chosen.parameters if chosen else None},
-        "bias_compensation": compensate,
-        "ffn_neurons": {
-            name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
-            for i, (name, size) in enumerate(dense_neurons.items())
-        },
-        "world_size": trainer.world_size,
-        "seconds": seconds,
-    }
-    if max_drop is not None:
-        summary["selection"] = {
-            "max_drop": max_drop,
-            "examples": len(datamodule.selection_examples_list()),
-            "source": datamodule.selection_source(),
-            "dense_metrics": dense["selection_metrics"],
-            "chosen_metrics": chosen.selection_metrics if chosen else None,
-            "chosen_sparsity": chosen.sparsity if chosen else None,
-        }
-    if len(points) > 1:
-        summary["sweep"] = [
-            {
-                "sparsity": point.sparsity,
-                "parameters": point.parameters,
-                "metrics": point.metrics,
-                "selection_metrics": point.selection_metrics,
-                "within_drop": point.within_drop,
-                "saved_as": next((name for name, p in to_save.items() if p is point), None),
-            }
-            for point in points
-        ]
+    means = compensation_means(trainer, model, datamodule) if compensate else None
+    points = prune_and_evaluate(trainer, model, datamodule, settings, scores, means, seconds)
+    chosen, to_save = models_to_save(points, dense["selection_metrics"], model.spec.primary_metric, settings)
+    summary = run_summary(
+        trainer, model, datamodule, settings, scores, dense, points, chosen, to_save, compensate, seconds
+    )
     if trainer.is_global_zero:
-        start = time.perf_counter()
-        with (
-            write_errors_reported("output_dir", output_dir),
-            atomic_directory(Path(output_dir), overwrite=overwrite, protected=inputs) as tmp,
-        ):
-            save_file(
-                {layer.name: score.contiguous() for layer, score in zip(layers, scores, strict=True)},
-                str(tmp / SCORES_FILE),
-                metadata={
-                    "task": model.spec.name,
-                    "scorer": scorer,
-                    "labels": labels,
-                    "scorer_options": json.dumps(scorer_options or {}),
-                    "examples": str(examples_scored),
-                    "layers": json.dumps([layer.name for layer in layers]),
-                },
-            )
-            dtype = None if save_dtype == "auto" else SAVE_DTYPES[save_dtype]
-            summary["saved_models"] = {}
-            for name, point in to_save.items():
-                plan = prune_model(model.net, point.kept, means)
-                layout = save_model_folder(model.net, tmp / name, dtype, pad_uneven_ffn)
-                padding = {"padded_width": layout["padded_width"]} if layout["padded_width"] is not None else {}
-                write_json(tmp / name / PLAN_FILE, {**plan, **padding})
-                restore_ffn(model.net, dense_ffn)
-                summary["saved_models"][name] = {"sparsity": point.sparsity, **layout}
-            if len(points) > 1:
-                note = write_sweep_reports(tmp, points, metric, dense, chosen, max_drop)
-                if note:
-                    rank_zero_warn(note)
-            config_text = getattr(trainer, "resolved_config", None)
-            if config_text:
-                (tmp / CONFIG_FILE).write_text(config_text)
-            seconds["save"] = time.perf_counter() - start
-            write_json(tmp / METRICS_FILE, summary)
+        write_run(trainer, model, settings, scores, means, summary, dense, points, chosen, to_save, inputs)
         rank_zero_info(_report(summary, output_dir))
     trainer.strategy.barrier()
     if chosen is not None:  # the in-memory model ends as the chosen (saved) one
