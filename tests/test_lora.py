@@ -114,7 +114,11 @@ BAD_ADAPTERS = {
     "no config": (lambda a: (a / "adapter_config.json").unlink(), "has no adapter_config.json"),
     "damaged config": (lambda a: (a / "adapter_config.json").write_text("{"), "is damaged"),
     "not LoRA": (lambda a: _config(a, peft_type="IA3"), "is a IA3 adapter, not LoRA"),
-    "no weights": (lambda a: (a / "adapter_model.safetensors").unlink(), "lacks its weights"),
+    "no weights": (lambda a: (a / "adapter_model.safetensors").unlink(), "lacks adapter_model.safetensors"),
+    "pickled weights only": (
+        lambda a: (a / "adapter_model.safetensors").rename(a / "adapter_model.bin"),
+        "a pickle this tool does not load",
+    ),
     "damaged weights": (lambda a: (a / "adapter_model.safetensors").write_bytes(b"\0" * 64), "are damaged"),
     "modules the base lacks": (lambda a: _config(a, target_modules=["nonexistent_proj"]), "does not fit the model"),
     "weights of other layers": (lambda a: _rewrite_weights(a, _rename_first), "1 missing, 1 unexpected weights"),

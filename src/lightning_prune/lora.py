@@ -20,7 +20,7 @@ from torch import nn
 from lightning_prune.errors import UsageError
 
 CONFIG_FILE = "adapter_config.json"
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+WEIGHTS_FILE = "adapter_model.safetensors"  # weights come only through safetensors, never pickle
 INSTALL_HINT = "pip install 'lightning-prune[lora]'"
 
 
@@ -49,27 +49,24 @@ def check_adapter_folder(adapter: str | Path) -> tuple[Path, Path]:
             f"adapter {adapter} is a {peft_type or 'unknown'} adapter, not LoRA: only LoRA adapters can be merged "
             "into the base weights"
         )
-    weights = next((folder / name for name in WEIGHT_FILES if (folder / name).is_file()), None)
-    if weights is None:
-        raise UsageError(f"adapter {adapter} lacks its weights ({' or '.join(WEIGHT_FILES)}): restore them")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        pickled = " (it has adapter_model.bin, a pickle this tool does not load: save it with safetensors)"
+        raise UsageError(
+            f"adapter {adapter} lacks {WEIGHTS_FILE}{pickled if (folder / 'adapter_model.bin').is_file() else ''}"
+            ": restore its weights"
+        )
     return folder, weights
 
 
 def _adapter_weights(weights: Path) -> dict:
-    if weights.suffix == ".safetensors":
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        try:
-            return load_file(str(weights))
-        except (SafetensorError, OSError) as error:
-            raise UsageError(f"adapter weights {weights} are damaged ({error}): restore them") from None
-    import torch
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
     try:
-        return torch.load(weights, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling raises many kinds; all mean a damaged file
-        raise UsageError(f"adapter weights {weights} are damaged ({type(error).__name__}): restore them") from None
+        return load_file(str(weights))
+    except (SafetensorError, OSError) as error:
+        raise UsageError(f"adapter weights {weights} are damaged ({error}): restore them") from None
 
 
 def merge_lora(model: nn.Module, adapter: str | Path, where: str) -> nn.Module:
