@@ -43,7 +43,7 @@ from experiments import (
     DATA,
     SCORE_SPLITS,
     Clock,
-    compensation_means,
+    bias_compensation,
     data_free_scores,
     data_scores,
     eval_examples,
@@ -621,7 +621,7 @@ def run_ablations(args, clock: Clock) -> None:
             for name in ("attribution", "wanda", "activation")
         }
         scores["random"] = data_free_scores(dense, "random", {"seed": 0})
-        means = compensation_means(dense, pool, args.examples, batch_size=SCORE_BATCH)
+        means = bias_compensation(dense, pool, args.examples, batch_size=SCORE_BATCH)
         dense_value = round(primary(spec, evaluate(dense, spec, examples, batch_size=32)), 5)
         clock.lap("score")
         biased = copy.deepcopy(dense)

@@ -23,7 +23,7 @@ from experiments import (
     ATTRIBUTION,
     EVAL_LIMIT,
     Clock,
-    compensation_means,
+    bias_compensation,
     data_free_scores,
     data_scores,
     dense_model,
@@ -33,7 +33,7 @@ from results_io import markdown_table, write_csv, write_report
 from torchmetrics.functional.classification import binary_auroc
 
 from lightning_prune.adapters import PrunableModel
-from lightning_prune.pruning import prune_model, select_neurons
+from lightning_prune.pruning import Reconstruction, prune_model, select_neurons
 from lightning_prune.tasks import TASKS, Example
 
 SST2 = TASKS["sst2"]
@@ -104,9 +104,9 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     # Compensation: means over every real token (special tokens included) vs over words only.
-    words_only = compensation_means(dense, pool, 128)
+    words_only = bias_compensation(dense, pool, 128)
     batches = [dense.collate(pool[i : i + 16]) for i in range(0, 128, 16)]
-    all_tokens = all_token_means(dense, batches)
+    all_tokens = Reconstruction("bias", all_token_means(dense, batches))
     for name in ("random", "attribution, tokens (now)"):
         for means_name, means in (("all real tokens", all_tokens), ("words only", words_only)):
             model = copy.deepcopy(dense)

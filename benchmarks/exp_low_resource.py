@@ -28,7 +28,7 @@ from experiments import (
     MODEL,
     Clock,
     add_compensate_option,
-    compensation_means,
+    bias_compensation,
     data_free_scores,
     data_scores,
     dense_model,
@@ -75,8 +75,8 @@ def sweep(
             for budget, scores in runs:
                 count = min(budget or max(budgets), len(pool))
                 if compensate and count not in means:
-                    means[count] = compensation_means(dense, pool, count)
-                pruned = prune_and_evaluate(dense, spec, scores, sparsities, examples, means=means.get(count))
+                    means[count] = bias_compensation(dense, pool, count)
+                pruned = prune_and_evaluate(dense, spec, scores, sparsities, examples, reconstruction=means.get(count))
                 for sparsity, metrics in pruned.items():
                     rows.append({
                         "task": task, "labels": labels, "examples": min(budget, len(pool)), "seed": seed,

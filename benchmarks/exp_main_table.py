@@ -32,7 +32,7 @@ from experiments import (
     TASK_NAMES,
     Clock,
     add_compensate_option,
-    compensation_means,
+    bias_compensation,
     data_free_scores,
     data_scores,
     dense_model,
@@ -102,9 +102,11 @@ def measure(args: argparse.Namespace, clock: Clock) -> list[dict]:
             else:
                 scores = data_free_scores(dense, scorer, options)
             if args.compensate and seed not in means:
-                means[seed] = compensation_means(dense, pool, args.examples)
+                means[seed] = bias_compensation(dense, pool, args.examples)
             clock.lap("score")
-            pruned = prune_and_evaluate(dense, spec, scores, tuple(args.sparsities), examples, means=means.get(seed))
+            pruned = prune_and_evaluate(
+                dense, spec, scores, tuple(args.sparsities), examples, reconstruction=means.get(seed)
+            )
             for sparsity, metrics in pruned.items():
                 value = primary(spec, metrics)
                 rows.append({

@@ -28,7 +28,7 @@ from experiments import (
     MODEL,
     TASK_NAMES,
     Clock,
-    compensation_means,
+    bias_compensation,
     data_scores,
     dense_model,
     eval_examples,
@@ -76,7 +76,7 @@ def main() -> None:
         pool = score_pool(TASKS[t], 0)
         # fit-free's default bias compensation: removed neurons get their means over the scoring task's examples
         # (the encoder is shared, so they are the same whichever task's head is attached)
-        means[t] = compensation_means(models[t], pool, args.examples)
+        means[t] = bias_compensation(models[t], pool, args.examples)
         scores[t, 0] = data_scores(models[t], "attribution", ATTRIBUTION, pool, args.examples)
         scores[t, "a"] = data_scores(models[t], "attribution", ATTRIBUTION, pool, args.examples // 2)
         scores[t, "b"] = [whole - half for whole, half in zip(scores[t, 0], scores[t, "a"], strict=True)]

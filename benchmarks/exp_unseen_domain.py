@@ -34,7 +34,7 @@ from experiments import (
     EVAL_LIMIT,
     MODEL,
     Clock,
-    compensation_means,
+    bias_compensation,
     data_free_scores,
     data_scores,
     dense_model,
@@ -94,7 +94,7 @@ def main() -> None:
     dense = dense_model(SST2, args.model)
     seeds = range(args.seeds)
     pools = [score_pool(SST2, s) for s in seeds]
-    means = [compensation_means(dense, pool, args.examples) for pool in pools]
+    means = [bias_compensation(dense, pool, args.examples) for pool in pools]
     scores = {}
     for method in args.methods:
         scorer, options, _ = METHODS[method]
@@ -127,7 +127,7 @@ def main() -> None:
             for seed, method_scores in enumerate(scores[method]):
                 results = prune_and_evaluate(
                     dense, SST2, method_scores, sparsities, examples,
-                    means=means[seed] if compensate else None, max_length=length,
+                    reconstruction=means[seed] if compensate else None, max_length=length,
                 )  # fmt: skip
                 for sparsity, metrics in results.items():
                     add("forward", name, "sst2", method, seed, sparsity, metrics)
@@ -137,12 +137,12 @@ def main() -> None:
         for domain in [d for d in args.domains if d in SHORT_DOMAINS]:
             pool = seeded_order(pools_by_domain[domain], 0)
             domain_scores = data_scores(dense, scorer, options, pool, args.examples)
-            domain_means = compensation_means(dense, pool, args.examples) if compensate else None
+            domain_means = bias_compensation(dense, pool, args.examples) if compensate else None
             clock.lap("score")
             for direction, evaluated_on in (("forward", domain), ("reverse", "sst2")):
                 results = prune_and_evaluate(
                     dense, SST2, domain_scores, sparsities, eval_sets[evaluated_on],
-                    means=domain_means, max_length=length,
+                    reconstruction=domain_means, max_length=length,
                 )  # fmt: skip
                 for sparsity, metrics in results.items():
                     add(direction, evaluated_on, domain, "attribution", 0, sparsity, metrics)

@@ -26,7 +26,7 @@ from lightning_prune.adapters import PrunableModel
 from lightning_prune.cache import ScoreCache, examples_fingerprint, model_fingerprint, score_key
 from lightning_prune.data import subsample
 from lightning_prune.modules import LabelSource, score_batch
-from lightning_prune.pruning import Scope, activation_means, prune_model, select_neurons
+from lightning_prune.pruning import Reconstruction, Scope, activation_statistics, prune_model, select_neurons
 from lightning_prune.scorers import create_scorer, scorer_code
 from lightning_prune.tasks import Example, TaskSpec, build_metrics, load_split, metric_inputs
 
@@ -104,7 +104,7 @@ def truncated_share(model: PrunableModel, examples: list[Example], max_length: i
 
 
 def add_compensate_option(parser: argparse.ArgumentParser) -> None:
-    """``--compensate/--no-compensate``, on by default as in fit-free."""
+    """``--compensate/--no-compensate``: bias compensation, on by default as in fit-free (``--reconstruct bias``)."""
     parser.add_argument(
         "--compensate",
         action=argparse.BooleanOptionalAction,
@@ -113,10 +113,11 @@ def add_compensate_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def compensation_means(model: PrunableModel, pool: list[Example], count: int, batch_size: int = 16) -> list[Tensor]:
-    """What bias compensation puts in place of removed neurons: mean activations over the scoring examples."""
+def bias_compensation(model: PrunableModel, pool: list[Example], count: int, batch_size: int = 16) -> Reconstruction:
+    """fit-free's default repair: removed neurons replaced by their mean activations over the scoring examples."""
     examples = pool[:count]
-    return activation_means(model, [model.collate(examples[i : i + batch_size]) for i in range(0, count, batch_size)])
+    batches = [model.collate(examples[i : i + batch_size]) for i in range(0, count, batch_size)]
+    return Reconstruction("bias", activation_statistics(model, batches).means())
 
 
 def primary(spec: TaskSpec, metrics: dict[str, float]) -> float:
@@ -189,15 +190,15 @@ def prune_and_evaluate(
     sparsities: tuple[float, ...],
     examples: list[Example],
     scope: Scope = "layer",
-    means: list[Tensor] | None = None,
+    reconstruction: Reconstruction | None = None,
     max_length: int | None = None,
 ) -> dict[float, dict[str, float]]:
-    """Metrics of a pruned copy of ``dense`` per sparsity (the dense model is left untouched); with
-    ``means`` (``compensation_means``), removed neurons are folded into the down biases."""
+    """Metrics of a pruned copy of ``dense`` per sparsity (the dense model is left untouched), each cut repaired
+    by ``reconstruction`` (e.g. ``bias_compensation``)."""
     results = {}
     for sparsity in sparsities:
         pruned = copy.deepcopy(dense)
-        prune_model(pruned, select_neurons(scores, sparsity, scope), means)
+        prune_model(pruned, select_neurons(scores, sparsity, scope), reconstruction)
         results[sparsity] = evaluate(pruned, spec, examples, max_length=max_length)
     return results
 

@@ -12,7 +12,7 @@ import yaml
 from safetensors.torch import load_file
 
 from conftest import fit_free_args, run_cli
-from lightning_prune import entry, load_pruned_model
+from lightning_prune import entry, load_model, load_pruned_model
 from lightning_prune.cli import main
 from lightning_prune.modules import TaskModel
 from lightning_prune.pruning import PLAN_FILE
@@ -230,12 +230,12 @@ def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
 def test_bias_compensation_is_the_default_and_lives_in_the_saved_biases(bert_dir, glue_dir, tmp_path):
     random_run = ["--scorer", "random", "--scorer_options", "{}"]
     main(fit_free_args(bert_dir, glue_dir, tmp_path / "on", *random_run))
-    main(fit_free_args(bert_dir, glue_dir, tmp_path / "off", *random_run, "--compensate", "false"))
+    main(fit_free_args(bert_dir, glue_dir, tmp_path / "off", *random_run, "--reconstruct", "none"))
     runs = {name: json.loads((tmp_path / name / "metrics.json").read_text()) for name in ("on", "off")}
-    assert runs["on"]["bias_compensation"] and not runs["off"]["bias_compensation"]
+    assert runs["on"]["reconstruct"] == "bias" and runs["off"]["reconstruct"] == "none"
     plans = {name: json.loads((tmp_path / name / "model" / PLAN_FILE).read_text()) for name in ("on", "off")}
-    assert all(layer["bias_compensated"] for layer in plans["on"]["layers"])
-    assert not any(layer["bias_compensated"] for layer in plans["off"]["layers"])
+    assert all(layer["reconstruction"] == ["bias"] for layer in plans["on"]["layers"])
+    assert not any(layer["reconstruction"] for layer in plans["off"]["layers"])
     assert [layer["kept"] for layer in plans["on"]["layers"]] == [layer["kept"] for layer in plans["off"]["layers"]]
     on, off = (load_file(str(tmp_path / name / "model" / "model.safetensors")) for name in ("on", "off"))
     biases = [name for name in on if name.endswith("output.dense.bias") and "attention" not in name]
@@ -248,3 +248,20 @@ def test_evaluation_length_is_set_apart_from_scoring_length(bert_dir, glue_dir):
     model = TaskModel(str(bert_dir), max_length=64, eval_max_length=4)
     assert model.collate(examples)["input_ids"].shape[1] == 4
     assert model.net.collate(examples)["input_ids"].shape[1] > 4 and model.net.max_length == 64
+
+
+def test_least_squares_reconstruction_saves_a_plain_decoder_model(llama_dir, glue_dir, tmp_path):
+    """The refit changes weight values only: plain from_pretrained loads the saved model and agrees with ours."""
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "ls"
+    main(fit_free_args(llama_dir, glue_dir, out, "--reconstruct", "least_squares", "--damping", "0.05"))
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["reconstruct"] == "least_squares" and metrics["seconds"]["statistics"] > 0
+    plan = json.loads((out / "model" / PLAN_FILE).read_text())
+    assert all(layer["reconstruction"] == ["least_squares"] for layer in plan["layers"])
+    ours = load_model(out / "model", TASKS["sst2"])
+    plain = AutoModelForCausalLM.from_pretrained(out / "model")
+    ids = torch.tensor([[1, 5, 9, 13, 17]])
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).logits, ours.model(input_ids=ids).logits)

@@ -103,14 +103,20 @@ def _documents() -> list[Path]:
     return [README, *sorted(DOCS.glob("*.md"))]
 
 
+def option_names(text: str) -> list[str]:
+    """The options a help text lists (``--name`` at the start of an option line)."""
+    return sorted(set(re.findall(r"^ {2}(--[\w.\-]+)", text, flags=re.MULTILINE)))
+
+
 def test_option_reference_matches_the_command_line_help():
+    """Every option the commands take is in docs/options.md and nothing else is. Compared by option names, not
+    text: CI installs the newest Lightning and jsonargparse, whose help wording and wrapping may change."""
     expected = render_options()
     found = OPTIONS.read_text(encoding="utf-8") if OPTIONS.is_file() else ""
     libraries = ", ".join(f"{name} {version(name)}" for name in ("lightning", "jsonargparse"))
-    assert found == expected, (
-        f"{OPTIONS.relative_to(ROOT)} no longer matches `lightning-prune <command> --help` (rendered here with "
-        f"{libraries}, which build the Trainer options): regenerate it with `python tests/test_docs.py` and commit "
-        "the result"
+    assert found.startswith(OPTIONS_HEADER) and option_names(found) == option_names(expected), (
+        f"{OPTIONS.relative_to(ROOT)} no longer lists the options of `lightning-prune <command> --help` (rendered "
+        f"here with {libraries}): regenerate it with `python tests/test_docs.py` and commit the result"
     )
 
 

@@ -67,7 +67,7 @@ def group_readable_umask():
 
 def test_saved_in_the_source_dtype_and_smaller_than_the_source(bert_fp16_dir, glue_dir, tmp_path, group_readable_umask):
     # A plain cut (no bias compensation: compensated biases are float32 sums, rounded when saved as float16).
-    metrics = magnitude_run(bert_fp16_dir, glue_dir, tmp_path / "auto", "--compensate", "false")
+    metrics = magnitude_run(bert_fp16_dir, glue_dir, tmp_path / "auto", "--reconstruct", "none")
     assert weights_dtype(tmp_path / "auto" / "model") == "F16"
     # Every file readable as the umask asks (0644), not left at safetensors' own 0600.
     for path in (tmp_path / "auto").rglob("*"):
@@ -80,7 +80,7 @@ def test_saved_in_the_source_dtype_and_smaller_than_the_source(bert_fp16_dir, gl
     assert reloaded.source_dtype == torch.float16
     assert all(p.dtype == torch.float32 for p in reloaded.parameters())  # computation runs in float32
 
-    magnitude_run(bert_fp16_dir, glue_dir, tmp_path / "f32", "--save_dtype", "float32", "--compensate", "false")
+    magnitude_run(bert_fp16_dir, glue_dir, tmp_path / "f32", "--save_dtype", "float32", "--reconstruct", "none")
     assert weights_dtype(tmp_path / "f32" / "model") == "F32"
     again = load_pruned_model(str(tmp_path / "f32" / "model"), "sst2")
     batch = sst2_batch(reloaded, glue_dir)

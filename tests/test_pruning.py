@@ -5,11 +5,20 @@ import json
 
 import pytest
 import torch
+from torch import Tensor
 
 from lightning_prune import load_model
 from lightning_prune.errors import UsageError
 from lightning_prune.export import save_model_folder
-from lightning_prune.pruning import PLAN_FILE, activation_means, prune_model, select_neurons, slice_ffn
+from lightning_prune.pruning import (
+    PLAN_FILE,
+    ActivationStatistics,
+    Reconstruction,
+    activation_statistics,
+    prune_model,
+    select_neurons,
+    slice_ffn,
+)
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
@@ -130,11 +139,11 @@ def test_bias_compensation_is_exact_for_constant_neurons(bert_dir, glue_dir):
         torch.tensor(sorted(set(range(layer.size)) - set(r.tolist())))
         for layer, r in zip(model.ffn_layers(), removed, strict=True)
     ]
-    means = activation_means(model, [batch])
+    bias = activation_statistics(model, [batch]).reconstruction("bias")
     plain = copy.deepcopy(model)
     prune_model(plain, kept)
-    plan = prune_model(model, kept, means)
-    assert all(entry["bias_compensated"] for entry in plan["layers"])
+    plan = prune_model(model, kept, bias)
+    assert all(entry["reconstruction"] == ["bias"] for entry in plan["layers"])
     torch.testing.assert_close(_outputs(model, batch)[0], dense[0], rtol=1e-4, atol=1e-5)
     assert not torch.allclose(_outputs(plain, batch)[0], dense[0], rtol=1e-4, atol=1e-5)  # the cut alone shifts
 
@@ -157,7 +166,7 @@ def test_activation_means_count_words_not_special_tokens(bert_dir, glue_dir):
 
     with torch.no_grad(), model.hook_activations(model.ffn_layers(), record):
         model.target_log_prob(batch, batch["labels"])
-    means = activation_means(model, [batch])
+    means = activation_statistics(model, [batch]).means()
     for layer, mean in zip(model.ffn_layers(), means, strict=True):
         expected = captured[layer.name][content].double().mean(0)
         torch.testing.assert_close(mean, expected)
@@ -168,7 +177,7 @@ def test_compensated_model_saves_and_loads(bert_dir, glue_dir, tmp_path):
     model = load_model(bert_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
     kept = select_neurons(create_scorer("random", {"seed": 2})(model, None), 0.5)
-    plan = prune_model(model, kept, activation_means(model, [batch]))
+    plan = prune_model(model, kept, activation_statistics(model, [batch]).reconstruction("bias"))
     save_model_folder(model, tmp_path)
     (tmp_path / PLAN_FILE).write_text(json.dumps(plan))
     expected, got = _outputs(model, batch), _outputs(load_model(tmp_path, TASKS["sst2"]), batch)
@@ -179,9 +188,78 @@ def test_layers_without_a_down_bias_are_cut_plainly(t5_dir, glue_dir):
     model = load_model(t5_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
     kept = select_neurons(create_scorer("random")(model, None), 0.5)
-    means = activation_means(model, [batch])
-    plan = prune_model(model, kept, means)
-    assert not any(entry["bias_compensated"] for entry in plan["layers"])
+    plan = prune_model(model, kept, activation_statistics(model, [batch]).reconstruction("bias"))
+    assert not any(entry["reconstruction"] for entry in plan["layers"])
     layer = model.ffn_layers()[0]
-    with pytest.raises(ValueError, match="no bias"):
-        slice_ffn(layer, torch.arange(layer.size // 2), torch.zeros(layer.size))
+    with pytest.raises(ValueError, match="repaired down projection of shape"):
+        slice_ffn(layer, torch.arange(layer.size // 2), (torch.zeros(layer.size, 3), None))
+
+
+def _duplicate_neurons(model, generator) -> list[Tensor]:
+    """Make half of every layer's neurons copies of the other half (same up/gate rows): the removed ones are then
+    exactly linear in the kept ones. Returns the kept (original) neurons per layer."""
+    kept = []
+    with torch.no_grad():
+        for layer in model.ffn_layers():
+            order = torch.randperm(layer.size, generator=generator)
+            keep, copies = order[: layer.size // 2].sort().values, order[layer.size // 2 :]
+            sources = keep[torch.randint(len(keep), (len(copies),), generator=generator)]
+            for up in layer.up_projs:
+                up.weight[copies] = up.weight[sources]
+                if up.bias is not None:
+                    up.bias[copies] = up.bias[sources]
+            kept.append(keep)
+    return kept
+
+
+@pytest.mark.parametrize("fixture", ["bert_dir", "llama_dir"])
+def test_least_squares_reproduces_the_dense_layer_when_the_kept_neurons_span_the_removed(request, glue_dir, fixture):
+    """λ → 0: the refit folds each removed copy into its source's column, exactly (with or without a down bias)."""
+    model = load_model(request.getfixturevalue(fixture), TASKS["sst2"])
+    batch = _batch(model, glue_dir, count=12)
+    kept = _duplicate_neurons(model, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        dense = model.target_log_prob(batch, batch["labels"])
+    statistics = activation_statistics(model, [batch], second_moments=True)
+    plain = copy.deepcopy(model)
+    prune_model(plain, kept)
+    plan = prune_model(model, kept, statistics.reconstruction("least_squares", damping=1e-10))
+    assert all(entry["reconstruction"] == ["least_squares"] for entry in plan["layers"])
+    with torch.no_grad():
+        torch.testing.assert_close(model.target_log_prob(batch, batch["labels"]), dense, rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(plain.target_log_prob(batch, batch["labels"]), dense, rtol=1e-4, atol=1e-4)
+
+
+def test_least_squares_changes_nothing_when_nothing_is_pruned(llama_dir, glue_dir):
+    model = load_model(llama_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir, count=8)
+    with torch.no_grad():
+        dense = model.target_log_prob(batch, batch["labels"])
+    statistics = activation_statistics(model, [batch], second_moments=True)
+    prune_model(
+        model, [torch.arange(layer.size) for layer in model.ffn_layers()], statistics.reconstruction("least_squares")
+    )
+    with torch.no_grad():
+        torch.testing.assert_close(model.target_log_prob(batch, batch["labels"]), dense)
+
+
+def test_statistics_of_two_shards_add_up_to_one_run(llama_dir, glue_dir):
+    """What the DDP all-reduce sums: two processes' statistics equal one process's over all batches."""
+    model = load_model(llama_dir, TASKS["sst2"])
+    examples = load_split(TASKS["sst2"], "validation", glue_dir)[:12]
+    batches = [model.collate(examples[i : i + 4]) for i in range(0, 12, 4)]
+    whole = activation_statistics(model, batches, second_moments=True)
+    first, second = (activation_statistics(model, part, second_moments=True) for part in (batches[:1], batches[1:]))
+    merged = ActivationStatistics(model.ffn_layers(), second_moments=True)
+    merged.from_flat(first.flat() + second.flat())
+    torch.testing.assert_close(merged.flat(), whole.flat())
+    for moment, mean in zip(merged.second_moments(), merged.means(), strict=True):
+        assert moment.shape == (mean.numel(), mean.numel())
+
+
+def test_bias_reconstruction_needs_no_second_moments_and_least_squares_does(bert_dir):
+    model = load_model(bert_dir, TASKS["sst2"])
+    means = [torch.zeros(layer.size) for layer in model.ffn_layers()]
+    assert Reconstruction("bias", means).applies_to(model.ffn_layers()[0])
+    with pytest.raises(ValueError, match="second moments"):
+        Reconstruction("least_squares", means)

@@ -15,7 +15,7 @@ from lightning_prune.adapters import Batch, FFNLayer, PrunableModel, load_model,
 from lightning_prune.cache import Progress, ScoreCache
 from lightning_prune.errors import Terminated, UsageError
 from lightning_prune.prompts import Prompt
-from lightning_prune.pruning import ActivationMeans
+from lightning_prune.pruning import ActivationStatistics
 from lightning_prune.scorers import NeuronScorer, check_scores
 from lightning_prune.tasks import Example, build_metrics, get_task, metric_inputs
 
@@ -196,28 +196,24 @@ def _describe_progress(trainer, text: str) -> None:
         callback.predict_progress_bar.set_postfix_str(text)
 
 
-class ActivationMeansModule(LightningModule):
-    """Mean content-token activation of every FFN neuron over ``trainer.predict`` batches (all processes):
-    what bias compensation puts in place of removed neurons (``lightning_prune.pruning.compensation``)."""
+class ActivationStatisticsModule(LightningModule):
+    """Content-token activation statistics of every FFN neuron over ``trainer.predict`` batches, summed over
+    processes: what reconstruction repairs a cut with (``lightning_prune.pruning.reconstruction``)."""
 
-    def __init__(self, net: PrunableModel) -> None:
+    def __init__(self, net: PrunableModel, second_moments: bool = False) -> None:
         super().__init__()
         self.net = net
-        self.accumulator = ActivationMeans(net.ffn_layers())
+        self.statistics = ActivationStatistics(net.ffn_layers(), second_moments)
 
     def collate(self, examples: list[Example]) -> Batch:
         return self.net.collate(examples)
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
-        self.accumulator.update(self.net, batch)
+        self.statistics.update(self.net, batch)
 
     def on_predict_epoch_end(self) -> None:
-        flat = self.accumulator.flat().to(self.device)
-        self.accumulator.from_flat(self.trainer.strategy.reduce(flat, reduce_op="sum"))
-
-    @property
-    def means(self) -> list[Tensor]:
-        return self.accumulator.means()
+        flat = self.statistics.flat().to(self.device)
+        self.statistics.from_flat(self.trainer.strategy.reduce(flat, reduce_op="sum"))
 
 
 class StopOnSigterm(Callback):

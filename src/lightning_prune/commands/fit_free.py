@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jsonargparse.typing import PositiveInt
+from jsonargparse.typing import NonNegativeFloat, PositiveInt
 from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors.torch import save_file
@@ -30,8 +30,19 @@ from lightning_prune.io import (
     write_errors_reported,
     write_json,
 )
-from lightning_prune.modules import ActivationMeansModule, LabelSource, ScoringModule, TaskModel
-from lightning_prune.pruning import PLAN_FILE, Scope, prune_model, restore_ffn, select_neurons, snapshot_ffn
+from lightning_prune.modules import ActivationStatisticsModule, LabelSource, ScoringModule, TaskModel
+from lightning_prune.pruning import (
+    PLAN_FILE,
+    ActivationStatistics,
+    Reconstruct,
+    Reconstruction,
+    Scope,
+    prune_model,
+    restore_ffn,
+    select_neurons,
+    snapshot_ffn,
+)
+from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
 from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_code, scorer_infos
 from lightning_prune.sweep import SweepPoint, choose, parse_sparsities, write_sweep_reports
 
@@ -61,7 +72,8 @@ class FitFreeSettings:
     cache_dir: str | None
     reuse_scores: bool
     checkpoint_every: int
-    compensate: bool
+    reconstruct: Reconstruct
+    damping: float
 
     @classmethod
     def of(cls, options: Any) -> FitFreeSettings:
@@ -123,7 +135,8 @@ def check_against_model(
     trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
 ) -> bool:
     """What needs the loaded model, before any work: min_keep against the layers' widths, the scorer's memory
-    for its heaviest batch, every data source read once. Returns whether bias compensation applies."""
+    for its heaviest batch and the reconstruction's statistics, every data source read once. Returns the
+    reconstruction that applies to this model ("none" where bias compensation finds no down bias)."""
     widest = max(layer.size for layer in model.net.ffn_layers())
     if max(settings.sparsities) > 0 and settings.min_keep >= widest:
         raise UsageError(
@@ -132,14 +145,23 @@ def check_against_model(
         )
     if scorer.needs_data:
         scorer.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
-    # Compensation folds into down-projection biases: models without them (T5, decoder LMs) are cut plainly.
-    compensate = settings.compensate and any(layer.down_proj.bias is not None for layer in model.net.ffn_layers())
-    if compensate:
-        datamodule.score_examples()  # the means come from them: bad data fails now
+    layers = model.net.ffn_layers()
+    reconstruct = settings.reconstruct
+    if reconstruct == "bias" and all(layer.down_proj.bias is None for layer in layers):
+        reconstruct = "none"  # bias compensation folds into down biases: T5 and decoder LMs are cut plainly
+    if reconstruct == "least_squares":
+        needed, free = ActivationStatistics.bytes_needed(layers, True), available_memory(trainer)
+        if free is not None and needed > free // 2:
+            raise UsageError(
+                f"least_squares reconstruction needs {needed / 2**30:.1f} GiB of activation statistics "
+                f"(d_ff² per layer) and {free / 2**30:.1f} GiB are free: use --reconstruct bias or none"
+            )
+    if reconstruct != "none":
+        datamodule.score_examples()  # the statistics come from them: bad data fails now
     datamodule.eval_examples()
     if settings.max_drop is not None:
         datamodule.selection_examples_list()
-    return compensate
+    return reconstruct
 
 
 def _score_request(
@@ -208,11 +230,16 @@ def neuron_scores(
     return Scores(scoring.scores, scoring.examples_seen, cache, resumed_batches=scoring.resumed_batches)
 
 
-def compensation_means(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule) -> list[Tensor]:
-    """What removed neurons are replaced by: their mean activation over the scoring examples (all processes)."""
-    averaging = ActivationMeansModule(model.net)
-    trainer.predict(averaging, datamodule=datamodule, return_predictions=False)
-    return averaging.means
+def reconstruction_of(
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, method: Reconstruct, damping: float
+) -> Reconstruction | None:
+    """The repair of every cut: activation statistics over the scoring examples (all processes), no labels
+    beyond the answer a decoder LM is fed. None for a plain cut."""
+    if method == "none":
+        return None
+    collecting = ActivationStatisticsModule(model.net, second_moments=method == "least_squares")
+    trainer.predict(collecting, datamodule=datamodule, return_predictions=False)
+    return collecting.statistics.reconstruction(method, damping)
 
 
 def prune_and_evaluate(
@@ -221,7 +248,7 @@ def prune_and_evaluate(
     datamodule: TaskDataModule,
     settings: FitFreeSettings,
     scores: Scores,
-    means: list[Tensor] | None,
+    reconstruction: Reconstruction | None,
     seconds: dict[str, float],
 ) -> list[SweepPoint]:
     """Prune the dense model at each sparsity and evaluate it (and on the selection examples, for ``max_drop``).
@@ -233,7 +260,7 @@ def prune_and_evaluate(
     for value in settings.sparsities:
         start = time.perf_counter()
         kept = select_neurons(scores.layers, value, settings.scope, settings.min_keep)
-        prune_model(model.net, kept, means)
+        prune_model(model.net, kept, reconstruction)
         seconds["prune"] += time.perf_counter() - start
         start = time.perf_counter()
         point = SweepPoint(value, kept, model.net.num_parameters(), test_metrics(trainer, model, datamodule))
@@ -275,7 +302,7 @@ def run_summary(
     points: list[SweepPoint],
     chosen: SweepPoint | None,
     to_save: dict[str, SweepPoint],
-    compensate: bool,
+    reconstruct: Reconstruct,
     seconds: dict[str, float],
 ) -> dict[str, Any]:
     """What ``metrics.json`` records about the run."""
@@ -301,7 +328,7 @@ def run_summary(
         "dense_metrics": dense["metrics"],
         "pruned_metrics": chosen.metrics if chosen else None,
         "parameters": {"dense": dense["parameters"], "pruned": chosen.parameters if chosen else None},
-        "bias_compensation": compensate,
+        "reconstruct": reconstruct,  # "none" where bias compensation found no down bias
         "ffn_neurons": {
             name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
             for i, (name, size) in enumerate(dense["neurons"].items())
@@ -338,7 +365,7 @@ def write_run(
     model: TaskModel,
     settings: FitFreeSettings,
     scores: Scores,
-    means: list[Tensor] | None,
+    reconstruction: Reconstruction | None,
     summary: dict[str, Any],
     dense: dict[str, Any],
     points: list[SweepPoint],
@@ -370,7 +397,7 @@ def write_run(
         dtype = None if settings.save_dtype == "auto" else SAVE_DTYPES[settings.save_dtype]
         summary["saved_models"] = {}
         for name, point in to_save.items():
-            plan = prune_model(model.net, point.kept, means)
+            plan = prune_model(model.net, point.kept, reconstruction)
             layout = save_model_folder(model.net, tmp / name, dtype, settings.pad_uneven_ffn)
             padding = {"padded_width": layout["padded_width"]} if layout["padded_width"] is not None else {}
             write_json(tmp / name / PLAN_FILE, {**plan, **padding})
@@ -407,7 +434,8 @@ def fit_free(
     cache_dir: str | None = None,
     reuse_scores: bool = True,
     checkpoint_every: PositiveInt = 10,
-    compensate: bool = True,
+    reconstruct: Reconstruct = "bias",
+    damping: NonNegativeFloat = DEFAULT_DAMPING,
 ) -> dict[str, Any]:
     """Prune the task's least important FFN neurons and save the smaller model.
 
@@ -443,14 +471,19 @@ def fit_free(
         reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
             per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
         checkpoint_every: batches between two saves of the scoring progress.
-        compensate: replace every removed neuron by its mean activation over the scoring examples' words,
-            folded into the down projection's bias (layers without a bias are cut plainly): keeps the
-            pruned model's predictions balanced on inputs unlike the scoring examples (e.g. long texts).
+        reconstruct: how each layer's down projection is repaired after the cut, from activation statistics
+            over the scoring examples' words (no optimizer step): ``bias`` replaces every removed neuron by its
+            mean activation, folded into the down bias (as FLAP; only where there is a down bias: encoders —
+            T5 and decoder LMs are then cut plainly); ``least_squares`` refits the kept neurons' down weights
+            (and bias) to reproduce the dense layer's output (as K-prune; any model; needs d_ff² statistics per
+            layer); ``none``: a plain cut.
+        damping: ``least_squares`` ridge, as a fraction of the kept activations' mean second moment: larger
+            stays closer to the plain cut.
     """
     settings = FitFreeSettings.of(locals())
     inputs = run_inputs(model, datamodule)
     scorer_impl = check_request(settings, inputs)
-    compensate = check_against_model(trainer, model, datamodule, settings, scorer_impl)
+    reconstruct = check_against_model(trainer, model, datamodule, settings, scorer_impl)
     seconds: dict[str, float] = {}
     dense: dict[str, Any] = {
         "parameters": model.net.num_parameters(),
@@ -469,18 +502,20 @@ def fit_free(
     start = time.perf_counter()
     scores = neuron_scores(trainer, model, datamodule, settings, scorer_impl)
     seconds["score"] = time.perf_counter() - start
-    means = compensation_means(trainer, model, datamodule) if compensate else None
-    points = prune_and_evaluate(trainer, model, datamodule, settings, scores, means, seconds)
+    start = time.perf_counter()
+    reconstruction = reconstruction_of(trainer, model, datamodule, reconstruct, damping)
+    seconds["statistics"] = time.perf_counter() - start
+    points = prune_and_evaluate(trainer, model, datamodule, settings, scores, reconstruction, seconds)
     chosen, to_save = models_to_save(points, dense["selection_metrics"], model.spec.primary_metric, settings)
     summary = run_summary(
-        trainer, model, datamodule, settings, scores, dense, points, chosen, to_save, compensate, seconds
+        trainer, model, datamodule, settings, scores, dense, points, chosen, to_save, reconstruct, seconds
     )
     if trainer.is_global_zero:
-        write_run(trainer, model, settings, scores, means, summary, dense, points, chosen, to_save, inputs)
+        write_run(trainer, model, settings, scores, reconstruction, summary, dense, points, chosen, to_save, inputs)
         rank_zero_info(_report(summary, output_dir))
     trainer.strategy.barrier()
     if chosen is not None:  # the in-memory model ends as the chosen (saved) one
-        prune_model(model.net, chosen.kept, means)
+        prune_model(model.net, chosen.kept, reconstruction)
     return summary
 
 

@@ -1,7 +1,6 @@
-"""Pruning: choose neurons (``selection``), cut them out (``slicing``) in place of what they did on
-average (``compensation``), record the cut (``plan``)."""
+"""Pruning: choose neurons (``selection``), cut them out (``slicing``), repair what the cut changed
+(``reconstruction``), record the cut (``plan``)."""
 
-from lightning_prune.pruning.compensation import ActivationMeans, activation_means
 from lightning_prune.pruning.plan import (
     PLAN_FILE,
     apply_plan,
@@ -11,14 +10,22 @@ from lightning_prune.pruning.plan import (
     snapshot_ffn,
     trim_padding,
 )
+from lightning_prune.pruning.reconstruction import (
+    ActivationStatistics,
+    Reconstruct,
+    Reconstruction,
+    activation_statistics,
+)
 from lightning_prune.pruning.selection import Scope, select_neurons
 from lightning_prune.pruning.slicing import pad_ffn, slice_ffn
 
 __all__ = [
     "PLAN_FILE",
-    "ActivationMeans",
+    "ActivationStatistics",
+    "Reconstruct",
+    "Reconstruction",
     "Scope",
-    "activation_means",
+    "activation_statistics",
     "apply_plan",
     "pad_ffn",
     "prune_model",

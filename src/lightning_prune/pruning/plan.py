@@ -15,41 +15,44 @@ from lightning_prune.pruning.slicing import slice_ffn
 
 if TYPE_CHECKING:
     from lightning_prune.adapters.base import FFNLayer, PrunableModel
+    from lightning_prune.pruning.reconstruction import Reconstruction
 
 PLAN_FILE = "pruning_plan.json"
 
 
-def prune_model(model: PrunableModel, kept: list[Tensor], removed_activation: list[Tensor] | None = None) -> dict:
+def prune_model(model: PrunableModel, kept: list[Tensor], reconstruction: Reconstruction | None = None) -> dict:
     """Slice every FFN layer of ``model`` to its ``kept`` neurons; return the plan that rebuilds it.
 
     A model that is already pruned (loaded with a plan) is pruned further: the new plan's kept indices
     refer to the original dense model, so it rebuilds from the same dense config as the first one.
-    With ``removed_activation`` (per layer, e.g. ``compensation.ActivationMeans``), removed neurons are
-    folded into the down bias of every layer that has one (``slice_ffn``); the plan records which did.
-    Compensation changes bias values only, which the saved weights hold: loading needs nothing more.
+    With a ``reconstruction``, each layer it applies to gets its down projection repaired (bias compensation,
+    or a least-squares refit); the plan records which. Only weight and bias values change, which the saved
+    weights hold: loading needs nothing more.
     """
     layers = model.ffn_layers()
     previous = model.pruning_plan["layers"] if model.pruning_plan is not None else None
     entries = []
     for index, (layer, keep) in enumerate(zip(layers, kept, strict=True)):
         dense_size, original = layer.size, keep
-        compensated = removed_activation is not None and layer.down_proj.bias is not None
+        repaired = reconstruction is not None and reconstruction.applies_to(layer)
         if previous is not None:
             dense_size = previous[index]["dense_size"]
             original = torch.tensor(previous[index]["kept"], dtype=torch.long)[keep.cpu().long()]
-        slice_ffn(layer, keep, removed_activation[index] if compensated and removed_activation else None)
-        earlier = previous is not None and bool(previous[index].get("bias_compensated"))
+        down = reconstruction.down_projection(index, layer, keep) if repaired and reconstruction else None
+        slice_ffn(layer, keep, down)
+        earlier = previous[index].get("reconstruction", []) if previous is not None else []
         entries.append(
             {
                 "name": layer.name,
                 "dense_size": dense_size,
                 "kept": original.tolist(),
-                "bias_compensated": compensated or earlier,
+                # every repair this layer went through, pruning after pruning
+                "reconstruction": [*earlier, reconstruction.method] if repaired and reconstruction else earlier,
             }
         )
     model.pruning_plan = {
         "format": "lightning-prune/pruning-plan",
-        "version": 1,
+        "version": 2,
         "architecture": model.architecture,
         "layers": entries,
     }

@@ -36,38 +36,32 @@ def _sliced_linear(linear: nn.Linear, keep: Tensor, dim: int) -> nn.Linear:
     return _linear_like(linear, linear.weight.detach().index_select(dim, keep), bias)
 
 
-def _bias_shift(layer: FFNLayer, keep: Tensor, removed_activation: Tensor) -> Tensor:
-    """``W_down[:, removed] @ removed_activation[removed]``: what the removed neurons add on average."""
-    down = layer.down_proj
-    if down.bias is None:
-        raise ValueError(f"{layer.name}: the down projection has no bias to fold removed neurons into")
-    if removed_activation.shape != (layer.size,):
-        raise ValueError(f"{layer.name}: {tuple(removed_activation.shape)} activations for {layer.size} neurons")
-    removed = torch.ones(layer.size, dtype=torch.bool, device=down.weight.device)
-    removed[keep.to(removed.device)] = False
-    weight = down.weight.detach()[:, removed].double()
-    return weight @ removed_activation.to(device=weight.device, dtype=torch.float64)[removed]
-
-
-def slice_ffn(layer: FFNLayer, keep: Tensor, removed_activation: Tensor | None = None) -> None:
+def slice_ffn(layer: FFNLayer, keep: Tensor, down: tuple[Tensor, Tensor | None] | None = None) -> None:
     """Keep neurons ``keep`` (sorted indices) of ``layer``: rows of up/gate projections, columns of down.
 
-    With ``removed_activation`` (one value per neuron of the unsliced layer), every removed neuron is
-    replaced by that constant activation: ``W_down[:, removed] @ removed_activation[removed]`` is added to
-    the new down projection's bias (bias compensation, as in FLAP), so the layer keeps the removed neurons'
-    average output instead of shifting every token's hidden state. The shapes stay those of a plain cut,
-    and the original modules are left untouched (``restore_ffn`` relies on it).
+    ``down``: the repaired down projection for the kept neurons (weight ``[out, kept]`` and bias, from
+    ``reconstruction``) instead of the plain cut's sliced columns. The shapes stay those of a plain cut, and the
+    original modules are left untouched (``restore_ffn`` relies on it).
     """
     keep = keep.long()
     if keep.numel() == 0:
         raise ValueError(f"refusing to remove every neuron of {layer.name}")
-    shift = _bias_shift(layer, keep, removed_activation) if removed_activation is not None else None
     for path in layer.up:
         layer.block.set_submodule(path, _sliced_linear(layer.block.get_submodule(path), keep, dim=0))
-    layer.block.set_submodule(layer.down, _sliced_linear(layer.down_proj, keep, dim=1))
-    if shift is not None:
-        with torch.no_grad():
-            layer.down_proj.bias.add_(shift.to(layer.down_proj.bias.dtype))
+    old_down = layer.down_proj
+    if down is None:
+        layer.block.set_submodule(layer.down, _sliced_linear(old_down, keep, dim=1))
+        return
+    weight, bias = down
+    if weight.shape != (old_down.out_features, keep.numel()):
+        raise ValueError(
+            f"{layer.name}: repaired down projection of shape {tuple(weight.shape)} for {keep.numel()} neurons"
+        )
+    bias = bias if bias is not None else (old_down.bias.detach() if old_down.bias is not None else None)
+    dtype = old_down.weight.dtype
+    layer.block.set_submodule(
+        layer.down, _linear_like(old_down, weight.to(dtype), None if bias is None else bias.to(dtype))
+    )
 
 
 def _padded_linear(linear: nn.Linear, extra: int, dim: int) -> nn.Linear:
