@@ -4,8 +4,9 @@ Scoring examples are drawn as the first ``n`` of a seeded permutation of the tas
 scored in segments (1-8, 9-16, 17-32, ...), so the scores of ``n`` examples are the sum of the segments
 below ``n``: every budget of the low-resource sweep reuses the smaller ones, and the main table's scores
 are the low-resource run's at the same budget. Each segment's scores are cached on disk
-(``runs/experiments/scores``) under a key of the model weights, examples, scorer, options and labels, so
-re-running a script, or another script that needs the same scores, does not score again.
+(``runs/experiments/scores``) under fit-free's own key (``lightning_prune.cache.score_request``: code, model
+weights, examples, batching, scorer and settings, labels), so re-running a script, or another script that needs
+the same scores, does not score again.
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ from torch import Tensor
 
 from lightning_prune import load_model
 from lightning_prune.adapters import PrunableModel
-from lightning_prune.cache import ScoreCache, examples_fingerprint, model_fingerprint, score_key
+from lightning_prune.cache import ScoreCache, score_key, score_request
 from lightning_prune.data import subsample
 from lightning_prune.modules import LabelSource, score_batch
 from lightning_prune.pruning import Reconstruction, Scope, activation_statistics, prune_model, select_neurons
-from lightning_prune.scorers import create_scorer, scorer_code
+from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import Example, TaskSpec, build_metrics, load_split, metric_inputs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,24 +127,13 @@ def primary(spec: TaskSpec, metrics: dict[str, float]) -> float:
 
 def _score_segment(
     model: PrunableModel,
-    fingerprint: str,
     scorer: str,
     options: dict[str, Any],
     examples: list[Example],
     labels: LabelSource,
     batch_size: int,
 ) -> list[Tensor]:
-    request = {
-        "code": scorer_code(scorer),
-        "model": fingerprint,
-        "task": model.task.name,
-        "input_settings": model.input_settings(),
-        "examples": examples_fingerprint(examples),
-        "scorer": scorer,
-        "options": options,
-        "labels": labels,
-        "batch_size": batch_size,
-    }
+    request = score_request(model, examples, batch_size, scorer, options, labels)
     cache = ScoreCache(SCORE_CACHE, score_key(request), request)
     cached = cache.load_final([layer.size for layer in model.ffn_layers()], len(examples))
     if cached is not None:
@@ -169,11 +159,10 @@ def data_scores(
 ) -> list[Tensor]:
     """Scores of the first ``count`` examples of ``pool``, summed from cached segments (see module doc)."""
     count = min(count, len(pool))
-    fingerprint = model_fingerprint(model)
     ends = [end for end in SEGMENT_ENDS if end < count] + [count]
     totals = None
     for start, end in zip([0, *ends[:-1]], ends, strict=True):
-        segment = _score_segment(model, fingerprint, scorer, options, pool[start:end], labels, batch_size)
+        segment = _score_segment(model, scorer, options, pool[start:end], labels, batch_size)
         totals = segment if totals is None else [t + s for t, s in zip(totals, segment, strict=True)]
     assert totals is not None
     return totals

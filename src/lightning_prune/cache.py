@@ -13,7 +13,7 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from safetensors import SafetensorError
@@ -22,6 +22,9 @@ from torch import Tensor, nn
 
 from lightning_prune.io import atomic_path
 from lightning_prune.tasks import Example
+
+if TYPE_CHECKING:
+    from lightning_prune.adapters.base import PrunableModel
 
 
 def cache_root(cache_dir: str | None = None) -> Path:
@@ -46,6 +49,42 @@ def examples_fingerprint(examples: list[Example]) -> str:
     for example in examples:
         digest.update(json.dumps([example.index, list(example.texts), example.label]).encode())
     return digest.hexdigest()
+
+
+def score_request(
+    net: PrunableModel,
+    examples: list[Example],
+    batch_size: int,
+    scorer: str,
+    scorer_options: dict[str, Any] | None,
+    labels: str,
+    precision: str = "32-true",
+    limit_predict_batches: int | float | None = 1.0,
+) -> dict[str, Any]:
+    """Everything that determines a data scorer's scores, the one schema of score cache keys (fit-free and the
+    benchmarks share it): the code, the model's weights and inputs, the examples and their batching, the scorer
+    with its resolved settings, the labels, the precision and how much of the data was scored."""
+    from lightning_prune.scorers import create_scorer, scorer_code, scorer_infos
+
+    provider = scorer_infos()[scorer]
+    return {
+        "code": scorer_code(scorer),  # this package's and the scorer's source: other code, other scores
+        "model": model_fingerprint(net),
+        "architecture": net.architecture,
+        "task": net.task.name,
+        "task_labels": net.task.labels,
+        "max_length": net.max_length,
+        "input_settings": net.input_settings(),
+        "examples": examples_fingerprint(examples),
+        "batch_size": batch_size,
+        "scorer": scorer,
+        "scorer_provider": f"{provider.distribution}=={provider.version}:{provider.entry_point.value}",
+        "scorer_options": scorer_options or {},
+        "scorer_settings": vars(create_scorer(scorer, scorer_options)),  # with defaults: a new default, a new key
+        "labels": labels,
+        "precision": precision,
+        "limit_predict_batches": limit_predict_batches,  # a partial scoring run is not the full one
+    }
 
 
 def score_key(request: dict[str, Any]) -> str:

@@ -17,7 +17,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from lightning_prune.adapters.base import SAVE_DTYPES
-from lightning_prune.cache import ScoreCache, cache_root, examples_fingerprint, model_fingerprint, score_key
+from lightning_prune.cache import ScoreCache, cache_root, score_key, score_request
 from lightning_prune.commands.evaluate import test_metrics, user_inputs
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
@@ -43,7 +43,7 @@ from lightning_prune.pruning import (
     snapshot_ffn,
 )
 from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
-from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer, scorer_code, scorer_infos
+from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer
 from lightning_prune.sweep import SweepPoint, choose, parse_sparsities, write_sweep_reports
 
 SCORES_FILE = "scores.safetensors"
@@ -164,32 +164,6 @@ def check_against_model(
     return reconstruct
 
 
-def _score_request(
-    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings
-) -> dict[str, Any]:
-    """Everything that determines a data scorer's scores: the cache key is a hash of it."""
-    provider = scorer_infos()[settings.scorer]
-    return {
-        "code": scorer_code(settings.scorer),  # this package's and the scorer's source: other code, other scores
-        "model": model_fingerprint(model.net),
-        "architecture": model.net.architecture,
-        "task": model.spec.name,
-        "task_labels": model.spec.labels,
-        "max_length": model.net.max_length,
-        "input_settings": model.net.input_settings(),
-        "examples": examples_fingerprint(datamodule.score_examples()),
-        "batch_size": datamodule.hparams.batch_size,
-        "scorer": settings.scorer,
-        "scorer_provider": f"{provider.distribution}=={provider.version}:{provider.entry_point.value}",
-        "scorer_options": settings.scorer_options or {},
-        # with defaults: a new default, a new key
-        "scorer_settings": vars(create_scorer(settings.scorer, settings.scorer_options)),
-        "labels": settings.labels,
-        "precision": str(trainer.precision),
-        "limit_predict_batches": trainer.limit_predict_batches,  # a partial scoring run is not the full one
-    }
-
-
 @dataclass
 class Scores:
     """Per-layer neuron scores and where they came from."""
@@ -209,7 +183,16 @@ def neuron_scores(
     layers = model.net.ffn_layers()
     if not scorer.needs_data:
         return Scores(check_scores(settings.scorer, scorer(model.net, None), layers))
-    request = _score_request(trainer, model, datamodule, settings)
+    request = score_request(
+        model.net,
+        datamodule.score_examples(),
+        datamodule.hparams.batch_size,
+        settings.scorer,
+        settings.scorer_options,
+        settings.labels,
+        str(trainer.precision),
+        trainer.limit_predict_batches,
+    )
     cache = ScoreCache(cache_root(settings.cache_dir), score_key(request), request)
     limited = trainer.limit_predict_batches not in (None, 1.0)  # then the example count is not known ahead
     expected = None if limited else len(datamodule.score_examples())
