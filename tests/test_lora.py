@@ -166,3 +166,29 @@ def test_missing_peft_is_one_line(llama_dir, glue_dir, tmp_path, capsys, monkeyp
     code, _, err = run_cli(args, capsys)
     assert code == 2
     assert "pip install 'lightning-prune[lora]'" in one_error_line(err)
+
+
+COMMITTED_ADAPTER = Path(__file__).resolve().parents[1] / "models" / "smollm2-glue-multitask-lora"
+
+
+def test_committed_multitask_adapter_fits_smollm2_and_its_config():
+    """The committed adapter is a float16 LoRA over every projection of SmolLM2-135M's 30 layers (hidden 576, FFN
+    1536), named by the committed config; checked without loading the base (fast)."""
+    import yaml
+
+    from lightning_prune.lora import check_adapter_folder
+
+    folder, weights_file = check_adapter_folder(COMMITTED_ADAPTER)
+    config = json.loads((folder / "adapter_config.json").read_text())
+    rank = config["r"]
+    weights = load_file(str(weights_file))
+    assert {w.dtype for w in weights.values()} == {torch.float16}
+    widths = {"q_proj": (576, 576), "k_proj": (576, 192), "v_proj": (576, 192), "o_proj": (576, 576),
+              "gate_proj": (576, 1536), "up_proj": (576, 1536), "down_proj": (1536, 576)}  # fmt: skip
+    assert len(weights) == 30 * len(widths) * 2
+    for name, tensor in weights.items():
+        module = next(m for m in widths if f".{m}." in name)
+        given, produced = widths[module]
+        assert tuple(tensor.shape) == ((rank, given) if "lora_A" in name else (produced, rank)), name
+    run = yaml.safe_load((folder.parents[1] / "configs" / "smollm2_multitask_sst2.yaml").read_text())
+    assert (folder.parents[1] / run["model"]["adapter"]).resolve() == folder.resolve()

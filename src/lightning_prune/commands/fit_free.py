@@ -487,7 +487,8 @@ def fit_free(
     seconds["score"] = time.perf_counter() - start
     start = time.perf_counter()
     reconstruction = reconstruction_of(trainer, model, datamodule, reconstruct, damping)
-    seconds["statistics"] = time.perf_counter() - start
+    if reconstruction is not None:
+        seconds["statistics"] = time.perf_counter() - start
     points = prune_and_evaluate(trainer, model, datamodule, settings, scores, reconstruction, seconds)
     chosen, to_save = models_to_save(points, dense["selection_metrics"], model.spec.primary_metric, settings)
     summary = run_summary(
