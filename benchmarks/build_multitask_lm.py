@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from lightning_prune import load_model
 from lightning_prune.adapters.causal_lm import CausalLMClassifier
 from lightning_prune.data import subsample
-from lightning_prune.io import atomic_directory
+from lightning_prune.io import MARKER_FILE, atomic_directory
 from lightning_prune.tasks import TASKS, load_split
 
 LM_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "agnews")
@@ -88,6 +88,7 @@ def export(peft_model, out: Path, meta: dict) -> None:
         config.save_pretrained(str(tmp))
         save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "training.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / MARKER_FILE).unlink()  # a committed model is an input: no --overwrite may ever replace it
 
 
 def model_card(args, progress: dict, scores: dict) -> str:
