@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from jsonargparse.typing import NonNegativeFloat, PositiveInt
+from jsonargparse.typing import PositiveFloat, PositiveInt
 from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors.torch import save_file
@@ -133,11 +133,12 @@ def available_memory(trainer: Trainer) -> int | None:
 
 def check_against_model(
     trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
-) -> bool:
+) -> Reconstruct:
     """What needs the loaded model, before any work: min_keep against the layers' widths, the scorer's memory
     for its heaviest batch and the reconstruction's statistics, every data source read once. Returns the
     reconstruction that applies to this model ("none" where bias compensation finds no down bias)."""
-    widest = max(layer.size for layer in model.net.ffn_layers())
+    layers = model.net.ffn_layers()
+    widest = max(layer.size for layer in layers)
     if max(settings.sparsities) > 0 and settings.min_keep >= widest:
         raise UsageError(
             f"min_keep {settings.min_keep} is at least the width of every FFN layer (the widest has {widest} "
@@ -145,7 +146,6 @@ def check_against_model(
         )
     if scorer.needs_data:
         scorer.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
-    layers = model.net.ffn_layers()
     reconstruct = settings.reconstruct
     if reconstruct == "bias" and all(layer.down_proj.bias is None for layer in layers):
         reconstruct = "none"  # bias compensation folds into down biases: T5 and decoder LMs are cut plainly
@@ -418,7 +418,7 @@ def fit_free(
     reuse_scores: bool = True,
     checkpoint_every: PositiveInt = 10,
     reconstruct: Reconstruct = "bias",
-    damping: NonNegativeFloat = DEFAULT_DAMPING,
+    damping: PositiveFloat = DEFAULT_DAMPING,
 ) -> dict[str, Any]:
     """Prune the task's least important FFN neurons and save the smaller model.
 

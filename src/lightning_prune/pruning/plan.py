@@ -20,6 +20,11 @@ if TYPE_CHECKING:
 PLAN_FILE = "pruning_plan.json"
 
 
+def _repairs(entry: dict) -> list[str]:
+    """The repairs a plan entry records (version 1 plans recorded only bias compensation, as a flag)."""
+    return list(entry.get("reconstruction", ["bias"] if entry.get("bias_compensated") else []))
+
+
 def prune_model(model: PrunableModel, kept: list[Tensor], reconstruction: Reconstruction | None = None) -> dict:
     """Slice every FFN layer of ``model`` to its ``kept`` neurons; return the plan that rebuilds it.
 
@@ -40,7 +45,7 @@ def prune_model(model: PrunableModel, kept: list[Tensor], reconstruction: Recons
             original = torch.tensor(previous[index]["kept"], dtype=torch.long)[keep.cpu().long()]
         down = reconstruction.down_projection(index, layer, keep) if repaired and reconstruction else None
         slice_ffn(layer, keep, down)
-        earlier = previous[index].get("reconstruction", []) if previous is not None else []
+        earlier = _repairs(previous[index]) if previous is not None else []
         entries.append(
             {
                 "name": layer.name,
