@@ -224,6 +224,20 @@ def test_prompt_template_label_words_and_chat(llama_dir, glue_dir):
     assert few_shot.render(examples[0]).startswith(shot + "\n\n")
 
 
+def test_examples_weigh_their_own_words_not_the_prompt_around_them(llama_dir, glue_dir):
+    examples = load_split(TASKS["sst2"], "validation", glue_dir)[:3]
+    own = [len(load_model(llama_dir, TASKS["sst2"]).tokenizer(e.texts[0], add_special_tokens=False)["input_ids"])
+           for e in examples[:2]]  # fmt: skip
+    for model in (
+        load_model(llama_dir, TASKS["sst2"]),
+        load_model(llama_dir, TASKS["sst2"], prompt=Prompt(chat=True)),
+        load_model(llama_dir, TASKS["sst2"], demonstrations=examples[2:]),
+    ):
+        batch = model.collate(examples[:2])
+        assert model.example_tokens(batch).tolist() == own
+        assert (batch["attention_mask"].sum(1) > model.example_tokens(batch)).all()
+
+
 def test_long_inputs_keep_their_end(llama_dir, glue_dir):
     model = load_model(llama_dir, TASKS["sst2"], max_length=12)
     example = load_split(TASKS["sst2"], "validation", glue_dir)[0]

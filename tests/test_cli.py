@@ -256,9 +256,11 @@ def test_least_squares_reconstruction_saves_a_plain_decoder_model(llama_dir, glu
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "ls"
-    main(fit_free_args(llama_dir, glue_dir, out, "--reconstruct", "least_squares", "--damping", "0.05"))
+    main(fit_free_args(llama_dir, glue_dir, out, "--reconstruct", "least_squares", "--damping", "0.05",
+                       "--data.num_examples", "8", "--data.calibration_examples", "20"))  # fmt: skip
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["reconstruct"] == "least_squares" and metrics["seconds"]["statistics"] > 0
+    assert metrics["calibration_examples"] == 20 and metrics["examples_scored"] == 8
     plan = json.loads((out / "model" / PLAN_FILE).read_text())
     assert all(layer["reconstruction"] == ["least_squares"] for layer in plan["layers"])
     ours = load_model(out / "model", TASKS["sst2"])

@@ -190,6 +190,37 @@ def test_selection_examples_are_disjoint_from_scoring_and_evaluation(glue_dir):
         TaskDataModule("sst2", str(glue_dir)).selection_examples_list()
 
 
+def test_calibration_examples_extend_the_scoring_examples_apart_from_the_selection(glue_dir):
+    data = TaskDataModule("sst2", str(glue_dir), num_examples=8, selection_examples=10, calibration_examples=30)
+    data.selection_in_use = True  # a max_drop run
+    scoring = [e.index for e in data.score_examples()]
+    calibration = [e.index for e in data.calibration_examples_list()]
+    selection = {e.index for e in data.selection_examples_list()}
+    assert calibration[:8] == scoring and len(set(calibration)) == 30 and not selection & set(calibration)
+    # Without calibration examples the selection draw is what it always was.
+    plain = TaskDataModule("sst2", str(glue_dir), num_examples=8, selection_examples=10, calibration_examples=None)
+    assert {e.index for e in plain.selection_examples_list()} == selection
+    assert [e.index for e in plain.calibration_examples_list()] == scoring
+    # Fewer than the scoring examples: a draw among them; more than the data has: as many as there are.
+    fewer = TaskDataModule("sst2", str(glue_dir), num_examples=8, calibration_examples=3)
+    assert len(fewer.calibration_examples_list()) == 3 and set(fewer.calibration_examples_list()) <= set(
+        fewer.score_examples()
+    )
+    rows = len(TaskDataModule("sst2", str(glue_dir)).score_examples())
+    many = TaskDataModule("sst2", str(glue_dir), num_examples=8, selection_examples=10, calibration_examples=10**6)
+    assert len(many.calibration_examples_list()) == rows  # no max_drop run: nothing held apart
+    many = TaskDataModule("sst2", str(glue_dir), num_examples=8, selection_examples=10, calibration_examples=10**6)
+    many.selection_in_use = True
+    assert len(many.calibration_examples_list()) == rows - 10
+
+
+def test_eval_seed_keeps_the_evaluation_examples_of_other_scoring_draws(glue_dir):
+    settings = {"num_examples": 8, "eval_examples": 10, "eval_seed": 0}
+    draws = [TaskDataModule("sst2", str(glue_dir), seed=s, **settings) for s in (0, 1)]
+    assert draws[0].eval_examples() == draws[1].eval_examples()
+    assert draws[0].score_examples() != draws[1].score_examples()
+
+
 def test_top_level_help_is_answered_without_importing_the_model_stack():
     code = (
         "import sys; from lightning_prune.entry import main; main(['--help']); "
@@ -222,7 +253,7 @@ def test_command_help_lists_own_options_first_describes_every_option_and_folds_t
         if "   " not in lines[i].strip() and not (i + 1 < len(lines) and lines[i + 1].startswith(" " * 24))
     ]
     assert len(options) > 30 and not undescribed, undescribed
-    assert len(out.splitlines()) < 270  # the options a training-free run takes, each with its help
+    assert len(out.splitlines()) < 300  # the options a training-free run takes, each with its help (not ~40 more)
     code, out, _ = run_cli(["fit-free", "--help-all"], capsys)
     assert code == 0 and "--trainer.max_epochs" in out
 

@@ -320,11 +320,15 @@ def test_a_pruned_model_pruned_again_with_global_scope_loads(bert_dir, glue_dir,
     assert json.loads(evaluation.read_text())["metrics"] == pytest.approx(metrics["pruned_metrics"])
 
 
-def test_compensation_is_reported_only_where_a_down_bias_takes_it(request, glue_dir, tmp_path):
-    for fixture, expected in (("bert_dir", "bias"), ("t5_gated_dir", "none")):
-        out = tmp_path / fixture
+def test_the_default_repair_is_bias_compensation_where_a_down_bias_takes_it_else_least_squares(
+    request, glue_dir, tmp_path
+):
+    cases = [("bert_dir", [], "bias"), ("t5_gated_dir", [], "least_squares"), ("llama_dir", [], "least_squares"),
+             ("t5_gated_dir", ["--reconstruct", "bias"], "none")]  # fmt: skip
+    for fixture, options, expected in cases:
+        out = tmp_path / f"{fixture}{len(options)}"
         main(fit_free_args(request.getfixturevalue(fixture), glue_dir, out, "--scorer", "activation",
-                           "--scorer_options", "{}"))  # fmt: skip
+                           "--scorer_options", "{}", *options))  # fmt: skip
         assert json.loads((out / "metrics.json").read_text())["reconstruct"] == expected
 
 

@@ -10,7 +10,7 @@ import random
 from pathlib import Path
 from typing import Literal
 
-from jsonargparse.typing import NonNegativeInt
+from jsonargparse.typing import NonNegativeInt, PositiveInt
 from lightning import LightningDataModule
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
@@ -20,6 +20,7 @@ from lightning_prune.errors import UsageError
 from lightning_prune.tasks import Example, TaskSpec, check_data_file, get_task, load_split, read_tsv
 
 TestSet = Literal["eval", "selection"]  # what ``trainer.test`` runs on
+PredictSet = Literal["score", "calibration"]  # what ``trainer.predict`` runs on
 
 
 def _draw(total: int, count: int | None, seed: int, what: str) -> list[int]:
@@ -56,12 +57,19 @@ class TaskDataModule(LightningDataModule):
         score_file: a TSV file that replaces ``score_split`` (e.g. another domain's sentence<TAB>label set).
         eval_file: a TSV file that replaces ``eval_split``.
         num_examples: how many scoring examples to draw (low-resource setting); None uses all.
+        calibration_examples: how many examples the reconstruction statistics (``--reconstruct``) come from:
+            forward passes only, so they can be many more than the scored ones. The scoring examples plus a
+            seeded draw of the rest of the scoring source (held apart from the selection examples of a
+            ``--max_drop`` run; fewer if the source has fewer), or a draw among the scoring examples when
+            fewer; None: the scoring examples.
         eval_examples: how many evaluation examples to draw; None uses all.
         selection_examples: with ``--max_drop``: how many examples to choose the sparsity on, drawn from the
             scoring source (split or file) among the examples not drawn for scoring, so they are held apart
             from both the scoring and the evaluation examples.
         selection_file: with ``--max_drop``: a TSV file of selection examples instead of that draw.
         seed: seed of the draws.
+        eval_seed: seed of the evaluation draw (``eval_examples``) alone, so runs with other scoring draws
+            (``seed``) are evaluated on the same examples; default: ``seed``.
         batch_size: examples per batch (scoring and evaluation).
         num_workers: data loader worker processes (0: load in the main process).
         demonstrations: in-context examples for decoder LMs, drawn with ``seed`` from the scoring split (or
@@ -78,10 +86,12 @@ class TaskDataModule(LightningDataModule):
         score_file: str | None = None,
         eval_file: str | None = None,
         num_examples: int | None = None,
+        calibration_examples: PositiveInt | None = 1024,
         eval_examples: int | None = None,
         selection_examples: int = 500,
         selection_file: str | None = None,
         seed: int = 0,
+        eval_seed: int | None = None,
         batch_size: int = 16,
         num_workers: NonNegativeInt = 0,
         demonstrations: int = 0,
@@ -102,6 +112,8 @@ class TaskDataModule(LightningDataModule):
                 check_data_file(file, name)
         self._cache: dict[str, list[Example]] = {}
         self.test_set: TestSet = "eval"
+        self.predict_set: PredictSet = "score"
+        self.selection_in_use = False  # set by a ``max_drop`` run: the calibration examples then avoid them
 
     def _examples(self, file: str | None, split: str) -> list[Example]:
         return read_tsv(file, self.spec) if file is not None else load_split(self.spec, split, self.hparams.data_dir)
@@ -140,6 +152,49 @@ class TaskDataModule(LightningDataModule):
             self._cache["score"] = subsample(self._pool(), h.num_examples, h.seed, "num_examples")
         return self._cache["score"]
 
+    def _unscored(self) -> list[Example]:
+        """The scoring source's examples not drawn for scoring."""
+        if "unscored" not in self._cache:
+            h = self.hparams
+            examples = self._pool()
+            scoring = set(_draw(len(examples), h.num_examples, h.seed, "num_examples"))
+            self._cache["unscored"] = [e for i, e in enumerate(examples) if i not in scoring]
+        return self._cache["unscored"]
+
+    def _selection_draw(self) -> list[Example]:
+        """The selection examples a ``max_drop`` run draws from the scoring source (whether or not it runs, so
+        the calibration examples never depend on it)."""
+        if "selection_draw" not in self._cache:
+            h = self.hparams
+            rest = self._unscored()
+            self._cache["selection_draw"] = (
+                subsample(rest, min(h.selection_examples, len(rest)), h.seed, "selection_examples") if rest else []
+            )
+        return self._cache["selection_draw"]
+
+    def _calibration_extra(self) -> list[Example]:
+        """What the statistics add to the scoring examples: a draw of the rest of the scoring source (apart from
+        the selection examples when they are in use), as many as there are up to ``calibration_examples``."""
+        if "calibration_extra" not in self._cache:
+            h = self.hparams
+            wanted = (h.calibration_examples or 0) - len(self.score_examples())
+            extra: list[Example] = []
+            if wanted > 0:
+                apart = self.selection_in_use and h.selection_file is None
+                held = {id(e) for e in self._selection_draw()} if apart else set()
+                rest = [e for e in self._unscored() if id(e) not in held]
+                extra = subsample(rest, min(wanted, len(rest)), h.seed, "calibration_examples") if rest else []
+            self._cache["calibration_extra"] = extra
+        return self._cache["calibration_extra"]
+
+    def calibration_examples_list(self) -> list[Example]:
+        """The examples the reconstruction statistics come from (see ``calibration_examples``)."""
+        h = self.hparams
+        scored = self.score_examples()
+        if h.calibration_examples is not None and h.calibration_examples < len(scored):
+            return subsample(scored, h.calibration_examples, h.seed, "calibration_examples")
+        return scored + self._calibration_extra()
+
     def heaviest_score_batch(self, net: PrunableModel) -> Batch:
         """The batch of the longest scoring examples (a full batch, if there are enough): what memory must fit."""
         return net.collate(_by_length(self.score_examples())[-self.hparams.batch_size :])
@@ -170,15 +225,12 @@ class TaskDataModule(LightningDataModule):
                 f"the selection examples are drawn from the scoring source {score_source}, which overlaps the "
                 "evaluation examples: give --data.selection_file, or score on another split or file"
             )
-        examples = self._pool()
-        scoring = set(_draw(len(examples), h.num_examples, h.seed, "num_examples"))
-        rest = [e for i, e in enumerate(examples) if i not in scoring]
-        if not rest:
+        if not self._selection_draw():
             raise UsageError(
                 "every scoring example is used for scoring, none is left to choose the sparsity on: "
                 "set --data.num_examples, or give --data.selection_file"
             )
-        self._cache["selection"] = subsample(rest, min(h.selection_examples, len(rest)), h.seed, "selection_examples")
+        self._cache["selection"] = self._selection_draw()
         return self._cache["selection"]
 
     def eval_examples(self) -> list[Example]:
@@ -186,7 +238,8 @@ class TaskDataModule(LightningDataModule):
         h = self.hparams
         if "eval" not in self._cache:
             examples = self._examples(h.eval_file, h.eval_split)
-            self._cache["eval"] = subsample(examples, h.eval_examples, h.seed, "eval_examples")
+            seed = h.seed if h.eval_seed is None else h.eval_seed
+            self._cache["eval"] = subsample(examples, h.eval_examples, seed, "eval_examples")
         return self._cache["eval"]
 
     def _loader(self, examples: list[Example]) -> DataLoader:
@@ -213,7 +266,8 @@ class TaskDataModule(LightningDataModule):
     def predict_dataloader(self) -> DataLoader:
         # Length bucketing: similar lengths share a batch, so little compute goes to padding. Scores are
         # sums, so the order does not matter (beyond float rounding, which is still deterministic).
-        return self._loader(_by_length(self.score_examples()))
+        examples = self.score_examples() if self.predict_set == "score" else self.calibration_examples_list()
+        return self._loader(_by_length(examples))
 
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.eval_examples() if self.test_set == "eval" else self.selection_examples_list())

@@ -129,6 +129,11 @@ class PrunableModel(nn.Module, ABC):
             mask = mask & ~torch.isin(batch["input_ids"], special)
         return mask
 
+    def example_tokens(self, batch: Batch) -> Tensor:
+        """Tokens of each example's own text, shape ``[batch]``: what an example weighs when scores sum over
+        examples in proportion to their length (the first FFN layer's content tokens)."""
+        return self.content_mask(batch, self.ffn_layers()[0].side, batch["labels"]).sum(1)
+
     @property
     @abstractmethod
     def weights_module(self) -> nn.Module:

@@ -156,6 +156,9 @@ class CausalLMClassifier(PrunableModel):
         """The rendered prompts, without their last ``prompt_overlap`` tokens (see ``_label_word_ids``)."""
         # A chat template writes its own special tokens.
         batch = self.text_batch([self.render(e) for e in examples], examples, add_special_tokens=not self.prompt.chat)
+        # The example's own words, without the template, chat markup and demonstrations every prompt repeats.
+        own = [sum(map(len, self.tokenizer(list(e.texts), add_special_tokens=False)["input_ids"])) for e in examples]
+        batch["example_tokens"] = torch.minimum(torch.tensor(own), batch["attention_mask"].sum(1))
         if self.prompt_overlap:
             lengths = batch["attention_mask"].sum(1) - self.prompt_overlap
             keep = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)
@@ -241,6 +244,9 @@ class CausalLMClassifier(PrunableModel):
         if self.task.is_regression:
             return torch.tensor(self.prompt.word_values(), device=best.device)[best]
         return best
+
+    def example_tokens(self, batch: Batch) -> Tensor:
+        return batch["example_tokens"]
 
     def token_mask(self, batch: Batch, side: str, labels: Tensor) -> Tensor:
         return self._sequences(batch, self.candidate_index(labels))["attention_mask"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import re
 import time
@@ -36,6 +37,7 @@ from lightning_prune.pruning import (
     ActivationStatistics,
     Reconstruct,
     Reconstruction,
+    Repair,
     Scope,
     prune_model,
     restore_ffn,
@@ -79,6 +81,12 @@ class FitFreeSettings:
     def of(cls, options: Any) -> FitFreeSettings:
         """The settings held by a mapping (the parsed command line, or a function's ``locals()``)."""
         return cls(**{f.name: options[f.name] for f in fields(cls)})
+
+    @classmethod
+    def with_defaults(cls, **options: Any) -> FitFreeSettings:
+        """The settings of a run given only ``options``: fit-free's defaults for the rest."""
+        parameters = inspect.signature(fit_free).parameters.values()
+        return cls.of({**{p.name: p.default for p in parameters if p.default is not p.empty}, **options})
 
     @property
     def sparsities(self) -> list[float]:
@@ -133,7 +141,7 @@ def available_memory(trainer: Trainer) -> int | None:
 
 def check_against_model(
     trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
-) -> Reconstruct:
+) -> Repair:
     """What needs the loaded model, before any work: min_keep against the layers' widths, the scorer's memory
     for its heaviest batch and the reconstruction's statistics, every data source read once. Returns the
     reconstruction that applies to this model ("none" where bias compensation finds no down bias)."""
@@ -147,17 +155,21 @@ def check_against_model(
     if scorer.needs_data:
         scorer.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
     reconstruct = settings.reconstruct
-    if reconstruct == "bias" and all(layer.down_proj.bias is None for layer in layers):
+    down_biases = any(layer.down_proj.bias is not None for layer in layers)
+    if reconstruct == "auto":
+        reconstruct = "bias" if down_biases else "least_squares"
+    elif reconstruct == "bias" and not down_biases:
         reconstruct = "none"  # bias compensation folds into down biases: T5 and decoder LMs are cut plainly
-    if reconstruct == "least_squares":
+    if reconstruct in ("least_squares", "scales"):
         needed, free = ActivationStatistics.bytes_needed(layers, True), available_memory(trainer)
         if free is not None and needed > free // 2:
             raise UsageError(
-                f"least_squares reconstruction needs {needed / 2**30:.1f} GiB of activation statistics "
+                f"{reconstruct} reconstruction needs {needed / 2**30:.1f} GiB of activation statistics "
                 f"(d_ff² per layer) and {free / 2**30:.1f} GiB are free: use --reconstruct bias or none"
             )
+    datamodule.selection_in_use = settings.max_drop is not None
     if reconstruct != "none":
-        datamodule.score_examples()  # the statistics come from them: bad data fails now
+        datamodule.calibration_examples_list()  # the statistics come from them: bad data fails now
     datamodule.eval_examples()
     if settings.max_drop is not None:
         datamodule.selection_examples_list()
@@ -213,16 +225,29 @@ def neuron_scores(
     return Scores(scoring.scores, scoring.examples_seen, cache, resumed_batches=scoring.resumed_batches)
 
 
+def activation_statistics_of(
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, second_moments: bool
+) -> ActivationStatistics:
+    """Activation statistics of every FFN neuron over the calibration examples (all processes): forward passes,
+    no labels beyond the answer a decoder LM is fed."""
+    collecting = ActivationStatisticsModule(model.net, second_moments)
+    datamodule.predict_set = "calibration"
+    try:
+        trainer.predict(collecting, datamodule=datamodule, return_predictions=False)
+    finally:
+        datamodule.predict_set = "score"
+    rank_zero_info(f"reconstruction statistics from {len(datamodule.calibration_examples_list())} examples")
+    return collecting.statistics
+
+
 def reconstruction_of(
-    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, method: Reconstruct, damping: float
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, method: Repair, damping: float
 ) -> Reconstruction | None:
-    """The repair of every cut: activation statistics over the scoring examples (all processes), no labels
-    beyond the answer a decoder LM is fed. None for a plain cut."""
+    """The repair of every cut from the calibration examples' statistics; None for a plain cut."""
     if method == "none":
         return None
-    collecting = ActivationStatisticsModule(model.net, second_moments=method == "least_squares")
-    trainer.predict(collecting, datamodule=datamodule, return_predictions=False)
-    return collecting.statistics.reconstruction(method, damping)
+    statistics = activation_statistics_of(trainer, model, datamodule, second_moments=method != "bias")
+    return statistics.reconstruction(method, damping)
 
 
 def prune_and_evaluate(
@@ -285,7 +310,7 @@ def run_summary(
     points: list[SweepPoint],
     chosen: SweepPoint | None,
     to_save: dict[str, SweepPoint],
-    reconstruct: Reconstruct,
+    reconstruct: Repair,
     seconds: dict[str, float],
 ) -> dict[str, Any]:
     """What ``metrics.json`` records about the run."""
@@ -311,7 +336,8 @@ def run_summary(
         "dense_metrics": dense["metrics"],
         "pruned_metrics": chosen.metrics if chosen else None,
         "parameters": {"dense": dense["parameters"], "pruned": chosen.parameters if chosen else None},
-        "reconstruct": reconstruct,  # "none" where bias compensation found no down bias
+        "reconstruct": reconstruct,  # what applied: "auto" resolved, "none" where "bias" found no down bias
+        "calibration_examples": len(datamodule.calibration_examples_list()) if reconstruct != "none" else 0,
         "ffn_neurons": {
             name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
             for i, (name, size) in enumerate(dense["neurons"].items())
@@ -417,7 +443,7 @@ def fit_free(
     cache_dir: str | None = None,
     reuse_scores: bool = True,
     checkpoint_every: PositiveInt = 10,
-    reconstruct: Reconstruct = "bias",
+    reconstruct: Reconstruct = "auto",
     damping: PositiveFloat = DEFAULT_DAMPING,
 ) -> dict[str, Any]:
     """Prune the task's least important FFN neurons and save the smaller model.
@@ -455,12 +481,13 @@ def fit_free(
             per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
         checkpoint_every: batches between two saves of the scoring progress.
         reconstruct: how each layer's down projection is repaired after the cut, from activation statistics
-            over the scoring examples' words (no optimizer step): ``bias`` replaces every removed neuron by its
-            mean activation, folded into the down bias (as FLAP; only where there is a down bias: encoders —
-            T5 and decoder LMs are then cut plainly); ``least_squares`` refits the kept neurons' down weights
-            (and bias) to reproduce the dense layer's output (as K-prune; any model; needs d_ff² statistics per
-            layer); ``none``: a plain cut.
-        damping: ``least_squares`` ridge, as a fraction of the kept activations' mean second moment: larger
+            over the calibration examples (``--data.calibration_examples``; no optimizer step): ``auto``:
+            ``bias`` where the FFN has a down bias (encoders), ``least_squares`` elsewhere (decoder LMs, T5);
+            ``bias`` replaces every removed neuron by its mean activation, folded into the down bias (as FLAP;
+            without a down bias the cut is plain); ``least_squares`` refits the kept neurons' down weights
+            (and bias) to reproduce the dense layer's output (as K-prune; needs d_ff² statistics per layer);
+            ``scales``: one refitted factor per kept neuron (Kwon et al. 2022); ``none``: a plain cut.
+        damping: ``least_squares``/``scales`` ridge, as a fraction of the kept activations' mean second moment: larger
             stays closer to the plain cut.
     """
     settings = FitFreeSettings.of(locals())

@@ -14,6 +14,7 @@ from lightning_prune.pruning.reconstruction import (
     ActivationStatistics,
     Reconstruct,
     Reconstruction,
+    Repair,
     activation_statistics,
 )
 from lightning_prune.pruning.selection import Scope, select_neurons
@@ -24,6 +25,7 @@ __all__ = [
     "ActivationStatistics",
     "Reconstruct",
     "Reconstruction",
+    "Repair",
     "Scope",
     "activation_statistics",
     "apply_plan",

@@ -37,7 +37,8 @@ class AttributionScorer(NeuronScorer):
     strongly pushes *against* the answer counts as important) or ``sum`` (signed sum: ranks such neurons
     lowest and prunes them first; see benchmarks/results/main_table.md for what that costs).
     ``example_weight`` says how much each example counts in that sum: ``tokens`` (default) in proportion
-    to its content tokens (``content_mask``: real, not special), so every word of the scoring data weighs
+    to its own text's tokens (``example_tokens``: real, not special; on a decoder LM not the prompt template
+    every example repeats), so every word of the scoring data weighs
     the same; ``uniform``: every example once. An example's attributions add up to at most 1
     (completeness: p(answer) minus its value at the baseline), whatever its length, so with uniform
     weights a two-word phrase outweighs each word of a long sentence twentyfold, and neurons that matter
@@ -173,12 +174,10 @@ class AttributionScorer(NeuronScorer):
         else:
             block_inputs = model.block_inputs(batch) if self.reuse_prefix else None
             per_layer = [self.per_example(model, batch, layer, block_inputs) for layer in model.ffn_layers()]
-        # One weight per example, its tokens on the input side (the first layer's), for every layer: T5's decoder
-        # layers (which see only the answer) must not weigh examples differently from the encoder's, or global
-        # scope would compare unlike sums.
-        words = None
-        if self.example_weight == "tokens":
-            words = model.content_mask(batch, model.ffn_layers()[0].side, batch["labels"]).sum(1)
+        # One weight per example, its own text's tokens, for every layer: T5's decoder layers (which see only the
+        # answer) must not weigh examples differently from the encoder's, or global scope would compare unlike
+        # sums; a decoder LM's prompt template, which every example repeats, does not count.
+        words = model.example_tokens(batch) if self.example_weight == "tokens" else None
         scores = []
         for attributions in per_layer:
             if self.aggregate == "abs_sum":

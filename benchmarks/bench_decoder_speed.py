@@ -1,0 +1,154 @@
+"""Is a pruned decoder LM faster where users feel it? Prefill latency and greedy generation speed of the multi-task
+SmolLM2 (LoRA merged), dense vs FFN-pruned, each saved by fit-free's writer and loaded back by plain
+``transformers.AutoModelForCausalLM`` (as users run it), next to the FLOP ideal.
+
+For FFN sparsity 0.3 / 0.5 / 0.7 (every layer; magnitude scores: speed does not depend on which neurons go), and
+0.3 with every layer's kept width rounded down to a multiple of 8 (``0.3/8``), in one process:
+
+- prefill latency at batch 1: ms per SST-2 prompt (the task's rendered prompt, dynamic length);
+- greedy generation, 64 new tokens (``min_new_tokens`` = 64), batch 1 and batch 8 (left-padded): tokens/s;
+- the FLOP ideal: dense FLOPs / pruned FLOPs per token (Q/K/V/O, gated FFN, output head; attention scores are
+  left out: they are small at these lengths), and measured / ideal.
+
+Models are timed in alternating rounds (median of rounds) so drift hits all alike. Writes
+``benchmarks/results/decoder_speed.{csv,md}``. Re-run (alone on the machine: timings):
+
+    python benchmarks/bench_decoder_speed.py --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from experiments import GLUE
+from results_io import write_csv, write_report
+from runner import MULTITASK_LM
+
+from lightning_prune import load_model
+from lightning_prune.export import save_model_folder
+from lightning_prune.pruning import prune_model, restore_ffn, select_neurons, snapshot_ffn
+from lightning_prune.scorers import create_scorer
+from lightning_prune.tasks import TASKS, load_split
+
+VARIANTS = {"0.3": (0.3, 1), "0.3/8": (0.3, 8), "0.5": (0.5, 1), "0.7": (0.7, 1)}
+NEW_TOKENS = 64
+
+
+def flops_per_token(config, ffn_widths: list[int]) -> float:
+    """2 x multiply-adds per token of the projections, the gated FFNs and the output head."""
+    hidden, heads, kv_heads = config.hidden_size, config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or hidden // heads
+    attention = hidden * head_dim * (2 * heads + 2 * kv_heads)
+    ffn = sum(3 * hidden * width for width in ffn_widths)
+    return 2 * (len(ffn_widths) * attention + ffn + hidden * config.vocab_size)
+
+
+def timed(function, *arguments) -> float:
+    start = time.perf_counter()
+    function(*arguments)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from transformers import AutoModelForCausalLM
+
+    spec = TASKS["sst2"]
+    source = load_model(MULTITASK_LM["path"], spec, MULTITASK_LM["max_length"], adapter=MULTITASK_LM["adapter"])
+    examples = load_split(spec, "validation", GLUE)[: max(args.prompts, 8)]
+    tokenizer = source.tokenizer
+    tokenizer.padding_side = "left"
+    prompts = [tokenizer(source.render(e), return_tensors="pt") for e in examples[: args.prompts]]
+    batch8 = tokenizer([source.render(e) for e in examples[:8]], return_tensors="pt", padding=True)
+    scores = create_scorer("magnitude")(source, None)
+    dense_ffn = snapshot_ffn(source)
+    models, widths = {}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (sparsity, multiple) in {"dense": (0.0, 1), **VARIANTS}.items():
+            if sparsity:
+                kept = select_neurons(scores, sparsity)
+                if multiple > 1:  # the lowest-scored of the kept go, down to a multiple
+                    ranked = [s.argsort(descending=True) for s in scores]
+                    kept = [r[: len(k) // multiple * multiple].sort().values for r, k in zip(ranked, kept, strict=True)]
+                prune_model(source, kept)
+            save_model_folder(source, Path(tmp) / name)
+            restore_ffn(source, dense_ffn)
+            models[name] = AutoModelForCausalLM.from_pretrained(Path(tmp) / name, torch_dtype=torch.float32).eval()
+            widths[name] = [layer.mlp.down_proj.in_features for layer in models[name].model.layers]
+
+    def prefill(model) -> None:
+        with torch.inference_mode():
+            for ids in prompts:
+                model(**ids, use_cache=False)
+
+    def generate(model, inputs) -> None:
+        with torch.inference_mode():
+            model.generate(
+                **inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                pad_token_id=tokenizer.pad_token_id,
+            )  # fmt: skip
+
+    single = prompts[:4]
+    measures = {"prefill_ms": {}, "tokens_per_s_b1": {}, "tokens_per_s_b8": {}}
+    for model in models.values():  # warm-up
+        prefill(model)
+        generate(model, single[0])
+    for _ in range(args.rounds):
+        for name, model in models.items():
+            measures["prefill_ms"].setdefault(name, []).append(1000 * timed(prefill, model) / len(prompts))
+            seconds = sum(timed(generate, model, ids) for ids in single)
+            measures["tokens_per_s_b1"].setdefault(name, []).append(len(single) * NEW_TOKENS / seconds)
+            measures["tokens_per_s_b8"].setdefault(name, []).append(8 * NEW_TOKENS / timed(generate, model, batch8))
+    config = models["dense"].config
+    dense_flops = flops_per_token(config, widths["dense"])
+    median = {key: {name: statistics.median(v) for name, v in values.items()} for key, values in measures.items()}
+    rows = []
+    for name, model in models.items():
+        ideal = dense_flops / flops_per_token(config, widths[name])
+        prefill_speedup = median["prefill_ms"]["dense"] / median["prefill_ms"][name]
+        b1 = median["tokens_per_s_b1"][name] / median["tokens_per_s_b1"]["dense"]
+        b8 = median["tokens_per_s_b8"][name] / median["tokens_per_s_b8"]["dense"]
+        rows.append({
+            "model": name, "parameters": sum(p.numel() for p in model.parameters()),
+            "ffn_width_min": min(widths[name]), "ffn_width_max": max(widths[name]),
+            "prefill_ms_b1": round(median["prefill_ms"][name], 2), "prefill_speedup": round(prefill_speedup, 3),
+            "tokens_per_s_b1": round(median["tokens_per_s_b1"][name], 1), "generation_speedup_b1": round(b1, 3),
+            "tokens_per_s_b8": round(median["tokens_per_s_b8"][name], 1), "generation_speedup_b8": round(b8, 3),
+            "flop_ideal": round(ideal, 3),
+        })  # fmt: skip
+        print(rows[-1], flush=True)
+    write_csv("decoder_speed", rows)
+    lines = [
+        "# Decoder LM speed: dense vs FFN-pruned multi-task SmolLM2",
+        "",
+        f"Saved by fit-free's writer, loaded by plain `AutoModelForCausalLM` (float32), {args.threads} CPU threads, "
+        f"torch {torch.__version__}, median of {args.rounds} alternating rounds. Prefill: {len(prompts)} SST-2 "
+        f"prompts one by one; generation: {NEW_TOKENS} greedy new tokens, 4 prompts one by one (b=1) and 8 "
+        "left-padded prompts together (b=8). FLOP ideal: projections, FFN and output head per token. `0.3/8`: 0.3 "
+        "with every kept width rounded down to a multiple of 8. Written by `benchmarks/bench_decoder_speed.py`.",
+        "",
+        "| model | parameters | FFN width | prefill ms (b=1) | speedup | tokens/s (b=1) | speedup | tokens/s (b=8) "
+        "| speedup | FLOP ideal |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['model']} | {r['parameters']:,} | {r['ffn_width_min']} | {r['prefill_ms_b1']:.1f} | "
+            f"{r['prefill_speedup']:.2f} | {r['tokens_per_s_b1']:.1f} | {r['generation_speedup_b1']:.2f} | "
+            f"{r['tokens_per_s_b8']:.1f} | {r['generation_speedup_b8']:.2f} | {r['flop_ideal']:.2f} |"
+        )
+    write_report("decoder_speed", lines)
+
+
+if __name__ == "__main__":
+    main()

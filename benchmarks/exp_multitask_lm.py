@@ -1,0 +1,292 @@
+"""The paper's experiments on the multi-task decoder LM: SmolLM2-135M-Instruct with the committed LoRA adapter
+``models/smollm2-glue-multitask-lora`` (fine-tuned on 8 tasks by ``build_multitask_lm.py``), run through the
+user's pipeline (``runner.TaskBench``: fit-free's own steps, its defaults, its caches).
+
+- ``dense``: the dense model per task next to chance (only tasks clearly above chance enter ``main``);
+- ``main``: every installed scorer at 0.3 / 0.5 / 0.7 FFN sparsity per task, ``--draws`` scoring draws for
+  ``--draw-scorers`` (random: seeds), one for the others; the retained fraction, averaged over tasks;
+- ``unseen-domain``: scored on SST-2, evaluated on every ``sentiment_domains`` and ``sentiment_long`` set.
+
+Writes ``benchmarks/results/multitask_lm_<name>.{csv,md}`` (and ``.png`` for ``main``). Re-run, e.g.:
+
+    OMP_NUM_THREADS=2 python benchmarks/exp_multitask_lm.py main --tasks sst2 agnews
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+from experiments import DATA, spread
+from results_io import RESULTS, markdown_table, write_csv, write_figure, write_report
+from runner import (
+    JOINT_ATTRIBUTION,
+    MULTITASK_LM,
+    MULTITASK_LM_SCORING,
+    TaskBench,
+    dense_metrics,
+    glue_data,
+    split_file,
+)
+
+from lightning_prune.data import TaskDataModule
+from lightning_prune.modules import TaskModel
+from lightning_prune.scorers import scorer_infos
+from lightning_prune.tasks import Example, TaskSpec, get_task
+
+ALL_TASKS = ("sst2", "agnews", "qnli", "mnli", "rte", "stsb", "mrpc", "cola")
+AGNEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+SPARSITIES = [0.3, 0.5, 0.7]
+ABOVE_CHANCE = 0.05  # dense − chance on the primary metric for a task to enter the main table
+DOMAINS = {
+    **{f"sentiment_domains/{d}": d for d in ("yelp", "amazon_sentences", "vader_amazon", "vader_nyt", "vader_tweets")},
+    **{f"sentiment_long/{d}": d for d in ("druglib_drugs", "tripadvisor_hotels")},
+}
+EXPERIMENT = "multitask_lm"
+
+
+def data_of(task: str, eval_examples: int, seed: int) -> dict[str, Any]:
+    """``TaskDataModule`` settings of a task (AG News has only a test file: split once into scoring/evaluation)."""
+    if task == "agnews":
+        spec = get_task("agnews", AGNEWS_LABELS)
+        score_file, eval_file = split_file(DATA / "agnews" / "test.tsv", spec, 3800, "agnews")
+        settings = {"task": task, "labels": AGNEWS_LABELS, "score_file": score_file, "eval_file": eval_file}
+    else:
+        settings = glue_data(task)
+    return {**settings, **MULTITASK_LM_SCORING, "eval_examples": eval_examples, "seed": seed, "eval_seed": 0}
+
+
+def model_of(task: str) -> TaskModel:
+    return TaskModel(task=task, labels=AGNEWS_LABELS if task == "agnews" else None, **MULTITASK_LM)
+
+
+def chance(spec: TaskSpec, examples: list[Example]) -> float:
+    """What answering without reading gets: the majority class's accuracy; F1 of always answering the positive
+    class (2p / (1 + p), p its share); 0 for MCC and correlations."""
+    labels = [e.label for e in examples]
+    if spec.primary_metric == "accuracy":
+        return max(labels.count(v) for v in set(labels)) / len(labels)
+    if spec.primary_metric == "f1":
+        positive = labels.count(1) / len(labels)
+        return 2 * positive / (1 + positive)
+    return 0.0
+
+
+def run_dense(args: argparse.Namespace) -> None:
+    rows = []
+    for task in args.tasks:
+        model, data = model_of(task), data_of(task, args.eval_examples, 0)
+        value = dense_metrics(EXPERIMENT, model, data)[model.spec.primary_metric]
+        base = chance(model.spec, TaskDataModule(**data).eval_examples())
+        rows.append({
+            "task": task, "metric": model.spec.primary_metric, "dense": round(value, 5), "chance": round(base, 5),
+            "above_chance": round(value - base, 5), "eval_examples": args.eval_examples,
+        })  # fmt: skip
+        print(rows[-1], flush=True)
+    write_csv("multitask_lm_dense", rows)
+    write_report(
+        "multitask_lm_dense",
+        [
+            "# Multi-task SmolLM2 (LoRA merged), dense, per task",
+            "",
+            f"{args.eval_examples} seeded evaluation examples per task (QNLI, MNLI: second half of dev; AG News: "
+            "held-out half of its test file). Chance: the majority class's accuracy; F1 of always answering the "
+            f"positive class; 0 for MCC / Pearson. Tasks at least {ABOVE_CHANCE} above chance enter the main table.",
+            "",
+            *markdown_table(
+                ["task", "metric", "dense", "chance", "dense − chance"],
+                [
+                    [r["task"], r["metric"], f"{r['dense']:.3f}", f"{r['chance']:.3f}", f"{r['above_chance']:+.3f}"]
+                    for r in rows
+                ],
+            ),
+        ],
+    )
+
+
+def main_tasks() -> list[str]:
+    """The tasks the dense model does clearly above chance (from ``dense``'s results)."""
+    path = RESULTS / "multitask_lm_dense.csv"
+    if not path.is_file():
+        raise SystemExit("run `exp_multitask_lm.py dense` first: the main table takes the tasks above chance")
+    with path.open() as handle:
+        return [r["task"] for r in csv.DictReader(handle) if float(r["above_chance"]) >= ABOVE_CHANCE]
+
+
+def scorer_options(scorer: str, seed: int) -> dict[str, Any]:
+    if scorer == "attribution":
+        return {"scorer_options": JOINT_ATTRIBUTION}
+    return {"scorer_options": {"seed": seed}} if scorer == "random" else {}
+
+
+def rows_of(result: dict[str, Any], task: str, seed: int, dense: float, metric: str, **extra: Any) -> list[dict]:
+    rows = []
+    for point in result["points"]:
+        value = point["metrics"][metric]
+        rows.append({
+            "task": task, "scorer": result["scorer"], "seed": seed, "sparsity": point["sparsity"], "metric": metric,
+            "dense": round(dense, 5), "pruned": round(value, 5), "retained": round(value / dense, 5),
+            "reconstruct": result["reconstruct"], "calibration_examples": result["calibration_examples"],
+            "score_examples": result["examples_scored"], "score_seconds": round(result["seconds"]["score"], 1),
+            "statistics_seconds": round(result["seconds"]["statistics"], 1), **extra,
+        })  # fmt: skip
+    return rows
+
+
+def run_main(args: argparse.Namespace) -> None:
+    tasks = args.tasks or main_tasks()
+    scorers = args.scorers or sorted(scorer_infos())
+    rows: list[dict] = []
+    models: dict[str, TaskModel] = {}
+    for seed in range(args.draws):  # every task's first draw first: a complete table early
+        for task in tasks:
+            wanted = [s for s in scorers if seed == 0 or s in args.draw_scorers]
+            if not wanted:
+                continue
+            model = models.setdefault(task, model_of(task))
+            data = data_of(task, args.eval_examples, seed)
+            metric = model.spec.primary_metric
+            dense = dense_metrics(EXPERIMENT, model, data_of(task, args.eval_examples, 0))[metric]
+            bench = TaskBench(EXPERIMENT, model, data, **args.fit_free)
+            # Every scorer with fit-free's default repair; attribution also cut plainly and with per-neuron scales.
+            sweeps = [(s, {}) for s in wanted]
+            if seed == 0 and "attribution" in wanted:
+                sweeps += [("attribution", {"reconstruct": method}) for method in ("none", "scales")]
+            for scorer, repair in sweeps:
+                start = time.perf_counter()
+                result = bench.sweep(scorer, **scorer_options(scorer, seed), **repair, sparsity=SPARSITIES)
+                rows += rows_of(result, task, seed, dense, metric, default_repair=not repair)
+                print(f"{task} {scorer} {repair} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
+                write_csv("multitask_lm_main", rows)
+                report_main(rows, args)
+
+
+def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
+    rows = [r for r in all_rows if r["default_repair"]]
+    tasks = list(dict.fromkeys(r["task"] for r in rows))
+    scorers = list(dict.fromkeys(r["scorer"] for r in rows))
+
+    def values(task: str, scorer: str, sparsity: float) -> list[float]:
+        return [r["retained"] for r in rows if (r["task"], r["scorer"], r["sparsity"]) == (task, scorer, sparsity)]
+
+    def average(scorer: str, sparsity: float) -> float | None:
+        means = [statistics.mean(v) for t in tasks if (v := values(t, scorer, sparsity))]
+        return statistics.mean(means) if len(means) == len(tasks) else None
+
+    first = rows[0]
+    lines = [
+        "# Multi-task SmolLM2 (LoRA merged): task-specific FFN pruning, every scorer",
+        "",
+        f"fit-free's pipeline and defaults (`benchmarks/exp_multitask_lm.py main`, `runner.TaskBench`): "
+        f"{first['score_examples']} scoring examples (batch 4; attribution in joint mode, m = 10), "
+        f"reconstruction `{first['reconstruct']}` from {first['calibration_examples']} calibration examples, every "
+        f"layer losing the same fraction; {args.eval_examples} seeded evaluation examples per task. Cells: retained "
+        "fraction of the dense metric, mean (min–max) over scoring draws (random: seeds) where there are several.",
+        "",
+        "## Average retained over the tasks",
+        "",
+    ]
+    table = [[s, *(f"{a:.3f}" if (a := average(s, p)) is not None else "—" for p in SPARSITIES)] for s in scorers]
+    lines += [*markdown_table(["scorer", *(f"{p:g}" for p in SPARSITIES)], table), ""]
+    for task in tasks:
+        mine = [r for r in rows if r["task"] == task]
+        lines += [f"## {task} ({mine[0]['metric']}, dense {mine[0]['dense']:.3f})", ""]
+        table = [[s, *(spread(values(task, s, p)) for p in SPARSITIES)] for s in scorers]
+        lines += [*markdown_table(["scorer", *(f"{p:g}" for p in SPARSITIES)], table), ""]
+    repairs = [r for r in all_rows if r["scorer"] == "attribution" and r["seed"] == 0]
+    methods = list(dict.fromkeys(r["reconstruct"] for r in repairs))
+    lines += [
+        "## Reconstruction after the cut (attribution, first draw)",
+        "",
+        "Retained fraction with the plain cut (`none`), per-neuron scales (`scales`, Kwon et al. 2022) and the "
+        "least-squares refit of the kept down-projection columns (`least_squares`), from the same statistics.",
+        "",
+    ]
+    table = []
+    for task in tasks:
+        cells = {(r["reconstruct"], r["sparsity"]): r["retained"] for r in repairs if r["task"] == task}
+        table += [[task, m, *(f"{cells[m, p]:.3f}" if (m, p) in cells else "—" for p in SPARSITIES)] for m in methods]
+    lines += [*markdown_table(["task", "reconstruct", *(f"{p:g}" for p in SPARSITIES)], table), ""]
+    write_report("multitask_lm_main", lines)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for scorer in scorers:
+        points = [(p, a) for p in SPARSITIES if (a := average(scorer, p)) is not None]
+        if points:
+            axis.plot(*zip(*points, strict=True), marker="o", label=scorer)
+    axis.set(xlabel="FFN sparsity", ylabel="retained (average over tasks)", title="Multi-task SmolLM2")
+    axis.legend()
+    write_figure("multitask_lm_main", figure)
+
+
+def run_unseen_domain(args: argparse.Namespace) -> None:
+    """Scored on SST-2 (train), evaluated on other domains' sentiment sets, next to the SST-2 dev set."""
+    model = model_of("sst2")
+    metric = model.spec.primary_metric
+    base = TaskBench(EXPERIMENT, model, data_of("sst2", args.eval_examples, 0), **args.fit_free)
+    rows = []
+    for folder, name in [("glue/sst2", "sst2"), *DOMAINS.items()]:
+        evaluation = {} if name == "sst2" else {"eval_file": str(DATA / folder / "test.tsv")}
+        if folder.startswith("sentiment_long"):
+            evaluation["eval_examples"] = min(args.eval_examples, 300)
+        bench = base.evaluated_on(**evaluation)
+        dense = dense_metrics(EXPERIMENT, model, bench.data)[metric]
+        for scorer in args.scorers or ["attribution", "wanda", "random"]:
+            result = bench.sweep(scorer, **scorer_options(scorer, 0), sparsity=args.sparsities)
+            rows += rows_of(result, "sst2", 0, dense, metric, domain=name)
+            print(rows[-1], flush=True)
+            write_csv("multitask_lm_unseen_domain", rows)
+    scorers = list(dict.fromkeys(r["scorer"] for r in rows))
+    table = []
+    for name in dict.fromkeys(r["domain"] for r in rows):
+        mine = [r for r in rows if r["domain"] == name]
+        cells = {(r["scorer"], r["sparsity"]): r for r in mine}
+        table.append([
+            name, f"{mine[0]['dense']:.3f}",
+            *(f"{cells[s, p]['pruned']:.3f} ({cells[s, p]['retained']:.3f})" for s in scorers for p in args.sparsities),
+        ])  # fmt: skip
+    header = ["evaluated on", "dense", *(f"{s} {p:g}" for s in scorers for p in args.sparsities)]
+    write_report(
+        "multitask_lm_unseen_domain",
+        [
+            "# Multi-task SmolLM2: pruned for SST-2, evaluated on unseen domains",
+            "",
+            f"Scored on {MULTITASK_LM_SCORING['num_examples']} SST-2 training sentences (fit-free's defaults, as in "
+            f"the main table); evaluated on {args.eval_examples} seeded examples of each set (truncated at the "
+            "model's 256 tokens, left side). Cells: accuracy (retained fraction of dense).",
+            "",
+            *markdown_table(header, table),
+        ],
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("experiment", choices=["dense", "main", "unseen-domain"])
+    parser.add_argument("--tasks", nargs="+", default=None, help="default: dense: all; main: those above chance")
+    parser.add_argument("--scorers", nargs="+", default=None)
+    parser.add_argument("--draws", type=int, default=3)
+    parser.add_argument("--draw-scorers", nargs="+", default=["attribution", "random"])
+    parser.add_argument("--eval-examples", type=int, default=300)
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5])
+    args = parser.parse_args()
+    args.fit_free = {}  # fit-free's defaults (reconstruction included)
+    if args.experiment == "dense":
+        args.tasks = args.tasks or list(ALL_TASKS)
+        run_dense(args)
+    elif args.experiment == "main":
+        run_main(args)
+    else:
+        run_unseen_domain(args)
+
+
+if __name__ == "__main__":
+    Path(RESULTS).mkdir(exist_ok=True)
+    main()

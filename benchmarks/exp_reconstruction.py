@@ -1,0 +1,134 @@
+"""Which repair of the cut, from how many calibration examples: ``--reconstruct none|bias|least_squares`` and
+``--data.calibration_examples``, chosen on held-apart data (the selection examples: drawn from the scoring split,
+disjoint from the scoring and calibration examples), reported also on the evaluation examples.
+
+Every cell is a ``fit-free`` run through ``runner.run_cell`` (attribution, the model's config settings, sparsities
+0.3, 0.5, 0.7, ``--max_drop 1`` so each sparsity is also measured on the selection examples). Writes
+``benchmarks/results/reconstruction.{csv,md}``. Re-run:
+
+    OMP_NUM_THREADS=2 python benchmarks/exp_reconstruction.py --models multitask-lm minilm
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import time
+
+from experiments import MODEL
+from results_io import RESULTS, markdown_table, write_csv, write_report
+from runner import JOINT_ATTRIBUTION, MULTITASK_LM, MULTITASK_LM_SCORING, glue_data, run_cell
+
+from lightning_prune.modules import TaskModel
+
+SPARSITIES = [0.3, 0.5, 0.7]
+# (model kind) -> (TaskModel settings, data settings, fit-free options), as its config and the main tables use them
+SETUPS = {
+    "multitask-lm": (
+        MULTITASK_LM,
+        MULTITASK_LM_SCORING,
+        {"scorer": "attribution", "scorer_options": JOINT_ATTRIBUTION},
+    ),
+    "minilm": (
+        {"path": str(MODEL)},
+        {"num_examples": 256, "batch_size": 16},
+        {"scorer": "attribution", "scorer_options": {"steps": 10, "steps_per_pass": 10, "example_weight": "tokens"}},
+    ),
+}
+SPARSITIES_OF = {"multitask-lm": SPARSITIES, "minilm": [0.5, 0.7, 0.9]}
+
+
+def variants(kind: str, calibrations: list[int]) -> list[tuple[str, int | None]]:
+    """(reconstruct, calibration examples): the plain cut, bias compensation where the model has down biases, least
+    squares from each number of calibration examples, and per-neuron scales (Kwon et al.) from the most."""
+    plain = [("none", None)] + ([("bias", c) for c in calibrations] if kind == "minilm" else [])
+    return [*plain, *(("least_squares", c) for c in calibrations), ("scales", max(calibrations))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["multitask-lm", "minilm"], choices=list(SETUPS))
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "qnli"])
+    parser.add_argument("--calibrations", nargs="+", type=int, default=[64, 256, 1024])
+    parser.add_argument("--eval-examples", type=int, default=300)
+    parser.add_argument("--selection-examples", type=int, default=300)
+    args = parser.parse_args()
+    rows = earlier_rows({(kind, task) for kind in args.models for task in args.tasks})
+    for kind in args.models:
+        model_settings, data_settings, options = SETUPS[kind]
+        for task in args.tasks:
+            model = TaskModel(task=task, **model_settings)
+            for reconstruct, calibration in variants(kind, args.calibrations):
+                data = glue_data(
+                    task,
+                    **data_settings,
+                    eval_examples=args.eval_examples,
+                    selection_examples=args.selection_examples,
+                    calibration_examples=calibration,
+                )
+                start = time.perf_counter()
+                summary = run_cell(
+                    "reconstruction", model, data, **options, sparsity=SPARSITIES_OF[kind], max_drop=1.0,
+                    reconstruct=reconstruct,
+                )  # fmt: skip
+                metric = summary["primary_metric"]
+                for point in summary["sweep"]:
+                    rows.append({
+                        "model": kind, "task": task, "reconstruct": reconstruct,
+                        "calibration_examples": calibration or 0, "sparsity": point["sparsity"], "metric": metric,
+                        "dense_selection": round(summary["selection"]["dense_metrics"][metric], 5),
+                        "selection": round(point["selection_metrics"][metric], 5),
+                        "evaluation": round(point["metrics"][metric], 5),
+                        "statistics_seconds": round(summary["seconds"].get("statistics", 0.0), 1),
+                        "cell_seconds": round(time.perf_counter() - start, 1),
+                    })  # fmt: skip
+                    print(rows[-1], flush=True)
+                write_csv("reconstruction", rows)
+    report(rows, args)
+
+
+def earlier_rows(rerun: set[tuple[str, str]]) -> list[dict]:
+    """The CSV's rows of the (model, task) pairs this run does not measure again (numbers parsed)."""
+    path = RESULTS / "reconstruction.csv"
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        rows = [r for r in csv.DictReader(handle) if (r["model"], r["task"]) not in rerun]
+    texts = ("model", "task", "reconstruct", "metric")
+    return [{k: v if k in texts else float(v) if "." in v else int(v) for k, v in r.items()} for r in rows]
+
+
+def report(rows: list[dict], args: argparse.Namespace) -> None:
+    lines = [
+        "# Reconstruction after the cut: which repair, from how many calibration examples",
+        "",
+        "Every cell is one `fit-free` run (attribution; the model's config settings; `--max_drop 1` so every "
+        f"sparsity is also measured on {args.selection_examples} selection examples, drawn from the scoring split "
+        "apart from the scoring and calibration examples). *selection*: the held-apart data the defaults are "
+        f"chosen on; *evaluation*: {args.eval_examples} seeded dev examples (QNLI: the second half of dev). "
+        "Written by `benchmarks/exp_reconstruction.py`.",
+        "",
+    ]
+    for kind in dict.fromkeys(r["model"] for r in rows):
+        for task in dict.fromkeys(r["task"] for r in rows if r["model"] == kind):
+            mine = [r for r in rows if (r["model"], r["task"]) == (kind, task)]
+            sparsities = sorted({r["sparsity"] for r in mine})
+            setups = list(dict.fromkeys((r["reconstruct"], r["calibration_examples"]) for r in mine))
+            metric, dense = mine[0]["metric"], mine[0]["dense_selection"]
+            lines += [f"## {kind}, {task} ({metric}; dense on the selection examples {dense:.3f})", ""]
+            table = []
+            for reconstruct, calibration in setups:
+                cells = {r["sparsity"]: r for r in mine if (r["reconstruct"], r["calibration_examples"]) == (
+                    reconstruct, calibration)}  # fmt: skip
+                table.append([
+                    reconstruct, str(calibration or "—"),
+                    *(f"{cells[s]['selection']:.3f} / {cells[s]['evaluation']:.3f}" for s in sparsities),
+                    f"{next(iter(cells.values()))['statistics_seconds']:.0f}",
+                ])  # fmt: skip
+            header = ["reconstruct", "calibration examples", *(f"{s:g}: selection / evaluation" for s in sparsities)]
+            lines += [*markdown_table([*header, "statistics s"], table), ""]
+    write_report("reconstruction", lines)
+
+
+if __name__ == "__main__":
+    main()

