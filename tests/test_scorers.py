@@ -80,18 +80,19 @@ def test_step_chunking_does_not_change_attributions(bert_dir, glue_dir):
 
 
 def test_examples_weigh_by_their_content_tokens(model_dir, glue_dir):
-    """Default: each example's |attribution| times its input's word count, the same weight in every layer
-    (T5's decoder layers too); ``uniform``: each example once."""
+    """Default: each example's |attribution| times its own text's token count (``example_tokens``), the same
+    weight in every layer (T5's decoder layers too); ``uniform``: each example once."""
     model = load_model(model_dir, TASKS["sst2"])
     batch = model.collate(_examples(glue_dir))
     scorer = AttributionScorer(steps=4)
     weighted = scorer(model, batch)
     uniform = AttributionScorer(steps=4, example_weight="uniform")(model, batch)
     input_side = model.ffn_layers()[0].side
-    tokens = model.content_mask(batch, input_side, batch["labels"]).sum(1)
-    if input_side == "encoder":  # sentences of different lengths; [CLS]/[SEP] or </s> are not words
-        real = batch["attention_mask"].sum(1)
-        assert tokens.unique().numel() > 1 and bool((tokens < real).all())
+    tokens = model.example_tokens(batch)
+    # Sentences of different lengths; [CLS]/[SEP], </s> or a decoder LM's prompt template are not the example's.
+    assert tokens.unique().numel() > 1 and bool((tokens < batch["attention_mask"].sum(1)).all())
+    if input_side == "encoder":
+        torch.testing.assert_close(tokens, model.content_mask(batch, input_side, batch["labels"]).sum(1))
     for layer, by_tokens, by_example in zip(model.ffn_layers(), weighted, uniform, strict=True):
         attributions = scorer.per_example(model, batch, layer).abs()
         torch.testing.assert_close(by_tokens, (attributions * tokens.unsqueeze(1)).sum(0), rtol=1e-5, atol=1e-7)
