@@ -44,6 +44,7 @@ from experiments import (
     SCORE_SPLITS,
     Clock,
     bias_compensation,
+    chance,
     data_free_scores,
     data_scores,
     eval_examples,
@@ -101,18 +102,6 @@ def task_data(task: str, eval_limit: int, seed: int) -> tuple[list[Example], lis
     spec = TASKS[task]
     pool = seeded_order(load_split(spec, SCORE_SPLITS[task], DATA / "glue"), seed)
     return pool, by_length(eval_examples(spec, eval_limit))
-
-
-def chance(spec: TaskSpec, examples: list[Example]) -> float:
-    """What answering without reading gets: the majority class's accuracy; F1 of always answering the positive
-    class (2p / (1 + p), p its share); 0 for MCC and correlations."""
-    labels = [e.label for e in examples]
-    if spec.primary_metric == "accuracy":
-        return max(labels.count(v) for v in set(labels)) / len(labels)
-    if spec.primary_metric == "f1":
-        positive = labels.count(1) / len(labels)
-        return 2 * positive / (1 + positive)
-    return 0.0
 
 
 def scores_of(model: PrunableModel, scorer: str, options: dict, pool: list[Example], count: int, labels="gold"):

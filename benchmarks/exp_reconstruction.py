@@ -39,10 +39,10 @@ SPARSITIES_OF = {"multitask-lm": SPARSITIES, "minilm": [0.5, 0.7, 0.9]}
 
 
 def variants(kind: str, calibrations: list[int]) -> list[tuple[str, int | None]]:
-    """(reconstruct, calibration examples): the plain cut, bias compensation where the model has down biases, least
-    squares from each number of calibration examples, and per-neuron scales (Kwon et al.) from the most."""
+    """(reconstruct, calibration examples): the plain cut, bias compensation where the model has down biases, and
+    least squares from each number of calibration examples."""
     plain = [("none", None)] + ([("bias", c) for c in calibrations] if kind == "minilm" else [])
-    return [*plain, *(("least_squares", c) for c in calibrations), ("scales", max(calibrations))]
+    return [*plain, *(("least_squares", c) for c in calibrations)]
 
 
 def main() -> None:
@@ -50,6 +50,7 @@ def main() -> None:
     parser.add_argument("--models", nargs="+", default=["multitask-lm", "minilm"], choices=list(SETUPS))
     parser.add_argument("--tasks", nargs="+", default=["sst2", "qnli"])
     parser.add_argument("--calibrations", nargs="+", type=int, default=[64, 256, 1024])
+    parser.add_argument("--methods", nargs="+", default=["none", "bias", "least_squares"])
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--selection-examples", type=int, default=300)
     args = parser.parse_args()
@@ -59,6 +60,8 @@ def main() -> None:
         for task in args.tasks:
             model = TaskModel(task=task, **model_settings)
             for reconstruct, calibration in variants(kind, args.calibrations):
+                if reconstruct not in args.methods:
+                    continue
                 data = glue_data(
                     task,
                     **data_settings,

@@ -98,6 +98,18 @@ def evaluate(
     return results
 
 
+def chance(spec: TaskSpec, examples: list[Example]) -> float:
+    """What answering without reading gets: the majority class's accuracy; F1 of always answering the positive
+    class (2p / (1 + p), p its share); 0 for MCC and correlations."""
+    labels = [e.label for e in examples]
+    if spec.primary_metric == "accuracy":
+        return max(labels.count(v) for v in set(labels)) / len(labels)
+    if spec.primary_metric == "f1":
+        positive = labels.count(1) / len(labels)
+        return 2 * positive / (1 + positive)
+    return 0.0
+
+
 def truncated_share(model: PrunableModel, examples: list[Example], max_length: int) -> float:
     """Share of ``examples`` longer than ``max_length`` tokens (cut when evaluated at that length)."""
     lengths = [len(model.tokenizer(*e.texts, truncation=False)["input_ids"]) for e in examples]

@@ -198,9 +198,11 @@ def test_scorers_command_lists_built_ins(capsys):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux CI")
 def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
-    """Two CPU processes (gloo) score each of 47 examples exactly once and all-reduce to the 1-process scores."""
+    """Two CPU processes (gloo) score each of 47 examples exactly once and all-reduce to the 1-process scores;
+    the least-squares refit's statistics (48 calibration examples) too."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    base = fit_free_args(bert_dir, glue_dir, tmp_path / "one", "--data.num_examples", "47", "--data.batch_size", "4")
+    base = fit_free_args(bert_dir, glue_dir, tmp_path / "one", "--data.num_examples", "47", "--data.batch_size", "4",
+                         "--reconstruct", "least_squares")  # fmt: skip
     runs = {"one": [], "two": ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]}
     for name, extra in runs.items():
         args = [a if a != str(tmp_path / "one") else str(tmp_path / name) for a in base]
@@ -222,6 +224,10 @@ def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
     for key in scores_one:
         torch.testing.assert_close(scores_one[key], scores_two[key], rtol=1e-5, atol=1e-9)
     assert one["ffn_neurons"] == two["ffn_neurons"]
+    assert one["calibration_examples"] == two["calibration_examples"] == 48
+    weights_one, weights_two = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("one", "two"))
+    for key in weights_one:
+        torch.testing.assert_close(weights_one[key], weights_two[key], rtol=1e-4, atol=1e-6)
     assert (
         Path(tmp_path / "two" / "model" / "pruning_plan.json").read_text()
         == Path(tmp_path / "one" / "model" / "pruning_plan.json").read_text()

@@ -160,11 +160,11 @@ def check_against_model(
         reconstruct = "bias" if down_biases else "least_squares"
     elif reconstruct == "bias" and not down_biases:
         reconstruct = "none"  # bias compensation folds into down biases: T5 and decoder LMs are cut plainly
-    if reconstruct in ("least_squares", "scales"):
+    if reconstruct == "least_squares":
         needed, free = ActivationStatistics.bytes_needed(layers, True), available_memory(trainer)
         if free is not None and needed > free // 2:
             raise UsageError(
-                f"{reconstruct} reconstruction needs {needed / 2**30:.1f} GiB of activation statistics "
+                f"least_squares reconstruction needs {needed / 2**30:.1f} GiB of activation statistics "
                 f"(d_ff² per layer) and {free / 2**30:.1f} GiB are free: use --reconstruct bias or none"
             )
     datamodule.selection_in_use = settings.max_drop is not None
@@ -246,7 +246,7 @@ def reconstruction_of(
     """The repair of every cut from the calibration examples' statistics; None for a plain cut."""
     if method == "none":
         return None
-    statistics = activation_statistics_of(trainer, model, datamodule, second_moments=method != "bias")
+    statistics = activation_statistics_of(trainer, model, datamodule, second_moments=method == "least_squares")
     return statistics.reconstruction(method, damping)
 
 
@@ -486,8 +486,8 @@ def fit_free(
             ``bias`` replaces every removed neuron by its mean activation, folded into the down bias (as FLAP;
             without a down bias the cut is plain); ``least_squares`` refits the kept neurons' down weights
             (and bias) to reproduce the dense layer's output (as K-prune; needs d_ff² statistics per layer);
-            ``scales``: one refitted factor per kept neuron (Kwon et al. 2022); ``none``: a plain cut.
-        damping: ``least_squares``/``scales`` ridge, as a fraction of the kept activations' mean second moment: larger
+            ``none``: a plain cut.
+        damping: ``least_squares`` ridge, as a fraction of the kept activations' mean second moment: larger
             stays closer to the plain cut.
     """
     settings = FitFreeSettings.of(locals())

@@ -29,8 +29,8 @@ if TYPE_CHECKING:
     from lightning_prune.adapters.base import Batch, PrunableModel
     from lightning_prune.ffn import FFNLayer
 
-Repair = Literal["none", "bias", "least_squares", "scales"]  # what a run applies
-Reconstruct = Literal["auto", "none", "bias", "least_squares", "scales"]  # what a user asks for
+Repair = Literal["none", "bias", "least_squares"]  # what a run applies
+Reconstruct = Literal["auto", "none", "bias", "least_squares"]  # what a user asks for
 DEFAULT_DAMPING = 0.01
 
 
@@ -113,18 +113,18 @@ def activation_statistics(
 class Reconstruction:
     """A repair method and the per-layer statistics it needs (``second_moments`` for ``least_squares``)."""
 
-    method: Literal["bias", "least_squares", "scales"]
+    method: Literal["bias", "least_squares"]
     means: list[Tensor]
     second_moments: list[Tensor] | None = None
     damping: float = DEFAULT_DAMPING
 
     def __post_init__(self) -> None:
-        if self.method != "bias" and self.second_moments is None:
-            raise ValueError(f"{self.method} reconstruction needs the activations' second moments")
+        if self.method == "least_squares" and self.second_moments is None:
+            raise ValueError("least_squares reconstruction needs the activations' second moments")
 
     def applies_to(self, layer: FFNLayer) -> bool:
         """Bias compensation needs a down bias to fold into; least squares refits any layer."""
-        return self.method != "bias" or layer.down_proj.bias is not None
+        return self.method == "least_squares" or layer.down_proj.bias is not None
 
     def down_projection(self, index: int, layer: FFNLayer, keep: Tensor) -> tuple[Tensor, Tensor | None]:
         """The repaired down projection of layer ``index`` for neurons ``keep``: (weight ``[out, kept]``, bias)."""
@@ -145,19 +145,10 @@ class Reconstruction:
         if bias is not None:  # the bias absorbs the means: fit the centred activations
             moment = moment - torch.outer(mean, mean)
         kk, rk = moment[kept][:, kept], moment[removed][:, kept]
-        if self.method == "scales":  # one factor per kept column (Kwon et al. 2022): min E||W_K s a_K - W a||²
-            gram = (w_kept.T @ w_kept) * kk
-            target = (w_kept * (w_kept @ kk + w_removed @ rk)).sum(0)  # diag(W_Kᵀ W S_·K)
-            damping = self.damping * float(gram.diagonal().mean().clamp(min=1e-12))
-            system = gram + damping * torch.eye(len(kept), dtype=kk.dtype, device=kk.device)
-            scales = torch.linalg.solve(system, target + damping)  # damped toward 1: the plain cut
-            refit = w_kept * scales
-            correction = refit - w_kept
-        else:
-            damping = self.damping * float(kk.diagonal().mean().clamp(min=1e-12))
-            system = kk + damping * torch.eye(len(kept), dtype=kk.dtype, device=kk.device)
-            correction = torch.linalg.solve(system, (w_removed @ rk).T).T  # W_R S_RK (S_KK + λI)⁻¹
-            refit = w_kept + correction
+        damping = self.damping * float(kk.diagonal().mean().clamp(min=1e-12))
+        system = kk + damping * torch.eye(len(kept), dtype=kk.dtype, device=kk.device)
+        correction = torch.linalg.solve(system, (w_removed @ rk).T).T  # W_R S_RK (S_KK + λI)⁻¹
+        refit = w_kept + correction
         if bias is None:
             return refit, None
         return refit, bias + w_removed @ mean[removed] - correction @ mean[kept]
