@@ -6,7 +6,8 @@ user's pipeline (``runner.TaskBench``: fit-free's own steps, its defaults, its c
 - ``main``: every installed scorer at 0.3 / 0.5 / 0.7 FFN sparsity per task, ``--draws`` scoring draws for
   ``--draw-scorers`` (random: seeds), one for the others; the retained fraction, averaged over tasks;
 - ``unseen-domain``: scored on SST-2, evaluated on every ``sentiment_domains`` and ``sentiment_long`` set;
-- ``examples``: attribution from more scoring examples than the main table's 64 (``--counts``), on ``--tasks``.
+- ``examples``: attribution from more scoring examples than the main table's 64 (``--counts``), on ``--tasks``;
+- ``report``: the main table's report and figure again from its CSV (no model needed).
 
 Writes ``benchmarks/results/multitask_lm_<name>.{csv,md}`` (and ``.png`` for ``main``). Re-run, e.g.:
 
@@ -216,6 +217,20 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
     write_figure("multitask_lm_main", figure)
 
 
+def rerun_report(args: argparse.Namespace) -> None:
+    """``main``'s report from ``multitask_lm_main.csv`` (e.g. after a run was stopped, or a change of the text)."""
+    with (RESULTS / "multitask_lm_main.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    texts = ("task", "scorer", "metric", "reconstruct")
+    for row in rows:
+        for key, value in row.items():
+            if key == "default_repair":
+                row[key] = value == "True"
+            elif key not in texts:
+                row[key] = float(value) if "." in value else int(value)
+    report_main(rows, args)
+
+
 def run_unseen_domain(args: argparse.Namespace) -> None:
     """Scored on SST-2 (train), evaluated on other domains' sentiment sets, next to the SST-2 dev set."""
     model = model_of("sst2")
@@ -293,7 +308,7 @@ def run_examples(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", choices=["dense", "main", "unseen-domain", "examples"])
+    parser.add_argument("experiment", choices=["dense", "main", "unseen-domain", "examples", "report"])
     parser.add_argument("--tasks", nargs="+", default=None, help="default: dense: all; main: those above chance")
     parser.add_argument("--scorers", nargs="+", default=None)
     parser.add_argument("--draws", type=int, default=3)
@@ -310,6 +325,8 @@ def main() -> None:
         run_main(args)
     elif args.experiment == "examples":
         run_examples(args)
+    elif args.experiment == "report":
+        rerun_report(args)
     else:
         run_unseen_domain(args)
 
