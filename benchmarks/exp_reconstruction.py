@@ -109,7 +109,8 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         f"sparsity is also measured on {args.selection_examples} selection examples, drawn from the scoring split "
         "apart from the scoring and calibration examples). *selection*: the held-apart data the defaults are "
         f"chosen on; *evaluation*: {args.eval_examples} seeded dev examples (QNLI: the second half of dev). "
-        "Written by `benchmarks/exp_reconstruction.py`.",
+        "Written by `benchmarks/exp_reconstruction.py`. `scales` rows: one refitted factor per kept neuron (Kwon et "
+        "al. 2022), measured at commit a601c29 and removed since (least squares won on the decoder).",
         "",
     ]
     for kind in dict.fromkeys(r["model"] for r in rows):
