@@ -28,7 +28,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from experiments import DATA, chance, spread
-from results_io import RESULTS, markdown_table, write_csv, write_figure, write_report
+from results_io import RESULTS, markdown_table, read_csv, write_csv, write_figure, write_report
 from runner import (
     JOINT_ATTRIBUTION,
     MULTITASK_LM,
@@ -219,16 +219,7 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
 
 def rerun_report(args: argparse.Namespace) -> None:
     """``main``'s report from ``multitask_lm_main.csv`` (e.g. after a run was stopped, or a change of the text)."""
-    with (RESULTS / "multitask_lm_main.csv").open() as handle:
-        rows = list(csv.DictReader(handle))
-    texts = ("task", "scorer", "metric", "reconstruct")
-    for row in rows:
-        for key, value in row.items():
-            if key == "default_repair":
-                row[key] = value == "True"
-            elif key not in texts:
-                row[key] = float(value) if "." in value else int(value)
-    report_main(rows, args)
+    report_main(read_csv("multitask_lm_main", ("task", "scorer", "metric", "reconstruct")), args)
 
 
 def run_unseen_domain(args: argparse.Namespace) -> None:

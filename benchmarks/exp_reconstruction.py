@@ -12,11 +12,10 @@ Every cell is a ``fit-free`` run through ``runner.run_cell`` (attribution, the m
 from __future__ import annotations
 
 import argparse
-import csv
 import time
 
 from experiments import MODEL
-from results_io import RESULTS, markdown_table, write_csv, write_report
+from results_io import markdown_table, read_csv, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, MULTITASK_LM, MULTITASK_LM_SCORING, glue_data, run_cell
 
 from lightning_prune.modules import TaskModel
@@ -92,13 +91,8 @@ def main() -> None:
 
 def earlier_rows(rerun: set[tuple[str, str]]) -> list[dict]:
     """The CSV's rows of the (model, task) pairs this run does not measure again (numbers parsed)."""
-    path = RESULTS / "reconstruction.csv"
-    if not path.is_file():
-        return []
-    with path.open() as handle:
-        rows = [r for r in csv.DictReader(handle) if (r["model"], r["task"]) not in rerun]
-    texts = ("model", "task", "reconstruct", "metric")
-    return [{k: v if k in texts else float(v) if "." in v else int(v) for k, v in r.items()} for r in rows]
+    rows = read_csv("reconstruction", ("model", "task", "reconstruct", "metric"))
+    return [r for r in rows if (r["model"], r["task"]) not in rerun]
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:

@@ -18,6 +18,25 @@ def write_csv(name: str, rows: list[dict]) -> None:
         writer.writerows(rows)
 
 
+def read_csv(name: str, texts: tuple[str, ...]) -> list[dict]:
+    """The rows of ``<name>.csv`` (none if it does not exist), every column but ``texts`` parsed as a number
+    (``True``/``False`` as booleans)."""
+    path = RESULTS / f"{name}.csv"
+    if not path.is_file():
+        return []
+    with path.open() as handle:
+        rows = list(csv.DictReader(handle))
+
+    def parse(key: str, value: str) -> str | bool | int | float:
+        if key in texts:
+            return value
+        if value in ("True", "False"):
+            return value == "True"
+        return float(value) if "." in value else int(value)
+
+    return [{key: parse(key, value) for key, value in row.items()} for row in rows]
+
+
 def write_report(name: str, lines: list[str]) -> None:
     with atomic_path(RESULTS / f"{name}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")

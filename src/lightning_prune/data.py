@@ -162,8 +162,8 @@ class TaskDataModule(LightningDataModule):
         return self._cache["unscored"]
 
     def _selection_draw(self) -> list[Example]:
-        """The selection examples a ``max_drop`` run draws from the scoring source (whether or not it runs, so
-        the calibration examples never depend on it)."""
+        """The selection examples a ``max_drop`` run draws from the scoring source: the same draw whatever the
+        calibration examples are (these avoid it only when ``selection_in_use``)."""
         if "selection_draw" not in self._cache:
             h = self.hparams
             rest = self._unscored()
@@ -189,11 +189,14 @@ class TaskDataModule(LightningDataModule):
 
     def calibration_examples_list(self) -> list[Example]:
         """The examples the reconstruction statistics come from (see ``calibration_examples``)."""
-        h = self.hparams
-        scored = self.score_examples()
-        if h.calibration_examples is not None and h.calibration_examples < len(scored):
-            return subsample(scored, h.calibration_examples, h.seed, "calibration_examples")
-        return scored + self._calibration_extra()
+        if "calibration" not in self._cache:
+            h = self.hparams
+            scored = self.score_examples()
+            if h.calibration_examples is not None and h.calibration_examples < len(scored):
+                self._cache["calibration"] = subsample(scored, h.calibration_examples, h.seed, "calibration_examples")
+            else:
+                self._cache["calibration"] = scored + self._calibration_extra()
+        return self._cache["calibration"]
 
     def heaviest_score_batch(self, net: PrunableModel) -> Batch:
         """The batch of the longest scoring examples (a full batch, if there are enough): what memory must fit."""

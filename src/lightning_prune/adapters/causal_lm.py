@@ -157,8 +157,10 @@ class CausalLMClassifier(PrunableModel):
         # A chat template writes its own special tokens.
         batch = self.text_batch([self.render(e) for e in examples], examples, add_special_tokens=not self.prompt.chat)
         # The example's own words, without the template, chat markup and demonstrations every prompt repeats.
-        own = [sum(map(len, self.tokenizer(list(e.texts), add_special_tokens=False)["input_ids"])) for e in examples]
-        batch["example_tokens"] = torch.minimum(torch.tensor(own), batch["attention_mask"].sum(1))
+        texts = [text for e in examples for text in e.texts]
+        lengths = torch.tensor([len(ids) for ids in self.tokenizer(texts, add_special_tokens=False)["input_ids"]])
+        own = lengths.view(len(examples), -1).sum(1)  # every example of a task has the same number of texts
+        batch["example_tokens"] = torch.minimum(own, batch["attention_mask"].sum(1))
         if self.prompt_overlap:
             lengths = batch["attention_mask"].sum(1) - self.prompt_overlap
             keep = torch.arange(int(lengths.max())) < lengths.unsqueeze(1)

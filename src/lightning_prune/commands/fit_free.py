@@ -143,8 +143,10 @@ def check_against_model(
     trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
 ) -> Repair:
     """What needs the loaded model, before any work: min_keep against the layers' widths, the scorer's memory
-    for its heaviest batch and the reconstruction's statistics, every data source read once. Returns the
-    reconstruction that applies to this model ("none" where bias compensation finds no down bias)."""
+    for its heaviest batch and the reconstruction's statistics, every data source read once (the datamodule
+    learns whether selection examples are in use, which the calibration draw avoids). Returns the
+    reconstruction that applies to this model ("auto" resolved; "none" where bias compensation finds no down
+    bias)."""
     layers = model.net.ffn_layers()
     widest = max(layer.size for layer in layers)
     if max(settings.sparsities) > 0 and settings.min_keep >= widest:
