@@ -170,10 +170,13 @@ class TaskBench:
         result = {
             "scorer": scorer,
             "options": options,
+            "scope": settings.scope,
             "reconstruct": repair.method if repair is not None else "none",
             "calibration_examples": len(self.datamodule.calibration_examples_list()) if repair is not None else 0,
             "examples_scored": scores.examples,
-            "points": [{"sparsity": p.sparsity, "metrics": p.metrics} for p in points],
+            "points": [
+                {"sparsity": p.sparsity, "metrics": p.metrics, "selection_metrics": p.selection_metrics} for p in points
+            ],
             "seconds": seconds,
         }
         path.parent.mkdir(parents=True, exist_ok=True)

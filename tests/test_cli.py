@@ -226,8 +226,8 @@ def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
     assert one["ffn_neurons"] == two["ffn_neurons"]
     assert one["calibration_examples"] == two["calibration_examples"] == 48
     weights_one, weights_two = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("one", "two"))
-    for key in weights_one:
-        torch.testing.assert_close(weights_one[key], weights_two[key], rtol=1e-4, atol=1e-6)
+    for key in weights_one:  # the float32 second-moment sums add up in another order over two processes
+        torch.testing.assert_close(weights_one[key], weights_two[key], rtol=1e-4, atol=1e-5)
     assert (
         Path(tmp_path / "two" / "model" / "pruning_plan.json").read_text()
         == Path(tmp_path / "one" / "model" / "pruning_plan.json").read_text()

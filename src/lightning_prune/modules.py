@@ -212,8 +212,7 @@ class ActivationStatisticsModule(LightningModule):
         self.statistics.update(self.net, batch)
 
     def on_predict_epoch_end(self) -> None:
-        flat = self.statistics.flat().to(self.device)
-        self.statistics.from_flat(self.trainer.strategy.reduce(flat, reduce_op="sum"))
+        self.statistics.reduce(lambda part: self.trainer.strategy.reduce(part.to(self.device), reduce_op="sum"))
 
 
 class StopOnSigterm(Callback):

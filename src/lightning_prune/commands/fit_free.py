@@ -465,7 +465,8 @@ def fit_free(
             the dense model's, e.g. 0.01; it is saved as ``model/``.
         save_models: ``auto``: the one sparsity's model, or the ``max_drop`` choice of a sweep (none without
             it); ``all``: also every swept sparsity as ``model-<sparsity>/``; ``none``: no model.
-        scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide).
+        scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide: uneven
+            widths; see benchmarks/results/allocation.md for when it helps).
         min_keep: neurons every layer keeps at least.
         save_dtype: dtype of the saved weights; ``auto`` keeps the dtype the model had on disk (float16 in,
             float16 out; computation always runs in float32).
@@ -555,7 +556,15 @@ def _report(summary: dict[str, Any], output_dir: str) -> str:
     asked, achieved = summary["sparsity"], summary["achieved_sparsity"]
     if abs(achieved - asked) > 0.005:
         asked = f"{achieved:.3f} (asked {asked}; min_keep kept more)"
+    uneven = any(saved["ffn_widths"] == "per-layer" for saved in (summary.get("saved_models") or {}).values())
+    loading = (
+        " (uneven FFN widths: load it with lightning_prune.load_model; --scope layer or --pad_uneven_ffn true save "
+        "one that plain from_pretrained loads)"
+        if uneven
+        else ""
+    )
     return (
         f"{summary['task']}: {metric} dense {dense:.4f} -> pruned {pruned:.4f} at FFN sparsity {asked} "
-        f"({summary['scorer']}); parameters {params['dense']:,} -> {params['pruned']:,}{chosen}; wrote {output_dir}"
+        f"({summary['scorer']}, {summary['scope']} scope); parameters {params['dense']:,} -> {params['pruned']:,}"
+        f"{chosen}; wrote {output_dir}{loading}"
     )

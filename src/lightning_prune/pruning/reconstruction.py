@@ -19,6 +19,7 @@ tokens: statistics over all tokens would add that special-token spike to every w
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -32,23 +33,28 @@ if TYPE_CHECKING:
 Repair = Literal["none", "bias", "least_squares"]  # what a run applies
 Reconstruct = Literal["auto", "none", "bias", "least_squares"]  # what a user asks for
 DEFAULT_DAMPING = 0.01
+GRAM_DTYPE = torch.float32
 
 
 class ActivationStatistics:
     """Per-layer sums of content-token FFN activations, their count and (``second_moments``) the sums of their
-    outer products, added up over batches and processes (float64: sums of many tokens)."""
+    outer products, added up over batches and processes. Sums and counts are float64; the ``d_ff²`` outer-product
+    sums are float32 (``GRAM_DTYPE``): half the memory (Llama-7B: 15.5 GB instead of 31), and each batch's
+    products are summed in float32 anyway. Their relative error over half a million tokens stays near 1e-6
+    (tests/test_pruning.py), four orders below the damping that regularises the solve."""
 
     def __init__(self, layers: list[FFNLayer], second_moments: bool = False) -> None:
         self.sums = [torch.zeros(layer.size, dtype=torch.float64) for layer in layers]
         self.grams = (
-            [torch.zeros(layer.size, layer.size, dtype=torch.float64) for layer in layers] if second_moments else None
+            [torch.zeros(layer.size, layer.size, dtype=GRAM_DTYPE) for layer in layers] if second_moments else None
         )
         self.tokens = torch.zeros(len(layers), dtype=torch.float64)
 
     @staticmethod
     def bytes_needed(layers: list[FFNLayer], second_moments: bool) -> int:
-        """Memory the statistics take (the second moments dominate: d_ff² float64 per layer)."""
-        return sum(8 * (layer.size + (layer.size**2 if second_moments else 0)) for layer in layers)
+        """Memory the statistics take (the second moments dominate: d_ff² float32 per layer)."""
+        gram_bytes = torch.finfo(GRAM_DTYPE).bits // 8
+        return sum(8 * layer.size + (gram_bytes * layer.size**2 if second_moments else 0) for layer in layers)
 
     def update(self, model: PrunableModel, batch: Batch) -> None:
         """Add one batch's content-token activations (one forward pass, no gradients)."""
@@ -60,43 +66,34 @@ class ActivationStatistics:
             mask = model.content_mask(batch, layer.side, batch["labels"]).to(activations.device)
             tokens = activations.detach()[mask].float()
             self.sums[i] += tokens.double().sum(0).cpu()
-            if self.grams is not None:  # one batch's products in float32 (a few hundred tokens), summed in float64
-                self.grams[i] += (tokens.T @ tokens).double().cpu()
+            if self.grams is not None:
+                self.grams[i] += (tokens.T @ tokens).to("cpu", GRAM_DTYPE)
             self.tokens[i] += float(mask.sum())
             return activations
 
         with torch.no_grad(), model.hook_activations(layers, record):
             model.target_log_prob(batch, batch["labels"])
 
-    def flat(self) -> Tensor:
-        """Everything in one tensor (for one all-reduce); ``from_flat`` reads it back."""
-        grams = [g.flatten() for g in self.grams] if self.grams is not None else []
-        return torch.cat([*self.sums, *grams, self.tokens])
-
-    def from_flat(self, flat: Tensor) -> None:
+    def reduce(self, reduce: Callable[[Tensor], Tensor]) -> None:
+        """Replace every sum by ``reduce`` of it (under DDP: its sum over all processes): the means' sums and the
+        token counts as one float64 tensor, then each layer's second-moment sum on its own (no copy of them all)."""
         sizes = [s.numel() for s in self.sums]
-        gram_sizes = [n * n for n in sizes] if self.grams is not None else []
-        parts = torch.split(flat.cpu(), [*sizes, *gram_sizes, self.tokens.numel()])
-        self.sums = list(parts[: len(sizes)])
+        *sums, tokens = torch.split(reduce(torch.cat([*self.sums, self.tokens])).cpu(), [*sizes, self.tokens.numel()])
+        self.sums, self.tokens = list(sums), tokens
         if self.grams is not None:
-            self.grams = [g.view(n, n) for g, n in zip(parts[len(sizes) : -1], sizes, strict=True)]
-        self.tokens = parts[-1]
+            self.grams = [reduce(gram).cpu() for gram in self.grams]
 
     def means(self) -> list[Tensor]:
         """Mean activation per neuron and layer (zero for a layer that saw no content token)."""
         return [s / max(float(n), 1.0) for s, n in zip(self.sums, self.tokens, strict=True)]
 
-    def second_moments(self) -> list[Tensor] | None:
-        """``E[a aᵀ]`` per layer, or None when not collected."""
-        if self.grams is None:
-            return None
-        return [g / max(float(n), 1.0) for g, n in zip(self.grams, self.tokens, strict=True)]
-
     def reconstruction(self, method: Repair, damping: float = DEFAULT_DAMPING) -> Reconstruction | None:
-        """How to repair the cut with these statistics (None: a plain cut)."""
+        """How to repair the cut with these statistics (None: a plain cut). The second-moment sums are shared,
+        not copied: each layer's is normalised when its refit is solved."""
         if method == "none":
             return None
-        return Reconstruction(method, self.means(), self.second_moments(), damping)
+        tokens = self.tokens if self.grams is not None else None
+        return Reconstruction(method, self.means(), self.grams, damping, tokens)
 
 
 def activation_statistics(
@@ -111,12 +108,15 @@ def activation_statistics(
 
 @dataclass
 class Reconstruction:
-    """A repair method and the per-layer statistics it needs (``second_moments`` for ``least_squares``)."""
+    """A repair method and the per-layer statistics it needs: for ``least_squares`` the ``second_moments``
+    ``E[a aᵀ]`` — or their sums over ``tokens`` content tokens per layer, so that statistics need no normalised
+    copy — in any float dtype (each layer's is solved in float64)."""
 
     method: Literal["bias", "least_squares"]
     means: list[Tensor]
     second_moments: list[Tensor] | None = None
     damping: float = DEFAULT_DAMPING
+    tokens: Tensor | None = None
 
     def __post_init__(self) -> None:
         if self.method == "least_squares" and self.second_moments is None:
@@ -141,7 +141,9 @@ class Reconstruction:
         if self.method == "bias":
             return w_kept, None if bias is None else bias + w_removed @ mean[removed]
         assert self.second_moments is not None
-        moment = self.second_moments[index].to(weight.device)
+        moment = self.second_moments[index].to(weight.device, torch.float64)
+        if self.tokens is not None:
+            moment = moment / max(float(self.tokens[index]), 1.0)
         if bias is not None:  # the bias absorbs the means: fit the centred activations
             moment = moment - torch.outer(mean, mean)
         kk, rk = moment[kept][:, kept], moment[removed][:, kept]

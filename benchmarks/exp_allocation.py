@@ -1,0 +1,111 @@
+"""Allocation across layers: every layer losing the same fraction (``--scope layer``) or one ranking over the whole
+model (``--scope global``), per scorer, chosen on held-apart data (the selection examples: drawn from the scoring
+split, apart from the scoring and calibration examples) and reported on the evaluation examples too.
+
+Every sweep runs through ``runner.TaskBench`` (fit-free's steps and defaults, ``--max_drop 1`` so each sparsity is
+also measured on the selection examples). Writes ``benchmarks/results/allocation.{csv,md}``. Re-run:
+
+    OMP_NUM_THREADS=2 python benchmarks/exp_allocation.py --models multitask-lm --tasks sst2 agnews
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from exp_multitask_lm import data_of, model_of, scorer_options
+from exp_reconstruction import SETUPS, SPARSITIES_OF
+from results_io import markdown_table, read_csv, write_csv, write_report
+from runner import TaskBench, glue_data
+
+from lightning_prune.modules import TaskModel
+
+EXPERIMENT = "allocation"
+
+
+def bench_of(kind: str, task: str, args: argparse.Namespace) -> TaskBench:
+    """The task's bench with the model's settings (as its config and the main tables use them)."""
+    model_settings, data_settings, _ = SETUPS[kind]
+    held_apart = {"eval_examples": args.eval_examples, "selection_examples": args.selection_examples}
+    if kind == "multitask-lm":
+        model, data = model_of(task), {**data_of(task, args.eval_examples, 0), **held_apart}
+    else:
+        model, data = TaskModel(task=task, **model_settings), glue_data(task, **data_settings, **held_apart)
+    return TaskBench(EXPERIMENT, model, data, max_drop=1.0)
+
+
+def options_of(kind: str, scorer: str) -> dict:
+    """The scorer's options as the model's main table runs it."""
+    if scorer == "attribution":
+        return {"scorer_options": SETUPS[kind][2]["scorer_options"]}
+    return scorer_options(scorer, 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models", nargs="+", default=["multitask-lm"], choices=list(SETUPS))
+    parser.add_argument("--tasks", nargs="+", default=["sst2", "agnews"])
+    parser.add_argument("--scorers", nargs="+", default=["attribution", "fisher", "wanda"])
+    parser.add_argument("--scopes", nargs="+", default=["layer", "global"])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=None, help="default: the model's main table's")
+    parser.add_argument("--eval-examples", type=int, default=300)
+    parser.add_argument("--selection-examples", type=int, default=300)
+    parser.add_argument("--report-only", action="store_true")
+    args = parser.parse_args()
+    rows = read_csv(EXPERIMENT, ("model", "task", "scorer", "scope", "metric", "reconstruct"))
+    if not args.report_only:  # the rows of other (model, task) pairs stay; these are measured (or read from cache)
+        rows = [r for r in rows if r["model"] not in args.models or r["task"] not in args.tasks]
+        for kind in args.models:
+            for task in args.tasks:
+                bench = bench_of(kind, task, args)
+                metric = bench.model.spec.primary_metric
+                for scorer in args.scorers:
+                    for scope in args.scopes:
+                        start = time.perf_counter()
+                        sparsities = args.sparsities or SPARSITIES_OF[kind]
+                        options = {**options_of(kind, scorer), "scope": scope, "sparsity": sparsities}
+                        result = bench.sweep(scorer, **options)
+                        for point in result["points"]:
+                            rows.append({
+                                "model": kind, "task": task, "scorer": scorer, "scope": scope,
+                                "sparsity": point["sparsity"], "metric": metric,
+                                "selection": round(point["selection_metrics"][metric], 5),
+                                "evaluation": round(point["metrics"][metric], 5),
+                                "reconstruct": result["reconstruct"],
+                                "seconds": round(time.perf_counter() - start, 1),
+                            })  # fmt: skip
+                            print(rows[-1], flush=True)
+                        write_csv(EXPERIMENT, rows)
+                        report(rows)
+    report(rows)
+
+
+def report(rows: list[dict]) -> None:
+    lines = [
+        "# Allocation across layers: per-layer (`--scope layer`) or one model-wide ranking (`--scope global`)",
+        "",
+        "Each scorer's scores, the same reconstruction (fit-free's default for the model), the neurons chosen per "
+        "layer or over the whole model. Cells: *selection* / *evaluation* metric; selection = held-apart examples "
+        "of the scoring split (neither scored nor calibrated on), the data the default is chosen on. Written by "
+        "`benchmarks/exp_allocation.py` (one scoring draw).",
+        "",
+    ]
+    for kind in dict.fromkeys(r["model"] for r in rows):
+        for task in dict.fromkeys(r["task"] for r in rows if r["model"] == kind):
+            mine = [r for r in rows if (r["model"], r["task"]) == (kind, task)]
+            sparsities = sorted({r["sparsity"] for r in mine})
+            lines += [f"## {kind}, {task} ({mine[0]['metric']}; reconstruct {mine[0]['reconstruct']})", ""]
+            table = []
+            for scorer, scope in dict.fromkeys((r["scorer"], r["scope"]) for r in mine):
+                cells = {r["sparsity"]: r for r in mine if (r["scorer"], r["scope"]) == (scorer, scope)}
+                table.append([
+                    scorer, scope,
+                    *(f"{cells[s]['selection']:.3f} / {cells[s]['evaluation']:.3f}" if s in cells else "—"
+                      for s in sparsities),
+                ])  # fmt: skip
+            lines += [*markdown_table(["scorer", "scope", *(f"{s:g}" for s in sparsities)], table), ""]
+    write_report(EXPERIMENT, lines)
+
+
+if __name__ == "__main__":
+    main()
