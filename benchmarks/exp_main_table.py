@@ -1,14 +1,15 @@
 """Main table: each task's metric after pruning 10-90% of the FFN neurons, for every installed scorer.
 
-The multi-task model (``models/minilm-glue-multitask``) is pruned for one task at a time, every FFN layer
-losing the same fraction (``scope=layer``). Scorers are every one ``lightning_prune.scorers.scorer_infos()``
-lists (built-ins and installed plugins such as ``fisher``). Data scorers see the same ``--examples``
-seeded training examples per task; ``random`` runs with ``--random-seeds`` seeds (mean, min and max shown).
+The multi-task model (``models/minilm-glue-multitask``) is pruned for one task at a time through the user's
+pipeline (``runner.TaskBench``: fit-free's steps, defaults and caches; every FFN layer losing the same fraction,
+fit-free's default reconstruction). Scorers are every one ``lightning_prune.scorers.scorer_infos()`` lists
+(built-ins and installed plugins such as ``fisher``). Data scorers see the same ``--examples`` seeded training
+examples per task; ``random`` runs with ``--random-seeds`` seeds (mean, min and max shown).
 ``attribution-signed`` (on ``--signed-tasks``) is attribution with the signed sum over examples
 (``aggregate: sum``) — the literal reading of "summed over examples" — next to the default sum of
 per-example magnitudes.
 
-Writes ``benchmarks/results/main_table.{csv,md,png}``. Re-run (about an hour on this 2-core CPU):
+Writes ``benchmarks/results/main_table.{csv,md,png}``. Re-run:
 
     python benchmarks/exp_main_table.py
 """
@@ -16,38 +17,21 @@ Writes ``benchmarks/results/main_table.{csv,md,png}``. Re-run (about an hour on 
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
+import time
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from experiments import (
-    ATTRIBUTION,
-    EVAL_LIMIT,
-    MODEL,
-    SPARSITIES,
-    TASK_NAMES,
-    Clock,
-    add_compensate_option,
-    bias_compensation,
-    data_free_scores,
-    data_scores,
-    dense_model,
-    eval_examples,
-    evaluate,
-    model_name,
-    primary,
-    prune_and_evaluate,
-    score_pool,
-    spread,
-)
-from results_io import RESULTS, markdown_table, write_csv, write_figure, write_report
+from experiments import ATTRIBUTION, GLUE, MODEL, SPARSITIES, TASK_NAMES, model_name, spread
+from results_io import markdown_table, read_csv, write_csv, write_figure, write_report
+from runner import TaskBench, dense_metrics, glue_data
 
-from lightning_prune.scorers import load_scorer_class, scorer_infos
-from lightning_prune.tasks import TASKS
+from lightning_prune.modules import TaskModel
+from lightning_prune.scorers import scorer_infos
+from lightning_prune.tasks import TASKS, load_split
 
 SIGNED = "attribution-signed"
 HEADLINE_SPARSITIES = (0.5, 0.7)
@@ -73,49 +57,42 @@ def arguments() -> argparse.Namespace:
     parser.add_argument("--model", type=Path, default=MODEL, help="multi-task model folder")
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
     parser.add_argument("--examples", type=int, default=128, help="scoring examples per task")
-    parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT, help="evaluate on a seeded draw of at most N")
+    parser.add_argument("--eval-limit", type=int, default=300, help="evaluate on a seeded draw of at most N")
     parser.add_argument("--signed-tasks", nargs="*", default=["sst2", "rte"], help="tasks that also get the signed sum")
     parser.add_argument("--random-seeds", type=int, default=3)
     parser.add_argument("--sparsities", type=float, nargs="+", default=list(SPARSITIES))
     parser.add_argument(
         "--min-dense", type=float, default=0.2, help="leave tasks whose dense metric is below this out of the average"
     )
-    add_compensate_option(parser)
+    parser.add_argument("--reconstruct", default="auto", help="fit-free's --reconstruct for every scorer")
     parser.add_argument("--report-only", action="store_true", help="rebuild the .md and .png from the CSV")
     return parser.parse_args()
 
 
-def measure(args: argparse.Namespace, clock: Clock) -> list[dict]:
-    """Score, prune and evaluate every (task, scorer, seed, sparsity): the rows of the CSV."""
+def measure(args: argparse.Namespace) -> list[dict]:
+    """Score, prune and evaluate every (task, scorer, seed, sparsity) with fit-free's steps: the rows of the CSV."""
     rows = []
     for task in args.tasks:
-        spec = TASKS[task]
-        dense = dense_model(spec, args.model)
-        examples = eval_examples(spec, args.eval_limit)
-        dense_value = primary(spec, evaluate(dense, spec, examples))
-        clock.lap("evaluate")
-        means = {}  # per scoring seed: as in fit-free, every scorer's removed neurons get the scoring examples' means
+        model = TaskModel(task=task, path=str(args.model))
+        data = glue_data(task, num_examples=args.examples, batch_size=16, eval_seed=0)
+        available = len(load_split(model.spec, data["eval_split"], GLUE))
+        data["eval_examples"] = min(args.eval_limit, available)  # RTE, MRPC: all of a smaller dev set
+        metric = model.spec.primary_metric
+        dense_value = dense_metrics("main_table", model, data)[metric]
+        bench = TaskBench("main_table", model, data, reconstruct=args.reconstruct)
         for row_name, scorer, options, seed in variants(args.random_seeds, task in args.signed_tasks):
-            pool = score_pool(spec, seed)
-            if load_scorer_class(scorer).needs_data:
-                scores = data_scores(dense, scorer, options, pool, args.examples)
-            else:
-                scores = data_free_scores(dense, scorer, options)
-            if args.compensate and seed not in means:
-                means[seed] = bias_compensation(dense, pool, args.examples)
-            clock.lap("score")
-            pruned = prune_and_evaluate(
-                dense, spec, scores, tuple(args.sparsities), examples, reconstruction=means.get(seed)
-            )
-            for sparsity, metrics in pruned.items():
-                value = primary(spec, metrics)
+            result = bench.sweep(scorer, scorer_options=options or None, sparsity=list(args.sparsities))
+            for point in result["points"]:
+                value = point["metrics"][metric]
                 rows.append({
-                    "task": task, "scorer": row_name, "seed": seed, "sparsity": sparsity,
-                    "metric": spec.primary_metric, "dense": round(dense_value, 5), "pruned": round(value, 5),
-                    "retained": round(value / dense_value, 5), "eval_examples": len(examples),
+                    "task": task, "scorer": row_name, "seed": seed, "sparsity": point["sparsity"], "metric": metric,
+                    "dense": round(dense_value, 5), "pruned": round(value, 5),
+                    "retained": round(value / dense_value, 5), "eval_examples": data["eval_examples"],
+                    "reconstruct": result["reconstruct"],
+                    "calibration_examples": result["calibration_examples"],
+                    "score_seconds": round(result["seconds"]["score"], 1),
                 })  # fmt: skip
                 print(rows[-1], flush=True)
-            clock.lap("evaluate")
     return rows
 
 
@@ -123,6 +100,7 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
     """The markdown report and the plot, from the rows."""
     sparsities = tuple(args.sparsities)
     scorers = list(dict.fromkeys(r["scorer"] for r in rows))
+    repair, calibration = rows[0]["reconstruct"], rows[0]["calibration_examples"]
     # A ratio to a dense metric near zero (a task the model never learned, e.g. CoLA MCC ~0) is noise.
     learned = [t for t in args.tasks if next(r["dense"] for r in rows if r["task"] == t) >= args.min_dense]
     left_out = [t for t in args.tasks if t not in learned]
@@ -145,19 +123,15 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
     lines = [
         "# Main table: task metric after pruning FFN neurons for one task",
         "",
-        f"Model `{model_name(args.model)}` (6 FFN layers x 1536 neurons). Per task: scorers see the same "
-        f"{args.examples} seeded scoring examples (gold labels); attribution uses m = {ATTRIBUTION['steps']} "
-        f"Riemann steps (one weight per example: `example_weight: {ATTRIBUTION['example_weight']}`); every layer "
-        "loses the same fraction; "
-        + (
-            "bias compensation (fit-free's default): each removed neuron's mean activation over the scoring "
-            "examples is folded into the down-projection bias, for every scorer. "
-            if args.compensate
-            else "no bias compensation. "
-        )
-        + f"Evaluation on at most {args.eval_limit} examples "
-        "(a seeded draw) of dev; QNLI and MNLI: scored on the first half of dev, evaluated on the second half "
-        f"(the model was fine-tuned on the first half). `random`: mean (min–max) over {args.random_seeds} seeds.",
+        f"Model `{model_name(args.model)}` (6 FFN layers x 1536 neurons), pruned through fit-free's own steps "
+        f"(`runner.TaskBench`). Per task: scorers see the same {args.examples} seeded scoring examples (gold "
+        f"labels); attribution uses m = {ATTRIBUTION['steps']} Riemann steps (`example_weight: "
+        f"{ATTRIBUTION['example_weight']}`); every layer loses the same fraction; reconstruction `{repair}` "
+        f"(fit-free's default for this model) from {calibration} calibration examples, for every scorer. "
+        f"Evaluation on at most {args.eval_limit} examples (a seeded draw) of dev; QNLI and MNLI: scored on the "
+        "first half of dev, evaluated on the second half (the model was fine-tuned on the first half). "
+        "`random`: mean (min–max) over "
+        f"{args.random_seeds} seeds.",
         "",
         "## Headline: average over the tasks of the retained fraction of the dense metric",
         "",
@@ -209,17 +183,13 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
 def main() -> None:
     args = arguments()
     if args.report_only:
-        with (RESULTS / "main_table.csv").open() as handle:
-            rows = [
-                {**r, "seed": int(r["seed"]), **{k: float(r[k]) for k in ("sparsity", "dense", "pruned", "retained")}}
-                for r in csv.DictReader(handle)
-            ]
-        report(rows, args, "Rebuilt from main_table.csv with --report-only (wall time of the measuring run: README).")
+        rows = read_csv("main_table", ("task", "scorer", "metric", "reconstruct"))
+        report(rows, args, "Rebuilt from main_table.csv with --report-only.")
         return
-    clock = Clock()
-    rows = measure(args, clock)
+    start = time.perf_counter()
+    rows = measure(args)
     write_csv("main_table", rows)
-    report(rows, args, clock.line())
+    report(rows, args, f"Wall time of the measuring run: {time.perf_counter() - start:.0f} s (2-core CPU).")
 
 
 if __name__ == "__main__":

@@ -278,7 +278,7 @@ def prune_and_evaluate(
         if settings.max_drop is not None:
             start = time.perf_counter()
             point.selection_metrics = test_metrics(trainer, model, datamodule, "selection")
-            seconds["evaluate_selection"] += time.perf_counter() - start
+            seconds["evaluate_selection"] = seconds.get("evaluate_selection", 0.0) + time.perf_counter() - start
         points.append(point)
         restore_ffn(model.net, dense_ffn)
         if len(settings.sparsities) > 1:
