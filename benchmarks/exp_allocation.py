@@ -15,7 +15,7 @@ import time
 
 from exp_multitask_lm import data_of, model_of, scorer_options
 from exp_reconstruction import SETUPS, SPARSITIES_OF
-from results_io import markdown_table, read_csv, write_csv, write_report
+from results_io import groups, markdown_table, read_csv, write_csv, write_report
 from runner import TaskBench, glue_data
 
 from lightning_prune.modules import TaskModel
@@ -90,20 +90,18 @@ def report(rows: list[dict]) -> None:
         "`benchmarks/exp_allocation.py` (one scoring draw).",
         "",
     ]
-    for kind in dict.fromkeys(r["model"] for r in rows):
-        for task in dict.fromkeys(r["task"] for r in rows if r["model"] == kind):
-            mine = [r for r in rows if (r["model"], r["task"]) == (kind, task)]
-            sparsities = sorted({r["sparsity"] for r in mine})
-            lines += [f"## {kind}, {task} ({mine[0]['metric']}; reconstruct {mine[0]['reconstruct']})", ""]
-            table = []
-            for scorer, scope in dict.fromkeys((r["scorer"], r["scope"]) for r in mine):
-                cells = {r["sparsity"]: r for r in mine if (r["scorer"], r["scope"]) == (scorer, scope)}
-                table.append([
-                    scorer, scope,
-                    *(f"{cells[s]['selection']:.3f} / {cells[s]['evaluation']:.3f}" if s in cells else "—"
-                      for s in sparsities),
-                ])  # fmt: skip
-            lines += [*markdown_table(["scorer", "scope", *(f"{s:g}" for s in sparsities)], table), ""]
+    for (kind, task), mine in groups(rows, "model", "task").items():
+        sparsities = sorted({r["sparsity"] for r in mine})
+        lines += [f"## {kind}, {task} ({mine[0]['metric']}; reconstruct {mine[0]['reconstruct']})", ""]
+        table = []
+        for (scorer, scope), cells in groups(mine, "scorer", "scope").items():
+            by_sparsity = {r["sparsity"]: r for r in cells}
+            table.append([
+                scorer, scope,
+                *(f"{by_sparsity[s]['selection']:.3f} / {by_sparsity[s]['evaluation']:.3f}" if s in by_sparsity
+                  else "—" for s in sparsities),
+            ])  # fmt: skip
+        lines += [*markdown_table(["scorer", "scope", *(f"{s:g}" for s in sparsities)], table), ""]
     write_report(EXPERIMENT, lines)
 
 

@@ -15,7 +15,7 @@ import argparse
 import time
 
 from experiments import MODEL
-from results_io import markdown_table, read_csv, write_csv, write_report
+from results_io import groups, markdown_table, read_csv, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, MULTITASK_LM, MULTITASK_LM_SCORING, glue_data, run_cell
 
 from lightning_prune.modules import TaskModel
@@ -107,24 +107,20 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         "al. 2022), measured at commit a601c29 and removed since (least squares won on the decoder).",
         "",
     ]
-    for kind in dict.fromkeys(r["model"] for r in rows):
-        for task in dict.fromkeys(r["task"] for r in rows if r["model"] == kind):
-            mine = [r for r in rows if (r["model"], r["task"]) == (kind, task)]
-            sparsities = sorted({r["sparsity"] for r in mine})
-            setups = list(dict.fromkeys((r["reconstruct"], r["calibration_examples"]) for r in mine))
-            metric, dense = mine[0]["metric"], mine[0]["dense_selection"]
-            lines += [f"## {kind}, {task} ({metric}; dense on the selection examples {dense:.3f})", ""]
-            table = []
-            for reconstruct, calibration in setups:
-                cells = {r["sparsity"]: r for r in mine if (r["reconstruct"], r["calibration_examples"]) == (
-                    reconstruct, calibration)}  # fmt: skip
-                table.append([
-                    reconstruct, str(calibration or "—"),
-                    *(f"{cells[s]['selection']:.3f} / {cells[s]['evaluation']:.3f}" for s in sparsities),
-                    f"{next(iter(cells.values()))['statistics_seconds']:.0f}",
-                ])  # fmt: skip
-            header = ["reconstruct", "calibration examples", *(f"{s:g}: selection / evaluation" for s in sparsities)]
-            lines += [*markdown_table([*header, "statistics s"], table), ""]
+    for (kind, task), mine in groups(rows, "model", "task").items():
+        sparsities = sorted({r["sparsity"] for r in mine})
+        metric, dense = mine[0]["metric"], mine[0]["dense_selection"]
+        lines += [f"## {kind}, {task} ({metric}; dense on the selection examples {dense:.3f})", ""]
+        table = []
+        for (reconstruct, calibration), setup in groups(mine, "reconstruct", "calibration_examples").items():
+            cells = {r["sparsity"]: r for r in setup}
+            table.append([
+                reconstruct, str(calibration or "—"),
+                *(f"{cells[s]['selection']:.3f} / {cells[s]['evaluation']:.3f}" for s in sparsities),
+                f"{setup[0]['statistics_seconds']:.0f}",
+            ])  # fmt: skip
+        header = ["reconstruct", "calibration examples", *(f"{s:g}: selection / evaluation" for s in sparsities)]
+        lines += [*markdown_table([*header, "statistics s"], table), ""]
     write_report("reconstruction", lines)
 
 

@@ -50,3 +50,11 @@ def write_figure(name: str, figure) -> None:
     with atomic_path(RESULTS / f"{name}.png") as tmp:
         figure.savefig(tmp, format="png", dpi=110, bbox_inches="tight")
     plt.close(figure)
+
+
+def groups(rows: list[dict], *keys: str) -> dict[tuple, list[dict]]:
+    """``rows`` grouped by their values of ``keys``, groups and rows in the order they first appear."""
+    grouped: dict[tuple, list[dict]] = {}
+    for row in rows:
+        grouped.setdefault(tuple(row[k] for k in keys), []).append(row)
+    return grouped
