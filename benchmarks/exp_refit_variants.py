@@ -1,0 +1,149 @@
+"""Two variants of the least-squares repair that fit-free does not use, measured against it on the multi-task
+decoder LM (SST-2, selection examples held apart from the scoring and calibration examples):
+
+- ``sequential``: each group of ``--groups`` layers refitted on the inputs of the model whose earlier layers are
+  already pruned and refitted (as SparseGPT and SlimGPT), one statistics pass per group; ``--groups 30`` is
+  fit-free's parallel refit (every layer from the dense model's inputs, one pass).
+- ``selection``: the neurons removed greedily by their score times the share of their activation that the kept
+  neurons cannot reproduce (``1 / (S_ii [S⁻¹]_ii)``, updated after each removal as optimal brain surgeon does), to
+  the power ``--powers`` (0: the scores alone, fit-free's choice), before the same refit.
+
+Both call the pipeline's own pieces (``neuron_scores``, ``activation_statistics``, ``Reconstruction``,
+``slice_ffn``, ``test_metrics``). Writes ``benchmarks/results/refit_variants.{csv,md}``. Re-run:
+
+    OMP_NUM_THREADS=2 python benchmarks/exp_refit_variants.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import torch
+from exp_multitask_lm import data_of, model_of, scorer_options
+from results_io import markdown_table, write_csv, write_report
+from runner import trainer
+from torch import Tensor
+
+from lightning_prune.commands.evaluate import test_metrics
+from lightning_prune.commands.fit_free import FitFreeSettings, check_against_model, check_request, neuron_scores
+from lightning_prune.data import TaskDataModule
+from lightning_prune.pruning import activation_statistics, restore_ffn, select_neurons, slice_ffn, snapshot_ffn
+from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
+
+
+def refit_in_groups(model, kept: list[Tensor], batches: list, group: int) -> None:
+    """Prune and refit ``group`` layers at a time, each group from the statistics of the model as pruned so far."""
+    count = len(model.ffn_layers())
+    for start in range(0, count, group):
+        statistics = activation_statistics(model, batches, second_moments=True)
+        repair = statistics.reconstruction("least_squares")
+        for index in range(start, min(count, start + group)):
+            layer = model.ffn_layers()[index]
+            slice_ffn(layer, kept[index], repair.down_projection(index, layer, kept[index]))
+
+
+def removal_aware_keep(score: Tensor, moment: Tensor, power: float, remove: int, chunk: int = 16) -> Tensor:
+    """Kept neurons after removing ``remove`` greedily by ``score × u^power``, with ``u`` the share of a neuron's
+    activation the other kept neurons cannot reproduce, from the damped inverse second moment (updated per chunk)."""
+    size = score.numel()
+    moment = moment.double()
+    damping = DEFAULT_DAMPING * float(moment.diagonal().mean())
+    inverse = torch.linalg.inv(moment + damping * torch.eye(size, dtype=moment.dtype))
+    diagonal = moment.diagonal() + damping
+    alive, removed = torch.arange(size), 0
+    while removed < remove:
+        unexplained = (1.0 / (diagonal[alive] * inverse.diagonal())).clamp(max=1.0)
+        cost = score.double()[alive].clamp(min=0) * unexplained**power
+        picked = torch.sort(cost, stable=True).indices[: min(chunk, remove - removed)]
+        stay = torch.ones(len(alive), dtype=torch.bool)
+        stay[picked] = False
+        cross = inverse[stay][:, picked]
+        inverse = inverse[stay][:, stay] - cross @ torch.linalg.solve(inverse[picked][:, picked], cross.T)
+        alive, removed = alive[stay], removed + len(picked)
+    return alive
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--scorers", nargs="+", default=["attribution", "wanda"])
+    parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7])
+    parser.add_argument("--groups", nargs="+", type=int, default=[30, 10])
+    parser.add_argument("--sequential-calibration", type=int, default=256, help="examples per statistics pass")
+    parser.add_argument("--powers", nargs="+", type=float, default=[0.0, 1.0])
+    parser.add_argument("--selection-examples", type=int, default=300)
+    args = parser.parse_args()
+    model = model_of(args.task)
+    datamodule = TaskDataModule(**{**data_of(args.task, 300, 0), "selection_examples": args.selection_examples})
+    runner = trainer()
+    base = FitFreeSettings.with_defaults(scorer="wanda", output_dir="runs/benchmarks/refit_variants", max_drop=1.0)
+    check_against_model(runner, model, datamodule, base, check_request(base))  # holds the selection examples apart
+    calibration = datamodule.calibration_examples_list()
+    batches = [model.net.collate(calibration[i : i + 16]) for i in range(0, len(calibration), 16)]
+    few = batches[: args.sequential_calibration // 16]
+    dense_ffn = snapshot_ffn(model.net)
+    metric = model.spec.primary_metric
+    dense = test_metrics(runner, model, datamodule, "selection")[metric]
+    start = time.perf_counter()
+    full = activation_statistics(model.net, batches, second_moments=True)
+    statistics_seconds = time.perf_counter() - start
+    repair = full.reconstruction("least_squares")
+    rows = []
+    for scorer in args.scorers:
+        settings = FitFreeSettings.with_defaults(**{**vars(base), "scorer": scorer, **scorer_options(scorer, 0)})
+        scores = neuron_scores(runner, model, datamodule, settings, check_request(settings)).layers
+        for sparsity in args.sparsities:
+            kept = select_neurons(scores, sparsity)
+            variants = [("sequential", f"groups of {g}", g) for g in args.groups]
+            variants += [("selection", f"power {p:g}", p) for p in args.powers]
+            for experiment, name, value in variants:
+                start = time.perf_counter()
+                if experiment == "sequential":
+                    refit_in_groups(model.net, kept, few, int(value))
+                    calibrated = len(few) * 16
+                else:
+                    assert repair.second_moments is not None and repair.tokens is not None
+                    chosen = [
+                        removal_aware_keep(s, m / float(n), value, s.numel() - len(k))
+                        for s, m, n, k in zip(scores, repair.second_moments, repair.tokens, kept, strict=True)
+                    ]
+                    for index, layer in enumerate(model.net.ffn_layers()):
+                        slice_ffn(layer, chosen[index], repair.down_projection(index, layer, chosen[index]))
+                    calibrated = len(calibration)
+                seconds = time.perf_counter() - start
+                value_after = test_metrics(runner, model, datamodule, "selection")[metric]
+                restore_ffn(model.net, dense_ffn)
+                rows.append({
+                    "task": args.task, "scorer": scorer, "sparsity": sparsity, "experiment": experiment,
+                    "variant": name, "calibration_examples": calibrated, "metric": metric,
+                    "dense_selection": round(dense, 5), "selection": round(value_after, 5),
+                    "seconds": round(seconds, 1),
+                })  # fmt: skip
+                print(rows[-1], flush=True)
+                write_csv("refit_variants", rows)
+    table = [
+        [r["experiment"], r["variant"], r["scorer"], f"{r['sparsity']:g}", str(r["calibration_examples"]),
+         f"{r['selection']:.3f}", f"{r['seconds']:.0f}"]
+        for r in rows
+    ]  # fmt: skip
+    write_report(
+        "refit_variants",
+        [
+            "# Least-squares repair: sequential refits and removal-aware selection (not adopted)",
+            "",
+            f"Multi-task SmolLM2, {args.task}, {args.selection_examples} selection examples (held apart; dense "
+            f"{dense:.3f}); fit-free's scoring settings; least squares as fit-free does it. *sequential, groups of "
+            f"30* is fit-free's parallel refit from the same {len(few) * 16} examples; *selection, power 0* is "
+            f"fit-free's selection with the refit from {len(calibration)} examples (statistics pass "
+            f"{statistics_seconds:.0f} s). Written by `benchmarks/exp_refit_variants.py`.",
+            "",
+            *markdown_table(
+                ["experiment", "variant", "scorer", "sparsity", "calibration examples", "selection", "seconds"], table
+            ),
+        ],
+    )
+
+
+if __name__ == "__main__":
+    main()
