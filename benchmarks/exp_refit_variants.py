@@ -8,8 +8,8 @@ decoder LM (SST-2, selection examples held apart from the scoring and calibratio
   neurons cannot reproduce (``1 / (S_ii [S⁻¹]_ii)``, updated after each removal as optimal brain surgeon does), to
   the power ``--powers`` (0: the scores alone, fit-free's choice), before the same refit.
 
-Both call the pipeline's own pieces (``neuron_scores``, ``activation_statistics``, ``Reconstruction``,
-``slice_ffn``, ``test_metrics``). Writes ``benchmarks/results/refit_variants.{csv,md}``. Re-run:
+Both call the pipeline's own pieces (``neuron_scores``, ``activation_statistics_of``, ``activation_statistics``,
+``prune_model``, ``slice_ffn``, ``test_metrics``). Writes ``benchmarks/results/refit_variants.{csv,md}``. Re-run:
 
     OMP_NUM_THREADS=2 python benchmarks/exp_refit_variants.py
 """
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import replace
 
 import torch
 from exp_multitask_lm import data_of, model_of, scorer_options
@@ -26,9 +27,22 @@ from runner import trainer
 from torch import Tensor
 
 from lightning_prune.commands.evaluate import test_metrics
-from lightning_prune.commands.fit_free import FitFreeSettings, check_against_model, check_request, neuron_scores
+from lightning_prune.commands.fit_free import (
+    FitFreeSettings,
+    activation_statistics_of,
+    check_against_model,
+    check_request,
+    neuron_scores,
+)
 from lightning_prune.data import TaskDataModule
-from lightning_prune.pruning import activation_statistics, restore_ffn, select_neurons, slice_ffn, snapshot_ffn
+from lightning_prune.pruning import (
+    activation_statistics,
+    prune_model,
+    restore_ffn,
+    select_neurons,
+    slice_ffn,
+    snapshot_ffn,
+)
 from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
 
 
@@ -86,12 +100,12 @@ def main() -> None:
     metric = model.spec.primary_metric
     dense = test_metrics(runner, model, datamodule, "selection")[metric]
     start = time.perf_counter()
-    full = activation_statistics(model.net, batches, second_moments=True)
+    full = activation_statistics_of(runner, model, datamodule, second_moments=True)  # fit-free's statistics pass
     statistics_seconds = time.perf_counter() - start
     repair = full.reconstruction("least_squares")
     rows = []
     for scorer in args.scorers:
-        settings = FitFreeSettings.with_defaults(**{**vars(base), "scorer": scorer, **scorer_options(scorer, 0)})
+        settings = replace(base, scorer=scorer, **scorer_options(scorer, 0))
         scores = neuron_scores(runner, model, datamodule, settings, check_request(settings)).layers
         for sparsity in args.sparsities:
             kept = select_neurons(scores, sparsity)
@@ -108,8 +122,7 @@ def main() -> None:
                         removal_aware_keep(s, m / float(n), value, s.numel() - len(k))
                         for s, m, n, k in zip(scores, repair.second_moments, repair.tokens, kept, strict=True)
                     ]
-                    for index, layer in enumerate(model.net.ffn_layers()):
-                        slice_ffn(layer, chosen[index], repair.down_projection(index, layer, chosen[index]))
+                    prune_model(model.net, chosen, repair)
                     calibrated = len(calibration)
                 seconds = time.perf_counter() - start
                 value_after = test_metrics(runner, model, datamodule, "selection")[metric]
