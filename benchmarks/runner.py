@@ -35,7 +35,7 @@ from lightning_prune.data import TaskDataModule
 from lightning_prune.fingerprint import code_fingerprint
 from lightning_prune.io import atomic_path
 from lightning_prune.modules import TaskModel
-from lightning_prune.pruning import ActivationStatistics, Reconstruction, restore_ffn, snapshot_ffn
+from lightning_prune.pruning import ActivationStatistics, Reconstruction, restore_units, snapshot_units
 from lightning_prune.tasks import TaskSpec, get_task, load_split, read_tsv
 
 RUNS = ROOT / "runs" / "benchmarks"
@@ -83,7 +83,7 @@ def run_cell(experiment: str, model: TaskModel, data: dict[str, Any], **options:
     output_dir = RUNS / experiment / cell_key(model, data, options)
     if (output_dir / METRICS_FILE).exists():
         return json.loads((output_dir / METRICS_FILE).read_text())
-    dense = snapshot_ffn(model.net)
+    dense = snapshot_units(model.net)
     try:
         return fit_free(
             trainer(),
@@ -94,7 +94,7 @@ def run_cell(experiment: str, model: TaskModel, data: dict[str, Any], **options:
             overwrite=True,
         )
     finally:
-        restore_ffn(model.net, dense)
+        restore_units(model.net, dense)
 
 
 def dense_metrics(experiment: str, model: TaskModel, data: dict[str, Any]) -> dict[str, float]:
