@@ -31,7 +31,7 @@ from runner import MULTITASK_LM
 
 from lightning_prune import load_model
 from lightning_prune.export import save_model_folder
-from lightning_prune.pruning import prune_model, restore_ffn, select_neurons, snapshot_ffn
+from lightning_prune.pruning import prune_model, restore_units, select_neurons, snapshot_units
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
@@ -71,7 +71,7 @@ def main() -> None:
     prompts = [tokenizer(source.render(e), return_tensors="pt") for e in examples[: args.prompts]]
     batch8 = tokenizer([source.render(e) for e in examples[:8]], return_tensors="pt", padding=True)
     scores = create_scorer("magnitude")(source, None)
-    dense_ffn = snapshot_ffn(source)
+    dense_units = snapshot_units(source)
     models, widths = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, (sparsity, multiple) in {"dense": (0.0, 1), **VARIANTS}.items():
@@ -82,7 +82,7 @@ def main() -> None:
                     kept = [r[: len(k) // multiple * multiple].sort().values for r, k in zip(ranked, kept, strict=True)]
                 prune_model(source, kept)
             save_model_folder(source, Path(tmp) / name)
-            restore_ffn(source, dense_ffn)
+            restore_units(source, dense_units)
             models[name] = AutoModelForCausalLM.from_pretrained(Path(tmp) / name, torch_dtype=torch.float32).eval()
             widths[name] = [layer.mlp.down_proj.in_features for layer in models[name].model.layers]
 

@@ -38,10 +38,10 @@ from lightning_prune.data import TaskDataModule
 from lightning_prune.pruning import (
     activation_statistics,
     prune_model,
-    restore_ffn,
+    restore_units,
     select_neurons,
     slice_ffn,
-    snapshot_ffn,
+    snapshot_units,
 )
 from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
 
@@ -96,7 +96,7 @@ def main() -> None:
     calibration = datamodule.calibration_examples_list()
     batches = [model.net.collate(calibration[i : i + 16]) for i in range(0, len(calibration), 16)]
     few = batches[: args.sequential_calibration // 16]
-    dense_ffn = snapshot_ffn(model.net)
+    dense_units = snapshot_units(model.net)
     metric = model.spec.primary_metric
     dense = test_metrics(runner, model, datamodule, "selection")[metric]
     start = time.perf_counter()
@@ -126,7 +126,7 @@ def main() -> None:
                     calibrated = len(calibration)
                 seconds = time.perf_counter() - start
                 value_after = test_metrics(runner, model, datamodule, "selection")[metric]
-                restore_ffn(model.net, dense_ffn)
+                restore_units(model.net, dense_units)
                 rows.append({
                     "task": args.task, "scorer": scorer, "sparsity": sparsity, "experiment": experiment,
                     "variant": name, "calibration_examples": calibrated, "metric": metric,

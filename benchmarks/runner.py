@@ -35,7 +35,7 @@ from lightning_prune.data import TaskDataModule
 from lightning_prune.fingerprint import code_fingerprint
 from lightning_prune.io import atomic_path
 from lightning_prune.modules import TaskModel
-from lightning_prune.pruning import ActivationStatistics, Reconstruction, restore_ffn, snapshot_ffn
+from lightning_prune.pruning import ActivationStatistics, Reconstruction, restore_units, snapshot_units
 from lightning_prune.tasks import TaskSpec, get_task, load_split, read_tsv
 
 RUNS = ROOT / "runs" / "benchmarks"
@@ -83,7 +83,7 @@ def run_cell(experiment: str, model: TaskModel, data: dict[str, Any], **options:
     output_dir = RUNS / experiment / cell_key(model, data, options)
     if (output_dir / METRICS_FILE).exists():
         return json.loads((output_dir / METRICS_FILE).read_text())
-    dense = snapshot_ffn(model.net)
+    dense = snapshot_units(model.net)
     try:
         return fit_free(
             trainer(),
@@ -94,7 +94,7 @@ def run_cell(experiment: str, model: TaskModel, data: dict[str, Any], **options:
             overwrite=True,
         )
     finally:
-        restore_ffn(model.net, dense)
+        restore_units(model.net, dense)
 
 
 def dense_metrics(experiment: str, model: TaskModel, data: dict[str, Any]) -> dict[str, float]:
@@ -138,6 +138,7 @@ class TaskBench:
         self.trainer = trainer()
         self.datamodule = TaskDataModule(**data)
         self._shared: dict[str, tuple[ActivationStatistics, float]] = {}  # with ``evaluated_on`` siblings
+        self.statistics_seconds = 0.0
 
     def evaluated_on(self, **data: Any) -> TaskBench:
         """This bench with other evaluation data (e.g. ``eval_file``): the same scoring and calibration examples,
@@ -146,32 +147,39 @@ class TaskBench:
         other.trainer, other._shared = self.trainer, self._shared
         return other
 
-    def reconstruction(self, settings: FitFreeSettings, scorer: Any) -> Reconstruction | None:
+    def reconstruction(self, settings: FitFreeSettings, scorer: Any) -> tuple[Reconstruction | None, Any]:
         """The repair ``settings`` ask for, from statistics collected once per task and draw (with second moments,
-        which every method can use)."""
-        method = check_against_model(self.trainer, self.model, self.datamodule, settings, scorer)
+        which every method can use; of the head outputs too when heads are pruned), and the unit costs of a
+        ``target_speedup`` run."""
+        method, costs = check_against_model(self.trainer, self.model, self.datamodule, settings, scorer)
         if method == "none":
-            return None
-        if "statistics" not in self._shared:
+            return None, costs
+        key = "statistics+heads" if settings.prunes_heads else "statistics"
+        if key not in self._shared:
             start = time.perf_counter()
-            statistics = activation_statistics_of(self.trainer, self.model, self.datamodule, second_moments=True)
-            self._shared["statistics"] = (statistics, time.perf_counter() - start)
-        return self._shared["statistics"][0].reconstruction(method, settings.damping)
+            statistics = activation_statistics_of(
+                self.trainer, self.model, self.datamodule, True, settings.prunes_heads
+            )
+            self._shared[key] = (statistics, time.perf_counter() - start)
+        self.statistics_seconds = self._shared[key][1]
+        return self._shared[key][0].reconstruction(method, settings.damping), costs
 
     def sweep(self, scorer: str, **options: Any) -> dict[str, Any]:
-        """The pruned metrics per sparsity of ``scorer`` (fit-free ``options`` over this bench's), and timings."""
+        """The pruned metrics per sparsity (or for the ``target_speedup``) of ``scorer`` (fit-free ``options`` over
+        this bench's), and timings."""
         options = {**self.options, "scorer": scorer, **options}
         path = RUNS / self.experiment / f"sweep-{cell_key(self.model, self.data, options)}.json"
         if path.exists():
             return json.loads(path.read_text())
         settings = FitFreeSettings.with_defaults(**options, output_dir=str(path.with_suffix("")))
         impl = check_request(settings)
-        repair = self.reconstruction(settings, impl)
+        repair, costs = self.reconstruction(settings, impl)
         start = time.perf_counter()
         scores = neuron_scores(self.trainer, self.model, self.datamodule, settings, impl)
-        statistics_seconds = self._shared["statistics"][1] if repair is not None else 0.0
+        statistics_seconds = self.statistics_seconds if repair is not None else 0.0
         seconds = {"score": time.perf_counter() - start, "statistics": statistics_seconds}
-        points = prune_and_evaluate(self.trainer, self.model, self.datamodule, settings, scores, repair, seconds)
+        points = prune_and_evaluate(self.trainer, self.model, self.datamodule, settings, scores, repair, seconds, costs)
+        heads = self.model.net.attention_layers()
         result = {
             "scorer": scorer,
             "options": options,
@@ -179,11 +187,21 @@ class TaskBench:
             "reconstruct": repair.method if repair is not None else "none",
             "calibration_examples": len(self.datamodule.calibration_examples_list()) if repair is not None else 0,
             "examples_scored": scores.examples,
+            "dense_flops": costs.total if costs is not None else None,
             "points": [
-                {"sparsity": p.sparsity, "metrics": p.metrics, "selection_metrics": p.selection_metrics} for p in points
+                {
+                    "sparsity": p.sparsity,
+                    "metrics": p.metrics,
+                    "selection_metrics": p.selection_metrics,
+                    "flops": p.flops,
+                    "heads_kept": None if p.kept_heads is None else sum(
+                        len(k) * layer.queries_per_group for k, layer in zip(p.kept_heads, heads, strict=True)
+                    ),
+                }
+                for p in points
             ],
             "seconds": seconds,
-        }
+        }  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(result, indent=1))

@@ -31,7 +31,8 @@ def test_integrated_gradients_completeness(model_dir, glue_dir, task):
     """Summed over neurons and tokens, IG attributions approach f(x) - f(baseline) as steps grow."""
     model = load_model(model_dir, TASKS[task])
     batch = model.collate(_examples(glue_dir, task))
-    for layer in (model.ffn_layers()[0], model.ffn_layers()[-1]):
+    heads = model.attention_layers()  # none for T5 (its heads cannot be removed)
+    for layer in (model.ffn_layers()[0], model.ffn_layers()[-1], *heads[:1]):
         full, baseline = _probability(model, batch, layer, 1.0), _probability(model, batch, layer, 0.0)
         gap = full - baseline
         errors = []
@@ -44,16 +45,17 @@ def test_integrated_gradients_completeness(model_dir, glue_dir, task):
 
 
 def test_joint_mode_completeness_over_all_layers(model_dir, glue_dir):
-    """Joint IG: all layers' activations scaled together; attributions of every layer sum to the gap."""
+    """Joint IG: all layers' activations (FFN neurons and head outputs) scaled together; attributions of every
+    layer sum to the gap."""
     model = load_model(model_dir, TASKS["sst2"])
     batch = model.collate(_examples(glue_dir))
-    layers = model.ffn_layers()
+    layers = model.unit_layers(heads=True)
     clean = {}
     with torch.no_grad(), model.hook_activations(layers, lambda layer, a: clean.setdefault(layer.name, a) * 1.0):
         full = model.target_log_prob(batch, batch["labels"]).exp()
     with torch.no_grad(), model.hook_activations(layers, lambda layer, a: clean[layer.name] * 0.0):
         baseline = model.target_log_prob(batch, batch["labels"]).exp()
-    per_layer = AttributionScorer(steps=128, steps_per_pass=32, mode="joint").joint_per_example(model, batch)
+    per_layer = AttributionScorer(steps=128, steps_per_pass=32, mode="joint").joint_per_example(model, batch, layers)
     total = sum(a.sum(1) for a in per_layer)
     noise = 1e-5 * float(torch.maximum(full.abs(), baseline.abs()).max())
     assert float((total - (full - baseline)).abs().max()) <= 1e-2 * float((full - baseline).abs().max()) + noise
@@ -65,7 +67,7 @@ def test_prefix_reuse_gives_the_same_attributions(bert_dir, glue_dir):
     scorer = AttributionScorer(steps=6)
     block_inputs = model.block_inputs(batch)
     assert block_inputs is not None and len(block_inputs) == len(model.ffn_layers())
-    for layer in model.ffn_layers():
+    for layer in model.unit_layers(heads=True):
         reused = scorer.per_example(model, batch, layer, block_inputs)
         torch.testing.assert_close(reused, scorer.per_example(model, batch, layer), rtol=1e-4, atol=1e-8)
 

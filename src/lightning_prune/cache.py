@@ -60,6 +60,7 @@ def score_request(
     labels: str,
     precision: str = "32-true",
     limit_predict_batches: int | float | None = 1.0,
+    heads: bool = False,
 ) -> dict[str, Any]:
     """Everything that determines a data scorer's scores, the one schema of score cache keys (fit-free and the
     benchmarks share it): the code, the model's weights and inputs, the examples and their batching, the scorer
@@ -82,6 +83,7 @@ def score_request(
         "scorer_options": scorer_options or {},
         "scorer_settings": vars(create_scorer(scorer, scorer_options)),  # with defaults: a new default, a new key
         "labels": labels,
+        "units": "ffn+heads" if heads else "ffn",
         "precision": precision,
         "limit_predict_batches": limit_predict_batches,  # a partial scoring run is not the full one
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from torch import nn
+from torch import Tensor, nn
 
 
 @dataclass
@@ -16,6 +16,7 @@ class FFNLayer:
     up: tuple[str, ...]  # paths of the up (and gate) projections inside ``block``
     down: str  # path of the down projection inside ``block``
     side: str = "encoder"  # which token mask applies: "encoder" or "decoder"
+    block_index: int = 0  # which transformer block, for restarting a pass at it (``PrunableModel.block_inputs``)
 
     @property
     def down_proj(self) -> nn.Linear:
@@ -28,3 +29,18 @@ class FFNLayer:
     @property
     def size(self) -> int:
         return self.down_proj.in_features
+
+    columns_per_unit = 1  # a neuron is one input column of the down projection
+    unit_name = "neurons"
+
+    @property
+    def projections(self) -> tuple[str, ...]:
+        return (*self.up, self.down)
+
+    def per_unit(self, columns: Tensor) -> Tensor:
+        """A per-column quantity is already per neuron (see ``AttentionLayer.per_unit``)."""
+        return columns
+
+    def columns(self, keep: Tensor) -> Tensor:
+        """The down projection's input columns of neurons ``keep``: the same indices."""
+        return keep

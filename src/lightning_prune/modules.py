@@ -83,15 +83,22 @@ class TaskModel(LightningModule):
 
 
 def score_batch(
-    net: PrunableModel, scorer: NeuronScorer, scorer_name: str, batch: Batch, labels: LabelSource = "gold"
+    net: PrunableModel,
+    scorer: NeuronScorer,
+    scorer_name: str,
+    batch: Batch | None,
+    labels: LabelSource = "gold",
+    heads: bool = False,
 ) -> list[Tensor]:
-    """One batch's checked per-layer scores (summed over its examples) with gold or pseudo labels."""
-    if labels == "pseudo" and scorer.needs_labels:
+    """One batch's checked per-layer scores (summed over its examples) with gold or pseudo labels: of the FFN
+    neurons, then (``heads``) of the attention head groups. A data-free scorer gets ``batch=None``."""
+    if batch is not None and labels == "pseudo" and scorer.needs_labels:
         with torch.no_grad():
             batch = {**batch, "labels": net.predict(batch).to(batch["labels"].dtype)}
+    layers = net.unit_layers(heads)
     with torch.enable_grad() if scorer.needs_gradients else contextlib.nullcontext():
-        scores = scorer(net, batch)
-    return check_scores(scorer_name, scores, net.ffn_layers())
+        scores = scorer.score_units(net, batch, layers) if heads else scorer(net, batch)
+    return check_scores(scorer_name, scores, layers)
 
 
 class ScoringModule(LightningModule):
@@ -112,6 +119,7 @@ class ScoringModule(LightningModule):
         cache: ScoreCache | None = None,
         checkpoint_every: int = 10,
         resume: bool = True,
+        heads: bool = False,
     ) -> None:
         super().__init__()
         self.save_hyperparameters(ignore=["net", "scorer", "cache"])
@@ -129,18 +137,20 @@ class ScoringModule(LightningModule):
         return self.trainer.global_rank, self.trainer.world_size
 
     def on_predict_epoch_start(self) -> None:
-        layers = self.net.ffn_layers()
+        layers = self.net.unit_layers(self.hparams.heads)
         resume = self.cache is not None and self.hparams.resume
         resumed = self.cache.load_progress(*self._shard(), [layer.size for layer in layers]) if resume else None
         fresh = Progress([torch.zeros(layer.size, dtype=torch.float64) for layer in layers], 0.0, 0)
         self.progress = resumed if resumed is not None else fresh
         self.resumed_batches = self.progress.batches
-        self._pass_counter = self._count_passes(layers[-1]) if layers else None
+        self._pass_counter = self._count_passes(self.net.ffn_layers()[-1]) if layers else None
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
         if batch_idx < self.progress.batches:  # done before an interruption
             return
-        checked = score_batch(self.net, self.scorer, self.hparams.scorer_name, batch, self.hparams.labels)
+        checked = score_batch(
+            self.net, self.scorer, self.hparams.scorer_name, batch, self.hparams.labels, self.hparams.heads
+        )
         self.progress.sums = [total + score for total, score in zip(self.progress.sums, checked, strict=True)]
         self.progress.examples += batch["labels"].shape[0]
         self.progress.batches = batch_idx + 1
@@ -197,13 +207,14 @@ def _describe_progress(trainer, text: str) -> None:
 
 
 class ActivationStatisticsModule(LightningModule):
-    """Content-token activation statistics of every FFN neuron over ``trainer.predict`` batches, summed over
-    processes: what reconstruction repairs a cut with (``lightning_prune.pruning.reconstruction``)."""
+    """Content-token activation statistics of every FFN neuron (and with ``heads`` every head output) over
+    ``trainer.predict`` batches, summed over processes: what reconstruction repairs a cut with
+    (``lightning_prune.pruning.reconstruction``)."""
 
-    def __init__(self, net: PrunableModel, second_moments: bool = False) -> None:
+    def __init__(self, net: PrunableModel, second_moments: bool = False, heads: bool = False) -> None:
         super().__init__()
         self.net = net
-        self.statistics = ActivationStatistics(net.ffn_layers(), second_moments)
+        self.statistics = ActivationStatistics(net.unit_layers(heads), second_moments)
 
     def collate(self, examples: list[Example]) -> Batch:
         return self.net.collate(examples)

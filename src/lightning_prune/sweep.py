@@ -24,6 +24,8 @@ class SweepPoint:
     metrics: dict[str, float]
     selection_metrics: dict[str, float] | None = None
     within_drop: bool | None = None
+    kept_heads: list[Tensor] | None = None  # head groups kept per attention layer, where heads were pruned
+    flops: float | None = None  # of answering the FLOP-count batches (``target_speedup`` runs)
 
     def achieved_sparsity(self, widths: dict[str, int]) -> float:
         """The share of the FFN neurons (of layers ``widths`` wide) removed: below ``sparsity`` where

@@ -26,6 +26,7 @@ from lightning_prune.adapters.base import (
     Batch,
     FFNLayer,
     PrunableModel,
+    UnitLayer,
 )
 from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES, CausalLMClassifier
 from lightning_prune.adapters.encoder import (
@@ -50,6 +51,7 @@ __all__ = [
     "Batch",
     "FFNLayer",
     "PrunableModel",
+    "UnitLayer",
     "load_model",
     "model_inputs",
     "position_limit",
@@ -161,7 +163,7 @@ def _stored_dtype(folder: Path, config) -> torch.dtype:
 
 
 def _load_pruned_weights(model: PrunableModel, folder: Path, plan: dict) -> None:
-    apply_plan(model.ffn_layers(), plan, folder)
+    apply_plan(model, plan, folder)
     weights = _weights_file(folder)
     if weights is None:
         raise UsageError(f"pruned model {folder} lacks {WEIGHTS_FILE}: the folder is incomplete; prune again")
@@ -171,7 +173,7 @@ def _load_pruned_weights(model: PrunableModel, folder: Path, plan: dict) -> None
         raise UsageError(
             f"weights {weights} are corrupted or do not match the plan ({type(error).__name__}): prune again"
         ) from None
-    trim_padding(model.ffn_layers(), plan)
+    trim_padding(model, plan)
 
 
 def read_answer_settings(folder: Path) -> dict:

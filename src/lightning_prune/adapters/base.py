@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from lightning_prune.attention import AttentionLayer
 from lightning_prune.ffn import FFNLayer
 from lightning_prune.tasks import TASKS, Example, TaskSpec
 
@@ -29,7 +30,8 @@ SAVE_DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": t
 ANSWER_FILE = "lightning_prune.json"
 
 
-ActivationHook = Callable[[FFNLayer, Tensor], Tensor]
+UnitLayer = FFNLayer | AttentionLayer  # a layer whose units (neurons, head groups) feed its down projection
+ActivationHook = Callable[[UnitLayer, Tensor], Tensor]
 
 
 @dataclass
@@ -78,6 +80,13 @@ class PrunableModel(nn.Module, ABC):
     # The config attribute holding the FFN width: when every layer keeps the same number of neurons, the
     # saved config carries the kept width, so plain ``from_pretrained`` builds the pruned shapes.
     ffn_width_key: str | None = None
+    # The config attributes holding the query and key/value head counts: when every attention layer keeps the
+    # same number of head groups, the saved config carries them and plain ``from_pretrained`` builds the pruned
+    # shapes. None where a config cannot express fewer heads of the same size (BERT derives the head size from
+    # the count): such models are saved at their pruned shapes for ``load_model``, or padded.
+    head_count_keys: tuple[str, str] | None = None
+    # Why this model's heads cannot be removed (None: they can, ``attention_layers`` lists them).
+    head_pruning_unsupported: str | None = None
     # The weights' dtype on disk when loaded (set by ``load_model``; computation runs in float32): what
     # ``save`` writes by default, so a pruned model is never larger than its source for lack of precision.
     source_dtype: torch.dtype = torch.float32
@@ -92,6 +101,14 @@ class PrunableModel(nn.Module, ABC):
     @abstractmethod
     def ffn_layers(self) -> list[FFNLayer]:
         """The FFN layers, in network order."""
+
+    def attention_layers(self) -> list[AttentionLayer]:
+        """The self-attention layers whose head groups can be removed, in network order (none by default)."""
+        return []
+
+    def unit_layers(self, heads: bool = False) -> list[UnitLayer]:
+        """What a run prunes: the FFN layers, then (``heads``) the attention layers."""
+        return [*self.ffn_layers(), *(self.attention_layers() if heads else [])]
 
     @abstractmethod
     def collate(self, examples: list[Example]) -> Batch:
@@ -175,10 +192,11 @@ class PrunableModel(nn.Module, ABC):
         return sum(p.numel() for p in self.parameters())
 
     @contextlib.contextmanager
-    def hook_activations(self, layers: list[FFNLayer], hook: ActivationHook) -> Iterator[None]:
-        """Route each layer's neuron activations (the down projection's input) through ``hook``."""
+    def hook_activations(self, layers: list[UnitLayer], hook: ActivationHook) -> Iterator[None]:
+        """Route each layer's unit outputs (the down projection's input: FFN neuron activations, or the heads'
+        outputs before the attention's output projection) through ``hook``."""
 
-        def make(layer: FFNLayer):
+        def make(layer: UnitLayer):
             return lambda _module, args: (hook(layer, args[0]), *args[1:])
 
         handles = [layer.down_proj.register_forward_pre_hook(make(layer)) for layer in layers]

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel
+from lightning_prune.attention import AttentionLayer
 from lightning_prune.cache import examples_fingerprint
 from lightning_prune.errors import UsageError
 from lightning_prune.prompts import Prompt, resolve_prompt
@@ -37,6 +38,7 @@ class CausalLMClassifier(PrunableModel):
     """
 
     ffn_width_key = "intermediate_size"
+    head_count_keys = ("num_attention_heads", "num_key_value_heads")  # the config's head_dim keeps the head size
 
     def __init__(
         self,
@@ -149,8 +151,18 @@ class CausalLMClassifier(PrunableModel):
     def ffn_layers(self) -> list[FFNLayer]:
         up, down = GATED_FFN
         return [
-            FFNLayer(f"model.layers.{i}.mlp", layer.mlp, up, down, "decoder") for i, layer in enumerate(self._layers())
+            FFNLayer(f"model.layers.{i}.mlp", layer.mlp, up, down, "decoder", i)
+            for i, layer in enumerate(self._layers())
         ]
+
+    def attention_layers(self) -> list[AttentionLayer]:
+        return [
+            AttentionLayer(
+                f"model.layers.{i}.self_attn", layer, "self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj",
+                "self_attn.o_proj", layer.self_attn.head_dim, layer.self_attn.num_key_value_groups, "decoder", i,
+            )
+            for i, layer in enumerate(self._layers())
+        ]  # fmt: skip
 
     def collate(self, examples: list[Example]) -> Batch:
         """The rendered prompts, without their last ``prompt_overlap`` tokens (see ``_label_word_ids``)."""

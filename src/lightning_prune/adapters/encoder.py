@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, example_fields
+from lightning_prune.attention import AttentionLayer
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_path, write_json
 from lightning_prune.tasks import Example, TaskSpec
@@ -33,6 +34,15 @@ ENCODER_LAYOUTS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "xlm-roberta": ("encoder.layer", ("intermediate.dense",), "output.dense"),
     "electra": ("encoder.layer", ("intermediate.dense",), "output.dense"),
     "distilbert": ("transformer.layer", ("ffn.lin1",), "ffn.lin2"),
+}
+
+# model_type -> (query, key, value, output projection) of a layer's self-attention, relative to the layer
+ATTENTION_LAYOUTS: dict[str, tuple[str, str, str, str]] = {
+    **dict.fromkeys(
+        ("bert", "roberta", "xlm-roberta", "electra"),
+        ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"),
+    ),
+    "distilbert": ("attention.q_lin", "attention.k_lin", "attention.v_lin", "attention.out_lin"),
 }
 
 # The config attribute holding the FFN width, where it is not ``intermediate_size``.
@@ -70,7 +80,17 @@ class EncoderWithHeads(PrunableModel):
     def ffn_layers(self) -> list[FFNLayer]:
         layers_path, up, down = ENCODER_LAYOUTS[self.encoder.config.model_type]
         layers = self.encoder.get_submodule(layers_path)
-        return [FFNLayer(f"{layers_path}.{i}", block, up, down) for i, block in enumerate(layers)]
+        return [FFNLayer(f"{layers_path}.{i}", block, up, down, block_index=i) for i, block in enumerate(layers)]
+
+    def attention_layers(self) -> list[AttentionLayer]:
+        config = self.encoder.config
+        heads = getattr(config, "num_attention_heads", None) or config.n_heads  # DistilBERT: n_heads
+        head_dim = (getattr(config, "hidden_size", None) or config.dim) // heads
+        query, key, value, out = ATTENTION_LAYOUTS[config.model_type]
+        return [
+            AttentionLayer(f"{layer.name}.attention", layer.block, query, key, value, out, head_dim, 1, block_index=i)
+            for i, layer in enumerate(self.ffn_layers())
+        ]
 
     def collate(self, examples: list[Example]) -> Batch:
         columns = list(zip(*(e.texts for e in examples), strict=True))

@@ -20,6 +20,10 @@ class T5TextToText(PrunableModel):
     """A seq2seq model answering the bound task with its label words."""
 
     ffn_width_key = "d_ff"  # one width for the encoder and decoder FFNs
+    head_pruning_unsupported = (
+        "T5's relative position bias is computed once per stack for every head of every layer, so no layer can "
+        "lose heads of its own (transformers 5 dropped T5's pruned_heads)"
+    )
 
     def __init__(self, model: nn.Module, task: TaskSpec, tokenizer, max_length: int):
         super().__init__(task, tokenizer, max_length)

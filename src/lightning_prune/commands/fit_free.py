@@ -17,7 +17,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from safetensors.torch import save_file
 from torch import Tensor
 
-from lightning_prune.adapters.base import SAVE_DTYPES
+from lightning_prune.adapters.base import SAVE_DTYPES, Batch, PrunableModel
+from lightning_prune.attention import AttentionLayer
 from lightning_prune.cache import ScoreCache, cache_root, score_key, score_request
 from lightning_prune.commands.evaluate import test_metrics, user_inputs
 from lightning_prune.data import TaskDataModule
@@ -31,7 +32,7 @@ from lightning_prune.io import (
     write_errors_reported,
     write_json,
 )
-from lightning_prune.modules import ActivationStatisticsModule, LabelSource, ScoringModule, TaskModel
+from lightning_prune.modules import ActivationStatisticsModule, LabelSource, ScoringModule, TaskModel, score_batch
 from lightning_prune.pruning import (
     PLAN_FILE,
     ActivationStatistics,
@@ -40,15 +41,19 @@ from lightning_prune.pruning import (
     Repair,
     Scope,
     prune_model,
-    restore_ffn,
+    restore_units,
     select_neurons,
-    snapshot_ffn,
+    snapshot_units,
 )
+from lightning_prune.pruning.budget import UnitCosts, count_flops, unit_costs
 from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
-from lightning_prune.scorers import NeuronScorer, check_scores, create_scorer
+from lightning_prune.pruning.selection import select_for_flops
+from lightning_prune.scorers import NeuronScorer, create_scorer
 from lightning_prune.sweep import SweepPoint, choose, parse_sparsities, write_sweep_reports
 
 SCORES_FILE = "scores.safetensors"
+DEFAULT_SPARSITY = 0.5
+FLOP_COUNT_EXAMPLES = 64  # evaluation examples whose FLOPs price the units for --target_speedup
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
 MODEL_DIR = "model"
@@ -61,7 +66,9 @@ class FitFreeSettings:
     scorer: str
     scorer_options: dict[str, Any] | None
     labels: LabelSource
-    sparsity: float | list[float]
+    sparsity: float | list[float] | None
+    target_speedup: float | None
+    heads: bool
     max_drop: float | None
     save_models: str
     scope: Scope
@@ -90,7 +97,14 @@ class FitFreeSettings:
 
     @property
     def sparsities(self) -> list[float]:
-        return parse_sparsities(self.sparsity)
+        """The FFN sparsities of a sparsity run (none for a ``target_speedup`` run)."""
+        if self.target_speedup is not None:
+            return []
+        return parse_sparsities(DEFAULT_SPARSITY if self.sparsity is None else self.sparsity)
+
+    @property
+    def prunes_heads(self) -> bool:
+        return self.target_speedup is not None and self.heads
 
 
 def check_request(settings: FitFreeSettings, inputs: dict[str, Path | str | None] | None = None) -> NeuronScorer:
@@ -100,13 +114,21 @@ def check_request(settings: FitFreeSettings, inputs: dict[str, Path | str | None
     lie inside or contain one of them (the cache may lie above them: it only adds files of its own).
     """
     s = settings
-    if not s.sparsities:
+    if s.target_speedup is not None:
+        _check_speedup_request(s)
+    elif not s.sparsities:
         raise UsageError("sparsity is an empty list: give one fraction of FFN neurons to remove, or several")
-    for value in s.sparsities:
+    for value in s.sparsities or [0.0]:
         select_neurons([], value, s.scope, s.min_keep)  # validates sparsity, scope and min_keep
     if s.max_drop is not None and s.max_drop < 0:
         raise UsageError(f"max_drop {s.max_drop} is negative: give the largest tolerated metric drop, e.g. 0.01")
     scorer_impl = create_scorer(s.scorer, s.scorer_options)
+    if s.prunes_heads and not scorer_impl.scores_heads:
+        raise UsageError(
+            f"scorer {s.scorer!r} scores FFN neurons only, and --target_speedup removes attention heads too: "
+            "choose a scorer with head scores (attribution, fisher, wanda, activation, magnitude, random) or "
+            "--heads false"
+        )
     inputs = dict(inputs or {})
     cache = cache_root(s.cache_dir) if scorer_impl.needs_data else None
     check_output_location(s.output_dir, "output_dir", {**inputs, "the score cache": cache})
@@ -116,6 +138,23 @@ def check_request(settings: FitFreeSettings, inputs: dict[str, Path | str | None
         check_output_location(cache, "cache_dir", inputs, may_contain_inputs=True)
         check_writable(cache, "cache_dir")
     return scorer_impl
+
+
+def _check_speedup_request(s: FitFreeSettings) -> None:
+    """A FLOP budget is one target above 1, instead of (not besides) FFN sparsities."""
+    if s.sparsity is not None:
+        raise UsageError(
+            f"both sparsity ({s.sparsity}) and target_speedup ({s.target_speedup}) are given: sparsity removes FFN "
+            "neurons only, target_speedup chooses heads and neurons for a FLOP budget; give one (a config's "
+            "sparsity is dropped with --sparsity null)"
+        )
+    if not s.target_speedup > 1.0:
+        raise UsageError(
+            f"target_speedup {s.target_speedup} is not above 1: give how many times fewer FLOPs the pruned model "
+            "should need, e.g. 1.6"
+        )
+    if s.max_drop is not None:
+        raise UsageError("max_drop chooses among swept sparsities; with target_speedup give one target, without it")
 
 
 def run_inputs(model: TaskModel, datamodule: TaskDataModule) -> dict[str, Path | str | None]:
@@ -141,15 +180,15 @@ def available_memory(trainer: Trainer) -> int | None:
 
 def check_against_model(
     trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
-) -> Repair:
+) -> tuple[Repair, UnitCosts | None]:
     """What needs the loaded model, before any work: min_keep against the layers' widths, the scorer's memory
     for its heaviest batch and the reconstruction's statistics, every data source read once (the datamodule
     learns whether selection examples are in use, which the calibration draw avoids). Returns the
     reconstruction that applies to this model ("auto" resolved; "none" where bias compensation finds no down
-    bias)."""
+    bias) and, for a ``target_speedup`` run, what each unit costs."""
     layers = model.net.ffn_layers()
     widest = max(layer.size for layer in layers)
-    if max(settings.sparsities) > 0 and settings.min_keep >= widest:
+    if max(settings.sparsities, default=1.0) > 0 and settings.min_keep >= widest:
         raise UsageError(
             f"min_keep {settings.min_keep} is at least the width of every FFN layer (the widest has {widest} "
             "neurons): nothing would be pruned; choose a smaller min_keep"
@@ -162,8 +201,15 @@ def check_against_model(
         reconstruct = "bias" if down_biases else "least_squares"
     elif reconstruct == "bias" and not down_biases:
         reconstruct = "none"  # bias compensation folds into down biases: T5 and decoder LMs are cut plainly
+    if settings.prunes_heads and model.net.head_pruning_unsupported:
+        raise UsageError(
+            f"{model.net.architecture} models cannot lose attention heads: {model.net.head_pruning_unsupported}; "
+            "use --target_speedup with --heads false, or --sparsity"
+        )
+    costs = speedup_costs(model, datamodule, settings) if settings.target_speedup is not None else None
     if reconstruct == "least_squares":
-        needed, free = ActivationStatistics.bytes_needed(layers, True), available_memory(trainer)
+        unit_layers = model.net.unit_layers(settings.prunes_heads)
+        needed, free = ActivationStatistics.bytes_needed(unit_layers, True), available_memory(trainer)
         if free is not None and needed > free // 2:
             raise UsageError(
                 f"least_squares reconstruction needs {needed / 2**30:.1f} GiB of activation statistics "
@@ -175,12 +221,37 @@ def check_against_model(
     datamodule.eval_examples()
     if settings.max_drop is not None:
         datamodule.selection_examples_list()
-    return reconstruct
+    return reconstruct, costs
+
+
+def speedup_costs(model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> UnitCosts:
+    """Each unit's FLOPs on the first ``FLOP_COUNT_EXAMPLES`` evaluation examples, after checking that the
+    budget can be met: with every layer at its floor (``min_keep`` neurons, one head group), the model must need
+    at most 1/target of the dense FLOPs."""
+    costs = unit_costs(model.net, _flop_batches(model, datamodule), model.net.unit_layers(settings.prunes_heads))
+    floors = unit_floors(model.net, settings)
+    smallest = costs.total - sum((n - f) * c for n, f, c in zip(costs.sizes, floors, costs.per_unit, strict=True))
+    if costs.total / settings.target_speedup < smallest:
+        kept = "min_keep neurons and one head group" if settings.prunes_heads else "min_keep neurons"
+        raise UsageError(
+            f"target_speedup {settings.target_speedup:g} is out of reach: keeping only {kept} per layer leaves "
+            f"{smallest / costs.total:.0%} of the FLOPs (embeddings, LM head, norms stay), at most "
+            f"{costs.total / smallest:.2f}x fewer; give a lower target"
+        )
+    return costs
+
+
+def unit_floors(net: PrunableModel, settings: FitFreeSettings) -> list[int]:
+    """Units each layer keeps at least: ``min_keep`` neurons per FFN layer, one head group per attention layer."""
+    return [
+        1 if isinstance(layer, AttentionLayer) else min(settings.min_keep, layer.size)
+        for layer in net.unit_layers(settings.prunes_heads)
+    ]
 
 
 @dataclass
 class Scores:
-    """Per-layer neuron scores and where they came from."""
+    """Per-layer unit scores (FFN layers, then attention layers when heads are pruned) and where they came from."""
 
     layers: list[Tensor]
     examples: int = 0
@@ -194,9 +265,10 @@ def neuron_scores(
 ) -> Scores:
     """The scorer's scores: from the cache when this exact request was scored before, else computed over the
     scoring examples by ``trainer.predict`` (resuming an interrupted run) and cached."""
-    layers = model.net.ffn_layers()
+    heads = settings.prunes_heads
+    layers = model.net.unit_layers(heads)
     if not scorer.needs_data:
-        return Scores(check_scores(settings.scorer, scorer(model.net, None), layers))
+        return Scores(score_batch(model.net, scorer, settings.scorer, None, heads=heads))
     request = score_request(
         model.net,
         datamodule.score_examples(),
@@ -206,6 +278,7 @@ def neuron_scores(
         settings.labels,
         str(trainer.precision),
         trainer.limit_predict_batches,
+        heads,
     )
     cache = ScoreCache(cache_root(settings.cache_dir), score_key(request), request)
     limited = trainer.limit_predict_batches not in (None, 1.0)  # then the example count is not known ahead
@@ -217,7 +290,14 @@ def neuron_scores(
         return Scores(cached[0], cached[1], cache, from_cache=True)
     rank_zero_info(f"scoring {len(datamodule.score_examples())} examples with {settings.scorer}")
     scoring = ScoringModule(
-        model.net, scorer, settings.scorer, settings.labels, cache, settings.checkpoint_every, settings.reuse_scores
+        model.net,
+        scorer,
+        settings.scorer,
+        settings.labels,
+        cache,
+        settings.checkpoint_every,
+        settings.reuse_scores,
+        heads,
     )
     trainer.predict(scoring, datamodule=datamodule, return_predictions=False)
     if trainer.is_global_zero:
@@ -228,11 +308,11 @@ def neuron_scores(
 
 
 def activation_statistics_of(
-    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, second_moments: bool
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, second_moments: bool, heads: bool = False
 ) -> ActivationStatistics:
-    """Activation statistics of every FFN neuron over the calibration examples (all processes): forward passes,
-    no labels beyond the answer a decoder LM is fed."""
-    collecting = ActivationStatisticsModule(model.net, second_moments)
+    """Activation statistics of every FFN neuron (and with ``heads`` every head output) over the calibration
+    examples (all processes): forward passes, no labels beyond the answer a decoder LM is fed."""
+    collecting = ActivationStatisticsModule(model.net, second_moments, heads)
     datamodule.predict_set = "calibration"
     try:
         trainer.predict(collecting, datamodule=datamodule, return_predictions=False)
@@ -243,12 +323,13 @@ def activation_statistics_of(
 
 
 def reconstruction_of(
-    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, method: Repair, damping: float
+    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, method: Repair, damping: float, heads: bool = False
 ) -> Reconstruction | None:
-    """The repair of every cut from the calibration examples' statistics; None for a plain cut."""
+    """The repair of every cut (of the attention layers' too, with ``heads``) from the calibration examples'
+    statistics; None for a plain cut."""
     if method == "none":
         return None
-    statistics = activation_statistics_of(trainer, model, datamodule, second_moments=method == "least_squares")
+    statistics = activation_statistics_of(trainer, model, datamodule, method == "least_squares", heads)
     return statistics.reconstruction(method, damping)
 
 
@@ -260,31 +341,69 @@ def prune_and_evaluate(
     scores: Scores,
     reconstruction: Reconstruction | None,
     seconds: dict[str, float],
+    costs: UnitCosts | None = None,
 ) -> list[SweepPoint]:
-    """Prune the dense model at each sparsity and evaluate it (and on the selection examples, for ``max_drop``).
-    Every sparsity prunes the same dense model: its FFN modules are put back between points, not reloaded."""
-    dense_ffn = snapshot_ffn(model.net)
+    """Prune the dense model at each sparsity (or for the FLOP budget) and evaluate it (and on the selection
+    examples, for ``max_drop``). Every point prunes the same dense model: its modules are put back between points,
+    not reloaded."""
+    dense_units = snapshot_units(model.net)
     metric = model.spec.primary_metric
     points: list[SweepPoint] = []
     seconds["prune"] = seconds["evaluate_pruned"] = 0.0
-    for value in settings.sparsities:
+    for value, kept, kept_heads in selections(model.net, settings, scores, costs):
         start = time.perf_counter()
-        kept = select_neurons(scores.layers, value, settings.scope, settings.min_keep)
-        prune_model(model.net, kept, reconstruction)
+        prune_model(model.net, kept, reconstruction, kept_heads)
         seconds["prune"] += time.perf_counter() - start
         start = time.perf_counter()
         point = SweepPoint(value, kept, model.net.num_parameters(), test_metrics(trainer, model, datamodule))
         seconds["evaluate_pruned"] += time.perf_counter() - start
+        point.kept_heads = kept_heads
+        if costs is not None:
+            point.flops = count_flops(model.net, _flop_batches(model, datamodule))
         if settings.max_drop is not None:
             start = time.perf_counter()
             point.selection_metrics = test_metrics(trainer, model, datamodule, "selection")
             seconds["evaluate_selection"] = seconds.get("evaluate_selection", 0.0) + time.perf_counter() - start
         points.append(point)
-        restore_ffn(model.net, dense_ffn)
+        restore_units(model.net, dense_units)
         if len(settings.sparsities) > 1:
             selected = f", selection {point.selection_metrics[metric]:.4f}" if point.selection_metrics else ""
             rank_zero_info(f"sparsity {value:g}: {metric} {point.metrics[metric]:.4f}{selected}")
     return points
+
+
+def selections(
+    net: PrunableModel, settings: FitFreeSettings, scores: Scores, costs: UnitCosts | None
+) -> list[tuple[float, list[Tensor], list[Tensor] | None]]:
+    """(FFN sparsity, kept neurons per FFN layer, kept head groups per attention layer or None) of every point:
+    one per swept sparsity, or the one that meets the FLOP budget."""
+    if costs is None:
+        return [
+            (value, select_neurons(scores.layers, value, settings.scope, settings.min_keep), None)
+            for value in settings.sparsities
+        ]
+    assert settings.target_speedup is not None
+    layers = net.unit_layers(settings.prunes_heads)
+    kinds = ["attention" if isinstance(layer, AttentionLayer) else "ffn" for layer in layers]
+    remove = costs.total * (1.0 - 1.0 / settings.target_speedup)
+    kept = select_for_flops(scores.layers, costs.per_unit, remove, settings.scope, unit_floors(net, settings), kinds)
+    if kept is None:
+        raise UsageError(
+            f"target_speedup {settings.target_speedup:g} cannot be met with {settings.scope} scope (every layer "
+            "losing the same share): try --scope global or a lower target"
+        )
+    ffn_count = len(net.ffn_layers())
+    ffn, heads = kept[:ffn_count], kept[ffn_count:]
+    sizes = costs.sizes[:ffn_count]
+    achieved = 1.0 - sum(len(k) for k in ffn) / sum(sizes)
+    return [(achieved, ffn, heads if settings.prunes_heads else None)]
+
+
+def _flop_batches(model: TaskModel, datamodule: TaskDataModule) -> list[Batch]:
+    """The batches ``speedup_costs`` priced the units on (the first evaluation examples)."""
+    examples = datamodule.eval_examples()[:FLOP_COUNT_EXAMPLES]
+    size = datamodule.hparams.batch_size
+    return [model.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
 
 
 def models_to_save(
@@ -344,9 +463,24 @@ def run_summary(
             name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
             for i, (name, size) in enumerate(dense["neurons"].items())
         },
+        "target_speedup": settings.target_speedup,
         "world_size": trainer.world_size,
         "seconds": seconds,
     }
+    if chosen is not None and chosen.kept_heads is not None:
+        summary["attention_heads"] = {
+            layer.name: {"dense": layer.num_heads, "kept": len(kept) * layer.queries_per_group}
+            for layer, kept in zip(model.net.attention_layers(), chosen.kept_heads, strict=True)
+        }
+    if chosen is not None and chosen.flops is not None:
+        summary["flops"] = {
+            "examples": min(FLOP_COUNT_EXAMPLES, len(datamodule.eval_examples())),
+            "dense": dense["flops"],
+            "pruned": chosen.flops,
+            "speedup": dense["flops"] / chosen.flops,
+        }
+        if "evaluate_dense" in seconds:  # the same examples, one pass each: a rough measured ratio
+            summary["flops"]["evaluation_seconds_ratio"] = seconds["evaluate_dense"] / seconds["evaluate_pruned"]
     if settings.max_drop is not None:
         summary["selection"] = {
             "max_drop": settings.max_drop,
@@ -386,8 +520,8 @@ def write_run(
 ) -> None:
     """Write output_dir whole or not at all: scores, the models to save, sweep reports, config, metrics."""
     start = time.perf_counter()
-    layers = model.net.ffn_layers()
-    dense_ffn = snapshot_ffn(model.net)
+    layers = model.net.unit_layers(settings.prunes_heads)
+    dense_units = snapshot_units(model.net)
     metric = model.spec.primary_metric
     with (
         write_errors_reported("output_dir", settings.output_dir),
@@ -408,11 +542,11 @@ def write_run(
         dtype = None if settings.save_dtype == "auto" else SAVE_DTYPES[settings.save_dtype]
         summary["saved_models"] = {}
         for name, point in to_save.items():
-            plan = prune_model(model.net, point.kept, reconstruction)
+            plan = prune_model(model.net, point.kept, reconstruction, point.kept_heads)
             layout = save_model_folder(model.net, tmp / name, dtype, settings.pad_uneven_ffn)
-            padding = {"padded_width": layout["padded_width"]} if layout["padded_width"] is not None else {}
+            padding = {key: layout[key] for key in ("padded_width", "padded_heads") if layout[key] is not None}
             write_json(tmp / name / PLAN_FILE, {**plan, **padding})
-            restore_ffn(model.net, dense_ffn)
+            restore_units(model.net, dense_units)
             summary["saved_models"][name] = {"sparsity": point.sparsity, **layout}
         if len(points) > 1:
             note = write_sweep_reports(tmp, points, metric, dense, chosen, settings.max_drop)
@@ -432,7 +566,9 @@ def fit_free(
     scorer: str = "attribution",
     scorer_options: dict[str, Any] | None = None,
     labels: LabelSource = "gold",
-    sparsity: float | list[float] = 0.5,
+    sparsity: float | list[float] | None = None,
+    target_speedup: float | None = None,
+    heads: bool = True,
     max_drop: float | None = None,
     save_models: Literal["auto", "all", "none"] = "auto",
     scope: Scope = "layer",
@@ -457,9 +593,15 @@ def fit_free(
             They belong to the scorer: a ``--scorer`` given on the command line drops options (from a config)
             that the new scorer does not take.
         labels: ``gold`` labels (supervised) or ``pseudo``: the model's own predictions (unsupervised).
-        sparsity: fraction of FFN neurons to remove, in [0, 1); or several (``0.1,0.3,0.5``): a sweep that
-            scores and evaluates the dense model once, then prunes and evaluates each, writing sweep.csv,
-            sweep.md and sweep.png.
+        sparsity: fraction of FFN neurons to remove, in [0, 1) (default 0.5 unless ``target_speedup`` is given);
+            or several (``0.1,0.3,0.5``): a sweep that scores and evaluates the dense model once, then prunes and
+            evaluates each, writing sweep.csv, sweep.md and sweep.png.
+        target_speedup: instead of a sparsity, how many times fewer FLOPs the pruned model needs on the task's
+            inputs (e.g. 1.6): attention head groups and FFN neurons are removed together, by score per FLOP
+            (``global`` scope) or by the same share in every layer (``layer``), counted with
+            ``torch.utils.flop_counter`` on the first evaluation examples; metrics.json reports the FLOPs.
+        heads: with ``target_speedup``, also remove attention head groups (a key/value head and the query heads
+            sharing it); false: FFN neurons only.
         max_drop: choose the highest swept sparsity whose primary metric on the selection examples (see
             ``--data.selection_examples``, held apart from the evaluation examples) is at most this much below
             the dense model's, e.g. 0.01; it is saved as ``model/``.
@@ -496,13 +638,14 @@ def fit_free(
     settings = FitFreeSettings.of(locals())
     inputs = run_inputs(model, datamodule)
     scorer_impl = check_request(settings, inputs)
-    reconstruct = check_against_model(trainer, model, datamodule, settings, scorer_impl)
+    reconstruct, costs = check_against_model(trainer, model, datamodule, settings, scorer_impl)
     seconds: dict[str, float] = {}
     dense: dict[str, Any] = {
         "parameters": model.net.num_parameters(),
         "neurons": model.ffn_sizes(),
         "metrics": None,
         "selection_metrics": None,
+        "flops": costs.total if costs is not None else None,
     }
     if evaluate_dense:
         start = time.perf_counter()
@@ -516,10 +659,10 @@ def fit_free(
     scores = neuron_scores(trainer, model, datamodule, settings, scorer_impl)
     seconds["score"] = time.perf_counter() - start
     start = time.perf_counter()
-    reconstruction = reconstruction_of(trainer, model, datamodule, reconstruct, damping)
+    reconstruction = reconstruction_of(trainer, model, datamodule, reconstruct, damping, settings.prunes_heads)
     if reconstruction is not None:
         seconds["statistics"] = time.perf_counter() - start
-    points = prune_and_evaluate(trainer, model, datamodule, settings, scores, reconstruction, seconds)
+    points = prune_and_evaluate(trainer, model, datamodule, settings, scores, reconstruction, seconds, costs)
     chosen, to_save = models_to_save(points, dense["selection_metrics"], model.spec.primary_metric, settings)
     summary = run_summary(
         trainer, model, datamodule, settings, scores, dense, points, chosen, to_save, reconstruct, seconds
@@ -529,7 +672,7 @@ def fit_free(
         rank_zero_info(_report(summary, output_dir))
     trainer.strategy.barrier()
     if chosen is not None:  # the in-memory model ends as the chosen (saved) one
-        prune_model(model.net, chosen.kept, reconstruction)
+        prune_model(model.net, chosen.kept, reconstruction, chosen.kept_heads)
     return summary
 
 
@@ -554,12 +697,21 @@ def _report(summary: dict[str, Any], output_dir: str) -> str:
             f"{selection['dense_metrics'][metric]:.4f} -> {selection['chosen_metrics'][metric]:.4f}"
         )
     asked, achieved = summary["sparsity"], summary["achieved_sparsity"]
-    if abs(achieved - asked) > 0.005:
+    if summary.get("flops"):
+        flops = summary["flops"]
+        heads = summary.get("attention_heads") or {}
+        kept_heads = sum(v["kept"] for v in heads.values())
+        asked = (
+            f"{achieved:.3f}"
+            + (f" and {1 - kept_heads / sum(v['dense'] for v in heads.values()):.3f} of the heads" if heads else "")
+            + f": {flops['speedup']:.2f}x fewer FLOPs (target {summary['target_speedup']:g})"
+        )
+    elif abs(achieved - asked) > 0.005:
         asked = f"{achieved:.3f} (asked {asked}; min_keep kept more)"
-    uneven = any(saved["ffn_widths"] == "per-layer" for saved in (summary.get("saved_models") or {}).values())
+    uneven = any(not saved["plain_hf_loadable"] for saved in (summary.get("saved_models") or {}).values())
     loading = (
-        " (uneven FFN widths: load it with lightning_prune.load_model; --scope layer or --pad_uneven_ffn true save "
-        "one that plain from_pretrained loads)"
+        " (per-layer shapes: load it with lightning_prune.load_model; --pad_uneven_ffn true saves one that plain "
+        "from_pretrained loads, padded with zeros to shapes its config can hold, as large as needed)"
         if uneven
         else ""
     )

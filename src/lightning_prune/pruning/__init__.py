@@ -6,8 +6,8 @@ from lightning_prune.pruning.plan import (
     apply_plan,
     prune_model,
     read_plan,
-    restore_ffn,
-    snapshot_ffn,
+    restore_units,
+    snapshot_units,
     trim_padding,
 )
 from lightning_prune.pruning.reconstruction import (
@@ -32,9 +32,9 @@ __all__ = [
     "pad_ffn",
     "prune_model",
     "read_plan",
-    "restore_ffn",
+    "restore_units",
     "select_neurons",
     "slice_ffn",
-    "snapshot_ffn",
+    "snapshot_units",
     "trim_padding",
 ]

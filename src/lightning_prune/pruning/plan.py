@@ -1,4 +1,5 @@
-"""The pruning plan: which neurons of which layer a saved model kept, so it can be rebuilt and loaded."""
+"""The pruning plan: which neurons (and head groups) of which layer a saved model kept, so it can be rebuilt and
+loaded."""
 
 from __future__ import annotations
 
@@ -10,11 +11,12 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from lightning_prune.attention import AttentionLayer
 from lightning_prune.errors import UsageError
-from lightning_prune.pruning.slicing import slice_ffn
+from lightning_prune.pruning.slicing import slice_ffn, slice_heads
 
 if TYPE_CHECKING:
-    from lightning_prune.adapters.base import FFNLayer, PrunableModel
+    from lightning_prune.adapters.base import PrunableModel, UnitLayer
     from lightning_prune.pruning.reconstruction import Reconstruction
 
 PLAN_FILE = "pruning_plan.json"
@@ -25,26 +27,25 @@ def _repairs(entry: dict) -> list[str]:
     return list(entry.get("reconstruction", ["bias"] if entry.get("bias_compensated") else []))
 
 
-def prune_model(model: PrunableModel, kept: list[Tensor], reconstruction: Reconstruction | None = None) -> dict:
-    """Slice every FFN layer of ``model`` to its ``kept`` neurons; return the plan that rebuilds it.
-
-    A model that is already pruned (loaded with a plan) is pruned further: the new plan's kept indices
-    refer to the original dense model, so it rebuilds from the same dense config as the first one.
-    With a ``reconstruction``, each layer it applies to gets its down projection repaired (bias compensation,
-    or a least-squares refit); the plan records which. Only weight and bias values change, which the saved
-    weights hold: loading needs nothing more.
-    """
-    layers = model.ffn_layers()
-    previous = model.pruning_plan["layers"] if model.pruning_plan is not None else None
+def _prune_layers(
+    layers: list[UnitLayer],
+    kept: list[Tensor],
+    previous: list[dict] | None,
+    reconstruction: Reconstruction | None,
+    offset: int,
+) -> list[dict]:
+    """Slice ``layers`` to their ``kept`` units (repairing their down projections with ``reconstruction``, whose
+    statistics for layer i sit at ``offset + i``) and return their plan entries, composed with ``previous``."""
     entries = []
     for index, (layer, keep) in enumerate(zip(layers, kept, strict=True)):
         dense_size, original = layer.size, keep
-        repaired = reconstruction is not None and reconstruction.applies_to(layer)
         if previous is not None:
             dense_size = previous[index]["dense_size"]
             original = torch.tensor(previous[index]["kept"], dtype=torch.long)[keep.cpu().long()]
-        down = reconstruction.down_projection(index, layer, keep) if repaired and reconstruction else None
-        slice_ffn(layer, keep, down)
+        repaired = reconstruction is not None and reconstruction.applies_to(layer)
+        columns = layer.columns(keep)
+        down = reconstruction.down_projection(offset + index, layer, columns) if repaired and reconstruction else None
+        (slice_heads if isinstance(layer, AttentionLayer) else slice_ffn)(layer, keep, down)
         earlier = _repairs(previous[index]) if previous is not None else []
         entries.append(
             {
@@ -55,36 +56,62 @@ def prune_model(model: PrunableModel, kept: list[Tensor], reconstruction: Recons
                 "reconstruction": [*earlier, reconstruction.method] if repaired and reconstruction else earlier,
             }
         )
+    return entries
+
+
+def prune_model(
+    model: PrunableModel,
+    kept: list[Tensor],
+    reconstruction: Reconstruction | None = None,
+    kept_heads: list[Tensor] | None = None,
+) -> dict:
+    """Slice every FFN layer of ``model`` to its ``kept`` neurons (and, with ``kept_heads``, every attention layer
+    to its kept head groups); return the plan that rebuilds it.
+
+    A model that is already pruned (loaded with a plan) is pruned further: the new plan's kept indices
+    refer to the original dense model, so it rebuilds from the same dense config as the first one.
+    With a ``reconstruction`` (statistics of the FFN layers, then of the attention layers when heads go), each
+    layer it applies to gets its down (output) projection repaired (bias compensation, or a least-squares refit);
+    the plan records which. Only weight and bias values change, which the saved weights hold: loading needs
+    nothing more.
+    """
+    plan = model.pruning_plan
+    layers = model.ffn_layers()
+    entries = _prune_layers(layers, kept, plan["layers"] if plan else None, reconstruction, 0)
+    attention = list(plan.get("attention", [])) if plan else []
+    if kept_heads is not None:
+        attention = _prune_layers(model.attention_layers(), kept_heads, attention or None, reconstruction, len(layers))
     model.pruning_plan = {
         "format": "lightning-prune/pruning-plan",
-        "version": 2,
+        "version": 3,
         "architecture": model.architecture,
         "layers": entries,
+        **({"attention": attention} if attention else {}),
     }
     return model.pruning_plan
 
 
 @dataclass
-class FFNSnapshot:
-    """A model's FFN projection modules (per layer, by path) and its pruning plan at one moment."""
+class UnitSnapshot:
+    """A model's FFN and attention projection modules (per layer, by path) and its pruning plan at one moment."""
 
     modules: list[dict[str, nn.Module]]
     plan: dict | None
 
 
-def snapshot_ffn(model: PrunableModel) -> FFNSnapshot:
-    """Record the FFN modules and plan. Slicing builds new modules and never changes these, so
-    ``restore_ffn`` brings the model back to this state without a copy (a sparsity sweep prunes the same
-    model once per sparsity, each time composing with the plan it was loaded with, not the previous point's)."""
+def snapshot_units(model: PrunableModel) -> UnitSnapshot:
+    """Record the FFN and attention projection modules and the plan. Slicing builds new modules and never changes
+    these, so ``restore_units`` brings the model back to this state without a copy (a sparsity sweep prunes the
+    same model once per sparsity, each time composing with the plan it was loaded with, not the previous point's)."""
     modules = [
-        {path: layer.block.get_submodule(path) for path in (*layer.up, layer.down)} for layer in model.ffn_layers()
+        {path: layer.block.get_submodule(path) for path in layer.projections} for layer in model.unit_layers(True)
     ]
-    return FFNSnapshot(modules, model.pruning_plan)
+    return UnitSnapshot(modules, model.pruning_plan)
 
 
-def restore_ffn(model: PrunableModel, snapshot: FFNSnapshot) -> None:
-    """Put back the FFN modules and plan recorded by ``snapshot_ffn``."""
-    for layer, modules in zip(model.ffn_layers(), snapshot.modules, strict=True):
+def restore_units(model: PrunableModel, snapshot: UnitSnapshot) -> None:
+    """Put back the modules and plan recorded by ``snapshot_units``."""
+    for layer, modules in zip(model.unit_layers(True), snapshot.modules, strict=True):
         for path, module in modules.items():
             layer.block.set_submodule(path, module)
     model.pruning_plan = snapshot.plan
@@ -100,30 +127,43 @@ def read_plan(folder: Path) -> dict | None:
         raise UsageError(f"{path} is not valid JSON ({error}): the pruned model folder is damaged") from None
 
 
-def apply_plan(layers: list[FFNLayer], plan: dict, source: Path) -> None:
-    """Shrink freshly built dense ``layers`` to the plan's shapes (weights are loaded afterwards)."""
-    entries = plan.get("layers", [])
+def _slice_to_plan(layers: list[UnitLayer], entries: list[dict], saved: int | None, source: Path, unit: str) -> None:
+    """Shrink freshly built dense ``layers`` to their plan ``entries`` (``saved``: the padded width they were saved
+    at, if any)."""
     names = [layer.name for layer in layers]
     if [entry.get("name") for entry in entries] != names:
         raise UsageError(
-            f"{source / PLAN_FILE} does not match the model's FFN layers ({len(entries)} planned, "
+            f"{source / PLAN_FILE} does not match the model's {unit} layers ({len(entries)} planned, "
             f"{len(layers)} in the model): the plan belongs to another model"
         )
-    saved_width = plan.get("padded_width")  # uneven widths saved padded to the widest (see trim_padding)
     for layer, entry in zip(layers, entries, strict=True):
         kept = torch.tensor(entry["kept"], dtype=torch.long)
-        if layer.size == (saved_width or kept.numel()):
-            continue  # built at the saved width already: the saved config holds it (PrunableModel.ffn_width_key)
+        if layer.size == (saved or kept.numel()):
+            continue  # built at the saved width already: the saved config holds it
         if entry["dense_size"] != layer.size or kept.numel() == 0 or int(kept.max()) >= layer.size:
             raise UsageError(
-                f"{source / PLAN_FILE}: layer {layer.name} has {layer.size} neurons, the plan expects "
+                f"{source / PLAN_FILE}: layer {layer.name} has {layer.size} {layer.unit_name}, the plan expects "
                 f"{entry['dense_size']}: the plan belongs to another model"
             )
-        slice_ffn(layer, kept)
+        (slice_heads if isinstance(layer, AttentionLayer) else slice_ffn)(layer, kept)
 
 
-def trim_padding(layers: list[FFNLayer], plan: dict) -> None:
-    """Drop the all-zero neurons a padded save appended (after the kept ones) once the weights are loaded."""
-    for layer, entry in zip(layers, plan.get("layers", []), strict=True):
-        if layer.size > len(entry["kept"]):
-            slice_ffn(layer, torch.arange(len(entry["kept"])))
+def apply_plan(model: PrunableModel, plan: dict, source: Path) -> None:
+    """Shrink a freshly built dense ``model`` to the plan's shapes (weights are loaded afterwards): FFN widths as
+    the config or the plan say (``PrunableModel.ffn_width_key``), head groups likewise (``head_count_keys``)."""
+    _slice_to_plan(model.ffn_layers(), plan.get("layers", []), plan.get("padded_width"), source, "FFN")
+    if plan.get("attention"):
+        _slice_to_plan(model.attention_layers(), plan["attention"], plan.get("padded_heads"), source, "attention")
+
+
+def trim_padding(model: PrunableModel, plan: dict) -> None:
+    """Drop the all-zero neurons and heads a padded save appended (after the kept ones) once the weights are
+    loaded."""
+    for layers, entries in (
+        (model.ffn_layers(), plan.get("layers", [])),
+        (model.attention_layers(), plan.get("attention", [])),
+    ):
+        for layer, entry in zip(layers, entries, strict=False):
+            if layer.size > len(entry["kept"]):
+                cut = slice_heads if isinstance(layer, AttentionLayer) else slice_ffn
+                cut(layer, torch.arange(len(entry["kept"])))

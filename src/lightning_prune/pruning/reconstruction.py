@@ -1,5 +1,6 @@
-"""Repairing what a cut changed, without training: closed-form refits of each FFN layer's down projection from
-activation statistics of forward passes (no labels, no optimizer step).
+"""Repairing what a cut changed, without training: closed-form refits of each FFN layer's down projection (and,
+when heads go, each attention layer's output projection, whose inputs are the heads' outputs) from activation
+statistics of forward passes (no labels, no optimizer step).
 
 - ``bias`` (bias compensation, as in FLAP): every removed neuron is replaced by its mean activation, folded
   into the down projection's bias; the kept weights stay. Only where the down projection has a bias
@@ -27,8 +28,7 @@ import torch
 from torch import Tensor
 
 if TYPE_CHECKING:
-    from lightning_prune.adapters.base import Batch, PrunableModel
-    from lightning_prune.ffn import FFNLayer
+    from lightning_prune.adapters.base import Batch, PrunableModel, UnitLayer
 
 Repair = Literal["none", "bias", "least_squares"]  # what a run applies
 Reconstruct = Literal["auto", "none", "bias", "least_squares"]  # what a user asks for
@@ -43,25 +43,26 @@ class ActivationStatistics:
     products are summed in float32 anyway. Their relative error over half a million tokens stays near 1e-6
     (tests/test_pruning.py), four orders below the damping that regularises the solve."""
 
-    def __init__(self, layers: list[FFNLayer], second_moments: bool = False) -> None:
-        self.sums = [torch.zeros(layer.size, dtype=torch.float64) for layer in layers]
-        self.grams = (
-            [torch.zeros(layer.size, layer.size, dtype=GRAM_DTYPE) for layer in layers] if second_moments else None
-        )
+    def __init__(self, layers: list[UnitLayer], second_moments: bool = False) -> None:
+        self.names = [layer.name for layer in layers]
+        widths = [layer.down_proj.in_features for layer in layers]
+        self.sums = [torch.zeros(width, dtype=torch.float64) for width in widths]
+        self.grams = [torch.zeros(width, width, dtype=GRAM_DTYPE) for width in widths] if second_moments else None
         self.tokens = torch.zeros(len(layers), dtype=torch.float64)
 
     @staticmethod
-    def bytes_needed(layers: list[FFNLayer], second_moments: bool) -> int:
-        """Memory the statistics take (the second moments dominate: d_ff² float32 per layer)."""
+    def bytes_needed(layers: list[UnitLayer], second_moments: bool) -> int:
+        """Memory the statistics take (the second moments dominate: d_ff² float32 per FFN layer)."""
         gram_bytes = torch.finfo(GRAM_DTYPE).bits // 8
-        return sum(8 * layer.size + (gram_bytes * layer.size**2 if second_moments else 0) for layer in layers)
+        widths = [layer.down_proj.in_features for layer in layers]
+        return sum(8 * width + (gram_bytes * width**2 if second_moments else 0) for width in widths)
 
     def update(self, model: PrunableModel, batch: Batch) -> None:
         """Add one batch's content-token activations (one forward pass, no gradients)."""
-        layers = model.ffn_layers()
-        index = {layer.name: i for i, layer in enumerate(layers)}
+        index = {name: i for i, name in enumerate(self.names)}
+        layers = [layer for layer in model.unit_layers(heads=True) if layer.name in index]
 
-        def record(layer: FFNLayer, activations: Tensor) -> Tensor:
+        def record(layer: UnitLayer, activations: Tensor) -> Tensor:
             i = index[layer.name]
             mask = model.content_mask(batch, layer.side, batch["labels"]).to(activations.device)
             tokens = activations.detach()[mask].float()
@@ -97,10 +98,11 @@ class ActivationStatistics:
 
 
 def activation_statistics(
-    model: PrunableModel, batches: list[Batch], second_moments: bool = False
+    model: PrunableModel, batches: list[Batch], second_moments: bool = False, heads: bool = False
 ) -> ActivationStatistics:
-    """Content-token activation statistics of every FFN neuron over ``batches`` (outside Lightning)."""
-    statistics = ActivationStatistics(model.ffn_layers(), second_moments)
+    """Content-token activation statistics of every FFN neuron (and with ``heads`` every head output) over
+    ``batches`` (outside Lightning)."""
+    statistics = ActivationStatistics(model.unit_layers(heads), second_moments)
     for batch in batches:
         statistics.update(model, batch)
     return statistics
@@ -122,20 +124,21 @@ class Reconstruction:
         if self.method == "least_squares" and self.second_moments is None:
             raise ValueError("least_squares reconstruction needs the activations' second moments")
 
-    def applies_to(self, layer: FFNLayer) -> bool:
+    def applies_to(self, layer: UnitLayer) -> bool:
         """Bias compensation needs a down bias to fold into; least squares refits any layer."""
         return self.method == "least_squares" or layer.down_proj.bias is not None
 
-    def down_projection(self, index: int, layer: FFNLayer, keep: Tensor) -> tuple[Tensor, Tensor | None]:
-        """The repaired down projection of layer ``index`` for neurons ``keep``: (weight ``[out, kept]``, bias)."""
+    def down_projection(self, index: int, layer: UnitLayer, keep: Tensor) -> tuple[Tensor, Tensor | None]:
+        """The repaired down projection of layer ``index`` for its input columns ``keep`` (an FFN layer's neurons,
+        an attention layer's kept heads' columns): (weight ``[out, kept]``, bias)."""
         down = layer.down_proj
         weight = down.weight.detach().double()
         bias = down.bias.detach().double() if down.bias is not None else None
         mean = self.means[index].to(weight.device)
-        if mean.shape != (layer.size,):
-            raise ValueError(f"{layer.name}: statistics of {tuple(mean.shape)} neurons for {layer.size}")
+        if mean.shape != (down.in_features,):
+            raise ValueError(f"{layer.name}: statistics of {tuple(mean.shape)} columns for {down.in_features}")
         kept = keep.to(weight.device).long()
-        removed = torch.ones(layer.size, dtype=torch.bool, device=weight.device)
+        removed = torch.ones(down.in_features, dtype=torch.bool, device=weight.device)
         removed[kept] = False
         w_kept, w_removed = weight[:, kept], weight[:, removed]
         if self.method == "bias":

@@ -1,7 +1,9 @@
-"""The pruning policy: which neurons to keep, given their scores and a sparsity."""
+"""The pruning policy: which neurons (and head groups) to keep, given their scores and a sparsity or a FLOP
+budget."""
 
 from __future__ import annotations
 
+import math
 from typing import Literal
 
 import torch
@@ -53,3 +55,55 @@ def select_neurons(scores: list[Tensor], sparsity: float, scope: Scope = "layer"
     chosen = _top(torch.cat(rest_scores), total_keep - sum(floors))
     owners, indices = torch.cat(rest_owner)[chosen], torch.cat(rest_index)[chosen]
     return [torch.cat([k, indices[owners == layer]]).sort().values for layer, k in enumerate(kept)]
+
+
+def select_for_flops(
+    scores: list[Tensor],
+    costs: list[float],
+    remove: float,
+    scope: Scope,
+    floors: list[int],
+    kinds: list[str],
+) -> list[Tensor] | None:
+    """Kept unit indices per layer (FFN layers and attention layers alike) removing at least ``remove`` FLOPs,
+    each unit of layer i costing ``costs[i]``; None if the floors (units each layer keeps at least) leave too
+    little to remove.
+
+    ``global``: units go in order of score per FLOP, lowest first, wherever they are (Kwon et al. 2022 rank heads
+    and neurons together by importance per cost). ``layer``: every layer of a kind loses the same share, FFN layers
+    the same fraction of neurons and attention layers the same number of head groups; of the head counts that meet
+    the budget, the one keeping the highest total score wins.
+    """
+    sizes = [s.numel() for s in scores]
+    if sum((n - f) * c for n, f, c in zip(sizes, floors, costs, strict=True)) < remove:
+        return None
+    if scope == "global":
+        ratio = torch.cat([s.double() / max(c, 1e-30) for s, c in zip(scores, costs, strict=True)])
+        owner = torch.cat([torch.full((n,), i) for i, n in enumerate(sizes)])
+        order = torch.sort(ratio, stable=True).indices
+        removed, left = [0] * len(scores), remove
+        for layer in owner[order].tolist():  # within a layer the cost is one: the lowest scores go first
+            if left <= 0:
+                break
+            if sizes[layer] - removed[layer] > floors[layer]:
+                removed[layer] += 1
+                left -= costs[layer]
+        return [_top(s, n - r) for s, n, r in zip(scores, sizes, removed, strict=True)]
+    heads = [i for i, kind in enumerate(kinds) if kind == "attention"]
+    ffn = [i for i, kind in enumerate(kinds) if kind != "attention"]
+    ffn_flops = sum(sizes[i] * costs[i] for i in ffn)
+    best, best_value = None, -float("inf")
+    most_heads = min((sizes[i] - floors[i] for i in heads), default=0)
+    for drop in range(most_heads + 1):
+        rest = remove - sum(drop * costs[i] for i in heads)
+        fraction = min(max(rest, 0.0) / ffn_flops, 1.0) if ffn_flops else 0.0
+        removed = [drop if i in heads else math.ceil(fraction * sizes[i] - 1e-9) for i in range(len(sizes))]
+        if any(sizes[i] - removed[i] < floors[i] for i in range(len(sizes))):
+            continue
+        if sum(r * c for r, c in zip(removed, costs, strict=True)) < remove * (1 - 1e-9):
+            continue
+        kept = [_top(s, n - r) for s, n, r in zip(scores, sizes, removed, strict=True)]
+        value = sum(float(s.double()[k].sum()) for s, k in zip(scores, kept, strict=True))
+        if value > best_value:
+            best, best_value = kept, value
+    return best

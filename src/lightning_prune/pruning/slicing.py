@@ -1,4 +1,5 @@
-"""Low-level slicing: rebuild an FFN layer's Linear modules with only the kept neurons.
+"""Low-level slicing: rebuild an FFN layer's Linear modules with only the kept neurons, an attention layer's with
+only the kept head groups.
 
 No policy here: callers decide what to keep (``selection``) and where it is recorded (``plan``).
 """
@@ -11,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 if TYPE_CHECKING:
+    from lightning_prune.attention import AttentionLayer
     from lightning_prune.ffn import FFNLayer
 
 
@@ -36,32 +38,50 @@ def _sliced_linear(linear: nn.Linear, keep: Tensor, dim: int) -> nn.Linear:
     return _linear_like(linear, linear.weight.detach().index_select(dim, keep), bias)
 
 
-def slice_ffn(layer: FFNLayer, keep: Tensor, down: tuple[Tensor, Tensor | None] | None = None) -> None:
-    """Keep neurons ``keep`` (sorted indices) of ``layer``: rows of up/gate projections, columns of down.
-
-    ``down``: the repaired down projection for the kept neurons (weight ``[out, kept]`` and bias, from
-    ``reconstruction``) instead of the plain cut's sliced columns. The shapes stay those of a plain cut, and the
-    original modules are left untouched (``restore_ffn`` relies on it).
-    """
-    keep = keep.long()
-    if keep.numel() == 0:
-        raise ValueError(f"refusing to remove every neuron of {layer.name}")
-    for path in layer.up:
-        layer.block.set_submodule(path, _sliced_linear(layer.block.get_submodule(path), keep, dim=0))
+def _set_down(layer: FFNLayer | AttentionLayer, columns: Tensor, down: tuple[Tensor, Tensor | None] | None) -> None:
+    """Replace the down (output) projection by its ``columns``, or by the repaired ``down`` (weight, bias)."""
     old_down = layer.down_proj
     if down is None:
-        layer.block.set_submodule(layer.down, _sliced_linear(old_down, keep, dim=1))
+        layer.block.set_submodule(layer.down, _sliced_linear(old_down, columns, dim=1))
         return
     weight, bias = down
-    if weight.shape != (old_down.out_features, keep.numel()):
+    if weight.shape != (old_down.out_features, columns.numel()):
         raise ValueError(
-            f"{layer.name}: repaired down projection of shape {tuple(weight.shape)} for {keep.numel()} neurons"
+            f"{layer.name}: repaired down projection of shape {tuple(weight.shape)} for {columns.numel()} columns"
         )
     bias = bias if bias is not None else (old_down.bias.detach() if old_down.bias is not None else None)
     dtype = old_down.weight.dtype
     layer.block.set_submodule(
         layer.down, _linear_like(old_down, weight.to(dtype), None if bias is None else bias.to(dtype))
     )
+
+
+def slice_ffn(layer: FFNLayer, keep: Tensor, down: tuple[Tensor, Tensor | None] | None = None) -> None:
+    """Keep neurons ``keep`` (sorted indices) of ``layer``: rows of up/gate projections, columns of down.
+
+    ``down``: the repaired down projection for the kept neurons (weight ``[out, kept]`` and bias, from
+    ``reconstruction``) instead of the plain cut's sliced columns. The shapes stay those of a plain cut, and the
+    original modules are left untouched (``restore_units`` relies on it).
+    """
+    keep = keep.long()
+    if keep.numel() == 0:
+        raise ValueError(f"refusing to remove every neuron of {layer.name}")
+    for path in layer.up:
+        layer.block.set_submodule(path, _sliced_linear(layer.block.get_submodule(path), keep, dim=0))
+    _set_down(layer, keep, down)
+
+
+def slice_heads(layer: AttentionLayer, keep: Tensor, down: tuple[Tensor, Tensor | None] | None = None) -> None:
+    """Keep head groups ``keep`` (sorted indices) of ``layer``: their rows of the query, key and value projections
+    and their columns of the output projection (or the repaired ``down``, as in ``slice_ffn``). The attention code
+    infers the head count from the projections' widths; the original modules are left untouched."""
+    keep = keep.long()
+    if keep.numel() == 0:
+        raise ValueError(f"refusing to remove every head of {layer.name}")
+    columns, key_value_rows = layer.columns(keep), layer.key_value_rows(keep)
+    for path, rows in ((layer.query, columns), (layer.key, key_value_rows), (layer.value, key_value_rows)):
+        layer.block.set_submodule(path, _sliced_linear(layer.block.get_submodule(path), rows, dim=0))
+    _set_down(layer, columns, down)
 
 
 def _padded_linear(linear: nn.Linear, extra: int, dim: int) -> nn.Linear:
@@ -84,3 +104,17 @@ def pad_ffn(layer: FFNLayer, width: int) -> None:
     for path in layer.up:
         layer.block.set_submodule(path, _padded_linear(layer.block.get_submodule(path), extra, dim=0))
     layer.block.set_submodule(layer.down, _padded_linear(layer.down_proj, extra, dim=1))
+
+
+def pad_heads(layer: AttentionLayer, groups: int) -> None:
+    """Grow ``layer`` to ``groups`` head groups by appending all-zero ones (zero query, key and value rows and
+    biases, zero output columns): a zero head attends uniformly to zero values and adds nothing, so the output is
+    exactly unchanged (saving uneven head counts in a form plain Hugging Face loading accepts)."""
+    extra = groups - layer.size
+    if extra <= 0:
+        return
+    for path, per_group in (
+        (layer.query, layer.columns_per_unit), (layer.key, layer.head_dim), (layer.value, layer.head_dim)
+    ):  # fmt: skip
+        layer.block.set_submodule(path, _padded_linear(layer.block.get_submodule(path), extra * per_group, dim=0))
+    layer.block.set_submodule(layer.down, _padded_linear(layer.down_proj, extra * layer.columns_per_unit, dim=1))

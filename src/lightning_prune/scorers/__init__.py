@@ -1,5 +1,5 @@
 """The scorer registry: every scorer, built-in or third-party, comes from the entry-point group
-``lightning_prune.scorers`` (``name = "module:Class"``); this package registers its own four in its
+``lightning_prune.scorers`` (``name = "module:Class"``); this package registers its own five in its
 ``pyproject.toml`` exactly as a plugin would."""
 
 from __future__ import annotations
@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lightning_prune.adapters.base import FFNLayer
+from lightning_prune.adapters.base import UnitLayer
+from lightning_prune.attention import AttentionLayer
 from lightning_prune.errors import UsageError
-from lightning_prune.scorers.base import NeuronScorer
+from lightning_prune.scorers.base import NeuronScorer, UnitScorer
 
 ENTRY_POINT_GROUP = "lightning_prune.scorers"
 
@@ -22,6 +23,7 @@ __all__ = [
     "ENTRY_POINT_GROUP",
     "NeuronScorer",
     "ScorerInfo",
+    "UnitScorer",
     "accepted_options",
     "check_scores",
     "create_scorer",
@@ -115,11 +117,13 @@ def create_scorer(name: str, options: dict[str, Any] | None = None) -> NeuronSco
         raise UsageError(f"scorer {name!r} rejected its options {options}: {error}") from None
 
 
-def check_scores(name: str, scores: list[Tensor], layers: list[FFNLayer]) -> list[Tensor]:
+def check_scores(name: str, scores: list[Tensor], layers: list[UnitLayer]) -> list[Tensor]:
     """Scores as float64 CPU tensors, after checking count, shapes, dtype and finiteness, naming the scorer."""
     if not isinstance(scores, (list, tuple)) or len(scores) != len(layers):
         count = len(scores) if isinstance(scores, (list, tuple)) else type(scores).__name__
-        raise UsageError(f"scorer {name!r} returned {count} score tensors for {len(layers)} FFN layers; fix the scorer")
+        attention = sum(isinstance(layer, AttentionLayer) for layer in layers)
+        kinds = f"{len(layers) - attention} FFN layers" + (f" and {attention} attention layers" if attention else "")
+        raise UsageError(f"scorer {name!r} returned {count} score tensors for {kinds}; fix the scorer")
     checked = []
     for layer, score in zip(layers, scores, strict=True):
         if not isinstance(score, Tensor) or not score.is_floating_point():
@@ -127,7 +131,8 @@ def check_scores(name: str, scores: list[Tensor], layers: list[FFNLayer]) -> lis
             raise UsageError(f"scorer {name!r} returned {kind} scores for {layer.name}; scores must be float tensors")
         if tuple(score.shape) != (layer.size,):
             raise UsageError(
-                f"scorer {name!r} returned shape {tuple(score.shape)} for {layer.name}, which has {layer.size} neurons"
+                f"scorer {name!r} returned shape {tuple(score.shape)} for {layer.name}, "
+                f"which has {layer.size} {layer.unit_name}"
             )
         if not bool(torch.isfinite(score).all()):
             bad = int((~torch.isfinite(score)).sum())

@@ -1,4 +1,5 @@
-"""Integrated-gradients attribution of the task's correct answer to each FFN neuron (Knowledge-Neurons style)."""
+"""Integrated-gradients attribution of the task's correct answer to each FFN neuron (Knowledge-Neurons style) and
+each attention head group (self-attention attribution, Hao et al. 2021: a gate on the heads' outputs)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, expand_batch
+from lightning_prune.adapters.base import Batch, BlockInput, PrunableModel, UnitLayer, expand_batch
 from lightning_prune.errors import UsageError
-from lightning_prune.scorers.base import NeuronScorer
+from lightning_prune.scorers.base import UnitScorer
 
 Aggregate = Literal["sum", "abs_sum"]
 Mode = Literal["exact", "joint"]
@@ -20,11 +21,14 @@ ExampleWeight = Literal["tokens", "uniform"]
 MAX_STEPS = 10_000
 
 
-class AttributionScorer(NeuronScorer):
+class AttributionScorer(UnitScorer):
     """IG of p(correct answer) w.r.t. FFN activations, zero baseline, ``steps`` midpoint-Riemann steps.
 
     The attribution of neuron i with activations a (all tokens of a neuron scaled together by alpha) is
-    ``a_i * mean_k dp(alpha_k a)/da_i`` with ``alpha_k = (k - 0.5) / steps``, summed over tokens.
+    ``a_i * mean_k dp(alpha_k a)/da_i`` with ``alpha_k = (k - 0.5) / steps``, summed over tokens. A head group's
+    is the same over its output (the attention output projection's inputs), summed over its columns: the IG of a
+    gate on the group's output, scaled from 0 to 1 (Hao et al. 2021 gate attention weights; the output gate has
+    the same path for the values, and needs no change to the attention code).
 
     ``mode="exact"`` (Knowledge Neurons, the paper): one layer is scaled at a time while the rest of the
     network runs unchanged — ``layers x steps`` forward/backward rows per example. Where the adapter can
@@ -105,11 +109,11 @@ class AttributionScorer(NeuronScorer):
         return ((torch.arange(self.steps, dtype=torch.float32) + 0.5) / self.steps).split(self.steps_per_pass)
 
     def per_example(
-        self, model: PrunableModel, batch: Batch, layer: FFNLayer, block_inputs: list[BlockInput] | None = None
+        self, model: PrunableModel, batch: Batch, layer: UnitLayer, block_inputs: list[BlockInput] | None = None
     ) -> Tensor:
-        """``[examples, neurons]`` exact-mode attributions of one layer; with ``block_inputs`` (from
+        """``[examples, units]`` exact-mode attributions of one layer; with ``block_inputs`` (from
         ``model.block_inputs``) the blocks before the layer are not recomputed."""
-        layer_index = [item.name for item in model.ffn_layers()].index(layer.name)
+        layer_index = layer.block_index
         rows = batch["labels"].shape[0]
         total = torch.zeros(rows, layer.size, device=batch["labels"].device)
         for chunk in self._alpha_chunks():
@@ -117,7 +121,7 @@ class AttributionScorer(NeuronScorer):
             row_alpha = chunk.to(total.device).repeat(rows)
             captured: dict[str, Tensor] = {}
 
-            def scale(_layer: FFNLayer, activations: Tensor, row_alpha=row_alpha, captured=captured) -> Tensor:
+            def scale(_layer: UnitLayer, activations: Tensor, row_alpha=row_alpha, captured=captured) -> Tensor:
                 original = activations.detach()
                 shape = (-1,) + (1,) * (original.dim() - 1)
                 scaled = (original * row_alpha.to(original.dtype).view(shape)).requires_grad_(True)
@@ -131,16 +135,15 @@ class AttributionScorer(NeuronScorer):
                     start = block_inputs[layer_index].expand(len(chunk))
                     log_prob = model.target_log_prob_from(expanded, expanded["labels"], layer_index, start)
                 (gradient,) = torch.autograd.grad(log_prob.exp().sum(), captured["scaled"])
-            token_sum = (gradient * captured["original"]).float().sum(dim=1)  # [rows * chunk, neurons]
+            token_sum = layer.per_unit((gradient * captured["original"]).float().sum(dim=1))  # [rows * chunk, units]
             total += token_sum.view(rows, len(chunk), -1).sum(1)
         return total / self.steps
 
-    def joint_per_example(self, model: PrunableModel, batch: Batch) -> list[Tensor]:
-        """``[examples, neurons]`` joint-mode attributions of every layer, from ``steps`` rows per example."""
-        layers = model.ffn_layers()
+    def joint_per_example(self, model: PrunableModel, batch: Batch, layers: list[UnitLayer]) -> list[Tensor]:
+        """``[examples, units]`` joint-mode attributions of ``layers``, from ``steps`` rows per example."""
         clean: dict[str, Tensor] = {}
 
-        def record(layer: FFNLayer, activations: Tensor) -> Tensor:
+        def record(layer: UnitLayer, activations: Tensor) -> Tensor:
             clean[layer.name] = activations.detach()
             return activations
 
@@ -153,7 +156,7 @@ class AttributionScorer(NeuronScorer):
             row_alpha = chunk.to(batch["labels"].device).repeat(rows)
             leaves: dict[str, Tensor] = {}
 
-            def replace(layer: FFNLayer, _activations: Tensor, row_alpha=row_alpha, leaves=leaves) -> Tensor:
+            def replace(layer: UnitLayer, _activations: Tensor, row_alpha=row_alpha, leaves=leaves) -> Tensor:
                 original = clean[layer.name].repeat_interleave(len(row_alpha) // rows, dim=0)
                 shape = (-1,) + (1,) * (original.dim() - 1)
                 leaves[layer.name] = (original * row_alpha.to(original.dtype).view(shape)).requires_grad_(True)
@@ -164,16 +167,16 @@ class AttributionScorer(NeuronScorer):
                 gradients = torch.autograd.grad(log_prob.exp().sum(), [leaves[layer.name] for layer in layers])
             for total, layer, gradient in zip(totals, layers, gradients, strict=True):
                 original = clean[layer.name].repeat_interleave(len(chunk), dim=0)
-                total += (gradient * original).float().sum(dim=1).view(rows, len(chunk), -1).sum(1)
+                total += layer.per_unit((gradient * original).float().sum(dim=1)).view(rows, len(chunk), -1).sum(1)
         return [total / self.steps for total in totals]
 
-    def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
+    def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:
         assert batch is not None
         if self.mode == "joint":
-            per_layer = self.joint_per_example(model, batch)
+            per_layer = self.joint_per_example(model, batch, layers)
         else:
             block_inputs = model.block_inputs(batch) if self.reuse_prefix else None
-            per_layer = [self.per_example(model, batch, layer, block_inputs) for layer in model.ffn_layers()]
+            per_layer = [self.per_example(model, batch, layer, block_inputs) for layer in layers]
         # One weight per example, its own text's tokens, for every layer: T5's decoder layers (which see only the
         # answer) must not weigh examples differently from the encoder's, or global scope would compare unlike
         # sums; a decoder LM's prompt template, which every example repeats, does not count.

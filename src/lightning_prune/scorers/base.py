@@ -7,7 +7,7 @@ from typing import ClassVar
 
 from torch import Tensor
 
-from lightning_prune.adapters.base import Batch, PrunableModel
+from lightning_prune.adapters.base import Batch, PrunableModel, UnitLayer
 
 
 class NeuronScorer(ABC):
@@ -22,6 +22,7 @@ class NeuronScorer(ABC):
     needs_data: ClassVar[bool] = True
     needs_gradients: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
+    scores_heads: ClassVar[bool] = False  # True: ``score_units`` also scores attention head groups (``UnitScorer``)
 
     @abstractmethod
     def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
@@ -31,3 +32,28 @@ class NeuronScorer(ABC):
         """Raise ``UsageError`` if scoring ``heaviest_batch`` (the longest examples, a full batch) cannot fit in
         ``available_bytes`` (None: unknown). Called before any scoring; the default assumes it fits."""
         return
+
+    def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:
+        """One float tensor per layer of ``layers`` (FFN layers, then attention layers), of shape ``[layer.size]``:
+        neuron scores, and head-group scores. Only scorers with ``scores_heads`` are asked (``UnitScorer``)."""
+        raise NotImplementedError(f"{type(self).__name__} scores FFN neurons only")
+
+
+class UnitScorer(NeuronScorer):
+    """A scorer of any prunable unit: FFN neurons and attention head groups, from one pass where it can.
+
+    Both kinds are the input columns of a down projection (the FFN's down projection; the attention's output
+    projection, where a head group owns ``columns_per_unit`` columns), so a scorer written over a layer's
+    ``down_proj``, its inputs (``PrunableModel.hook_activations``) and ``layer.per_unit`` scores both.
+    A plugin scores heads by subclassing this class and implementing ``score_units``; a plain ``NeuronScorer``
+    keeps working for FFN-only pruning.
+    """
+
+    scores_heads: ClassVar[bool] = True
+
+    @abstractmethod
+    def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:
+        """See ``NeuronScorer.score_units``."""
+
+    def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
+        return self.score_units(model, batch, model.ffn_layers())

@@ -5,12 +5,13 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_prune.adapters.base import Batch, PrunableModel
-from lightning_prune.scorers.base import NeuronScorer
+from lightning_prune.adapters.base import Batch, PrunableModel, UnitLayer
+from lightning_prune.scorers.base import UnitScorer
 
 
-class RandomScorer(NeuronScorer):
-    """Data-free, seeded: the same seed gives the same scores on every process and machine."""
+class RandomScorer(UnitScorer):
+    """Data-free, seeded: the same seed gives the same scores on every process and machine (and the same FFN
+    scores whether heads are scored too: they are drawn after the neurons)."""
 
     needs_data = False
 
@@ -19,6 +20,6 @@ class RandomScorer(NeuronScorer):
             raise ValueError(f"seed must be an integer from 0 to 2**64 - 1 (torch's seed range), not {seed!r}")
         self.seed = seed
 
-    def __call__(self, model: PrunableModel, batch: Batch | None = None) -> list[Tensor]:
+    def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:
         generator = torch.Generator().manual_seed(self.seed)
-        return [torch.rand(layer.size, generator=generator) for layer in model.ffn_layers()]
+        return [torch.rand(layer.size, generator=generator) for layer in layers]

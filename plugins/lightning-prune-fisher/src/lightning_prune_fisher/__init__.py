@@ -5,32 +5,33 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from lightning_prune.adapters import Batch, FFNLayer, PrunableModel
-from lightning_prune.scorers import NeuronScorer
+from lightning_prune.adapters import Batch, PrunableModel, UnitLayer
+from lightning_prune.scorers import UnitScorer
 
 __all__ = ["FisherScorer"]
 
 
-class FisherScorer(NeuronScorer):
-    """``I_i = sum over examples of (dL/dm_i)^2`` for a mask m = 1 on every FFN neuron, L = -log p(answer).
+class FisherScorer(UnitScorer):
+    """``I_i = sum over examples of (dL/dm_i)^2`` for a mask m = 1 on every FFN neuron and attention head group
+    (Kwon et al. 2022 mask both), L = -log p(answer).
 
-    Each example gets its own mask copy, so one backward pass yields every per-example gradient.
+    Each example gets its own mask copy, so one backward pass yields every per-example gradient. A head group's
+    mask multiplies all of its output columns.
     """
 
     needs_gradients = True
     needs_labels = True
 
-    def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
+    def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:
         assert batch is not None
         rows = batch["labels"].shape[0]
-        layers = model.ffn_layers()
         masks: dict[str, Tensor] = {}
 
-        def apply_mask(layer: FFNLayer, activations: Tensor) -> Tensor:
+        def apply_mask(layer: UnitLayer, activations: Tensor) -> Tensor:
             shape = (rows,) + (1,) * (activations.dim() - 2) + (layer.size,)
             mask = torch.ones(shape, dtype=activations.dtype, device=activations.device, requires_grad=True)
             masks[layer.name] = mask
-            return activations * mask
+            return activations * mask.repeat_interleave(layer.columns_per_unit, dim=-1)
 
         with torch.enable_grad(), model.hook_activations(layers, apply_mask):
             loss = -model.target_log_prob(batch, batch["labels"])
