@@ -62,7 +62,7 @@ def data_of(task: str, eval_examples: int, seed: int) -> dict[str, Any]:
         score_file, eval_file = split_file(DATA / "agnews" / "test.tsv", spec, 3800, "agnews")
         settings = {"task": task, "labels": AGNEWS_LABELS, "score_file": score_file, "eval_file": eval_file}
     else:
-        settings = {**glue_data(task, eval_examples=eval_examples)}  # capped at the split's size (RTE: 277)
+        settings = glue_data(task, eval_examples=eval_examples)  # capped at the split's size (RTE: 277)
     return {"eval_examples": eval_examples, **settings, **MULTITASK_LM_SCORING, "seed": seed, "eval_seed": 0}
 
 

@@ -69,7 +69,9 @@ def test_unit_costs_are_what_the_flop_counter_counts(request, glue_dir, fixture)
     assert costs.total == count_flops(model, batches) and 0 < prunable < costs.total
     ffn, heads = _kept(model)
     prune_model(model, ffn, None, heads)
-    removed = sum(cost * (size - len(kept)) for cost, size, kept in zip(costs.per_unit, costs.sizes, [*ffn, *heads]))
+    removed = sum(
+        cost * (size - len(kept)) for cost, size, kept in zip(costs.per_unit, costs.sizes, [*ffn, *heads], strict=True)
+    )
     assert count_flops(model, batches) == pytest.approx(costs.total - removed, rel=1e-9)
 
 

@@ -710,8 +710,8 @@ def _report(summary: dict[str, Any], output_dir: str) -> str:
         asked = f"{achieved:.3f} (asked {asked}; min_keep kept more)"
     uneven = any(not saved["plain_hf_loadable"] for saved in (summary.get("saved_models") or {}).values())
     loading = (
-        " (per-layer shapes: load it with lightning_prune.load_model; --pad_uneven_ffn true saves one that plain "
-        "from_pretrained loads, padded with zeros to shapes its config can hold, as large as needed)"
+        " (per-layer shapes: load it with lightning_prune.load_pruned_model; --pad_uneven_ffn true saves one that "
+        "plain from_pretrained loads, padded with zeros to shapes its config can hold, as large as needed)"
         if uneven
         else ""
     )

@@ -55,15 +55,6 @@ class UnitCosts:
     per_unit: list[float]
     sizes: list[int]
 
-    @property
-    def prunable(self) -> float:
-        return sum(cost * size for cost, size in zip(self.per_unit, self.sizes, strict=True))
-
-    def of(self, kept: list[Tensor]) -> float:
-        """Total FLOPs once each layer keeps ``kept`` units."""
-        removed = sum(cost * (size - len(k)) for cost, size, k in zip(self.per_unit, self.sizes, kept, strict=True))
-        return self.total - removed
-
 
 def unit_costs(model: PrunableModel, batches: list[Batch], layers: list[UnitLayer]) -> UnitCosts:
     """What one unit of each of ``layers`` costs on ``batches``: an FFN neuron its up/gate row and down column
