@@ -2,8 +2,10 @@
 SmolLM2 (LoRA merged), dense vs FFN-pruned, each saved by fit-free's writer and loaded back by plain
 ``transformers.AutoModelForCausalLM`` (as users run it), next to the FLOP ideal.
 
-For FFN sparsity 0.3 / 0.5 / 0.7 (every layer; magnitude scores: speed does not depend on which neurons go), and
-0.3 with every layer's kept width rounded down to a multiple of 8 (``0.3/8``), in one process:
+For FFN sparsity 0.3 / 0.5 / 0.7 (every layer; magnitude scores: speed does not depend on which neurons go),
+0.3 with every layer's kept width rounded down to a multiple of 8 (``0.3/8``), and 0.3 / 0.5 with one of the three
+head groups (a key/value head and its 3 query heads) removed from every layer (``heads 2/3 + 0.3``: the shapes
+``--target_speedup`` gives with layer scope), in one process:
 
 - prefill latency at batch 1: ms per SST-2 prompt (the task's rendered prompt, dynamic length);
 - greedy generation, 64 new tokens (``min_new_tokens`` = 64), batch 1 and batch 8 (left-padded): tokens/s;
@@ -35,7 +37,11 @@ from lightning_prune.pruning import prune_model, restore_units, select_neurons, 
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
-VARIANTS = {"0.3": (0.3, 1), "0.3/8": (0.3, 8), "0.5": (0.5, 1), "0.7": (0.7, 1)}
+# name: (FFN sparsity, kept widths rounded down to a multiple of, head groups removed per layer)
+VARIANTS = {
+    "0.3": (0.3, 1, 0), "0.3/8": (0.3, 8, 0), "0.5": (0.5, 1, 0), "0.7": (0.7, 1, 0),
+    "heads 2/3 + 0.3": (0.3, 1, 1), "heads 2/3 + 0.5": (0.5, 1, 1),
+}  # fmt: skip
 NEW_TOKENS = 64
 
 
@@ -70,17 +76,19 @@ def main() -> None:
     tokenizer.padding_side = "left"
     prompts = [tokenizer(source.render(e), return_tensors="pt") for e in examples[: args.prompts]]
     batch8 = tokenizer([source.render(e) for e in examples[:8]], return_tensors="pt", padding=True)
-    scores = create_scorer("magnitude")(source, None)
+    (*scores,) = create_scorer("magnitude").score_units(source, None, source.unit_layers(heads=True))
+    scores, head_scores = scores[: len(source.ffn_layers())], scores[len(source.ffn_layers()) :]
     dense_units = snapshot_units(source)
     models, widths = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (sparsity, multiple) in {"dense": (0.0, 1), **VARIANTS}.items():
+        for name, (sparsity, multiple, dropped) in {"dense": (0.0, 1, 0), **VARIANTS}.items():
             if sparsity:
                 kept = select_neurons(scores, sparsity)
                 if multiple > 1:  # the lowest-scored of the kept go, down to a multiple
                     ranked = [s.argsort(descending=True) for s in scores]
                     kept = [r[: len(k) // multiple * multiple].sort().values for r, k in zip(ranked, kept, strict=True)]
-                prune_model(source, kept)
+                heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
+                prune_model(source, kept, None, heads if dropped else None)
             save_model_folder(source, Path(tmp) / name)
             restore_units(source, dense_units)
             models[name] = AutoModelForCausalLM.from_pretrained(Path(tmp) / name, torch_dtype=torch.float32).eval()
@@ -109,18 +117,18 @@ def main() -> None:
             seconds = sum(timed(generate, model, ids) for ids in single)
             measures["tokens_per_s_b1"].setdefault(name, []).append(len(single) * NEW_TOKENS / seconds)
             measures["tokens_per_s_b8"].setdefault(name, []).append(8 * NEW_TOKENS / timed(generate, model, batch8))
-    config = models["dense"].config
-    dense_flops = flops_per_token(config, widths["dense"])
+    dense_flops = flops_per_token(models["dense"].config, widths["dense"])
     median = {key: {name: statistics.median(v) for name, v in values.items()} for key, values in measures.items()}
     rows = []
     for name, model in models.items():
-        ideal = dense_flops / flops_per_token(config, widths[name])
+        ideal = dense_flops / flops_per_token(model.config, widths[name])
         prefill_speedup = median["prefill_ms"]["dense"] / median["prefill_ms"][name]
         b1 = median["tokens_per_s_b1"][name] / median["tokens_per_s_b1"]["dense"]
         b8 = median["tokens_per_s_b8"][name] / median["tokens_per_s_b8"]["dense"]
         rows.append({
             "model": name, "parameters": sum(p.numel() for p in model.parameters()),
             "ffn_width_min": min(widths[name]), "ffn_width_max": max(widths[name]),
+            "query_heads": model.config.num_attention_heads,
             "prefill_ms_b1": round(median["prefill_ms"][name], 2), "prefill_speedup": round(prefill_speedup, 3),
             "tokens_per_s_b1": round(median["tokens_per_s_b1"][name], 1), "generation_speedup_b1": round(b1, 3),
             "tokens_per_s_b8": round(median["tokens_per_s_b8"][name], 1), "generation_speedup_b8": round(b8, 3),
@@ -129,7 +137,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     write_csv("decoder_speed", rows)
     lines = [
-        "# Decoder LM speed: dense vs FFN-pruned multi-task SmolLM2",
+        "# Decoder LM speed: dense vs pruned multi-task SmolLM2",
         "",
         f"Saved by fit-free's writer, loaded by plain `AutoModelForCausalLM` (float32), {args.threads} CPU threads, "
         f"torch {torch.__version__}, median of {args.rounds} alternating rounds. Prefill: {len(prompts)} SST-2 "
@@ -137,13 +145,14 @@ def main() -> None:
         "left-padded prompts together (b=8). FLOP ideal: projections, FFN and output head per token. `0.3/8`: 0.3 "
         "with every kept width rounded down to a multiple of 8. Written by `benchmarks/bench_decoder_speed.py`.",
         "",
-        "| model | parameters | FFN width | prefill ms (b=1) | speedup | tokens/s (b=1) | speedup | tokens/s (b=8) "
-        "| speedup | FLOP ideal |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| model | parameters | FFN width | query heads | prefill ms (b=1) | speedup | tokens/s (b=1) | speedup "
+        "| tokens/s (b=8) | speedup | FLOP ideal |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
-            f"| {r['model']} | {r['parameters']:,} | {r['ffn_width_min']} | {r['prefill_ms_b1']:.1f} | "
+            f"| {r['model']} | {r['parameters']:,} | {r['ffn_width_min']} | {r['query_heads']} | "
+            f"{r['prefill_ms_b1']:.1f} | "
             f"{r['prefill_speedup']:.2f} | {r['tokens_per_s_b1']:.1f} | {r['generation_speedup_b1']:.2f} | "
             f"{r['tokens_per_s_b8']:.1f} | {r['generation_speedup_b8']:.2f} | {r['flop_ideal']:.2f} |"
         )

@@ -7,6 +7,7 @@ user's pipeline (``runner.TaskBench``: fit-free's own steps, its defaults, its c
   ``--draw-scorers`` (random: seeds), one for the others; the retained fraction, averaged over tasks;
 - ``unseen-domain``: scored on SST-2, evaluated on every ``sentiment_domains`` and ``sentiment_long`` set;
 - ``examples``: attribution from more scoring examples than the main table's 64 (``--counts``), on ``--tasks``;
+- ``speedup``: ``--target_speedup`` (``--targets``) with heads and FFN neurons together and FFN neurons only;
 - ``report``: the main table's report and figure again from its CSV (no model needed).
 
 Writes ``benchmarks/results/multitask_lm_<name>.{csv,md}`` (and ``.png`` for ``main``). Re-run, e.g.:
@@ -297,9 +298,60 @@ def run_examples(args: argparse.Namespace) -> None:
     )
 
 
+def run_speedup(args: argparse.Namespace) -> None:
+    """FLOP budgets on the decoder: head groups (3 per layer, of 3 query heads each) and FFN neurons together, or
+    FFN neurons only; layer scope keeps every layer's head count equal (plain ``from_pretrained`` loads it)."""
+    rows = []
+    for task in args.tasks or ["sst2"]:
+        model = model_of(task)
+        metric = model.spec.primary_metric
+        data = data_of(task, args.eval_examples, 0)
+        dense = dense_metrics(EXPERIMENT, model, data)[metric]
+        bench = TaskBench(EXPERIMENT, model, data, **args.fit_free)
+        for scorer in args.scorers or ["fisher", "attribution"]:
+            for heads in (True, False):
+                for target in args.targets:
+                    settings = {"target_speedup": target, "heads": heads, "sparsity": None}
+                    result = bench.sweep(scorer, **scorer_options(scorer, 0), **settings)
+                    point = result["points"][0]
+                    rows.append({
+                        "task": task, "scorer": scorer, "units": "heads+ffn" if heads else "ffn", "target": target,
+                        "flop_speedup": round(result["dense_flops"] / point["flops"], 4),
+                        "ffn_sparsity": round(point["sparsity"], 4), "heads_kept": point["heads_kept"],
+                        "metric": metric, "dense": round(dense, 5), "pruned": round(point["metrics"][metric], 5),
+                        "retained": round(point["metrics"][metric] / dense, 5),
+                        "score_seconds": round(result["seconds"]["score"], 1),
+                    })  # fmt: skip
+                    print(rows[-1], flush=True)
+                    write_csv("multitask_lm_speedup", rows)
+    table = [
+        [r["task"], r["scorer"], r["units"], f"{r['target']:g}", f"{r['flop_speedup']:.2f}", f"{r['ffn_sparsity']:.3f}",
+         "270" if r["heads_kept"] in (None, "") else str(r["heads_kept"]), f"{r['pruned']:.3f}", f"{r['retained']:.3f}"]
+        for r in rows
+    ]  # fmt: skip
+    write_report(
+        "multitask_lm_speedup",
+        [
+            "# Multi-task SmolLM2: heads and FFN neurons for a FLOP budget",
+            "",
+            "fit-free's pipeline and defaults with `--target_speedup` (layer scope: every layer keeps the same number "
+            "of head groups, so the saved model loads with plain `from_pretrained`), main-table scoring "
+            f"(64 examples; attribution joint, m = 10), {args.eval_examples} seeded evaluation examples. FLOP speedup: "
+            "dense / pruned FLOPs counted by `torch.utils.flop_counter` on the first 64 evaluation examples "
+            "(prompt and answer; the LM head at the answer only). Heads: query heads kept of 270 (30 layers × 9). "
+            "Written by `benchmarks/exp_multitask_lm.py speedup`.",
+            "",
+            *markdown_table(
+                ["task", "scorer", "units", "target", "FLOP speedup", "FFN sparsity", "heads", "pruned", "retained"],
+                table,
+            ),
+        ],
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("experiment", choices=["dense", "main", "unseen-domain", "examples", "report"])
+    parser.add_argument("experiment", choices=["dense", "main", "unseen-domain", "examples", "speedup", "report"])
     parser.add_argument("--tasks", nargs="+", default=None, help="default: dense: all; main: those above chance")
     parser.add_argument("--scorers", nargs="+", default=None)
     parser.add_argument("--draws", type=int, default=3)
@@ -307,6 +359,7 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5])
     parser.add_argument("--counts", nargs="+", type=int, default=[64, 256])
+    parser.add_argument("--targets", nargs="+", type=float, default=[1.3, 1.6])
     args = parser.parse_args()
     args.fit_free = {}  # fit-free's defaults (reconstruction included)
     if args.experiment == "dense":
@@ -316,6 +369,8 @@ def main() -> None:
         run_main(args)
     elif args.experiment == "examples":
         run_examples(args)
+    elif args.experiment == "speedup":
+        run_speedup(args)
     elif args.experiment == "report":
         rerun_report(args)
     else:
