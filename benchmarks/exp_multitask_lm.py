@@ -37,6 +37,7 @@ from runner import (
     TaskBench,
     dense_metrics,
     glue_data,
+    speedup_row,
     split_file,
 )
 
@@ -313,15 +314,7 @@ def run_speedup(args: argparse.Namespace) -> None:
                 for target in args.targets:
                     settings = {"target_speedup": target, "heads": heads, "sparsity": None}
                     result = bench.sweep(scorer, **scorer_options(scorer, 0), **settings)
-                    point = result["points"][0]
-                    rows.append({
-                        "task": task, "scorer": scorer, "units": "heads+ffn" if heads else "ffn", "target": target,
-                        "flop_speedup": round(result["dense_flops"] / point["flops"], 4),
-                        "ffn_sparsity": round(point["sparsity"], 4), "heads_kept": point["heads_kept"],
-                        "metric": metric, "dense": round(dense, 5), "pruned": round(point["metrics"][metric], 5),
-                        "retained": round(point["metrics"][metric] / dense, 5),
-                        "score_seconds": round(result["seconds"]["score"], 1),
-                    })  # fmt: skip
+                    rows.append(speedup_row(result, task, metric, dense))
                     print(rows[-1], flush=True)
                     write_csv("multitask_lm_speedup", rows)
     table = [

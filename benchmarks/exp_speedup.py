@@ -24,7 +24,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from experiments import ATTRIBUTION, MODEL
 from results_io import markdown_table, read_csv, write_csv, write_figure, write_report
-from runner import TaskBench, dense_metrics, glue_data
+from runner import TaskBench, dense_metrics, glue_data, speedup_row
 
 from lightning_prune.errors import UsageError
 from lightning_prune.modules import TaskModel
@@ -57,15 +57,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
                         except UsageError as error:  # unreachable with FFN neurons only
                             print(f"{task} {scorer} heads={heads} {scope} {target}: {error}", flush=True)
                             continue
-                        point = result["points"][0]
-                        rows.append({
-                            "task": task, "scorer": scorer, "units": "heads+ffn" if heads else "ffn", "scope": scope,
-                            "target": target, "flop_speedup": round(result["dense_flops"] / point["flops"], 4),
-                            "ffn_sparsity": round(point["sparsity"], 4), "heads_kept": point["heads_kept"],
-                            "metric": metric, "dense": round(dense, 5), "pruned": round(point["metrics"][metric], 5),
-                            "retained": round(point["metrics"][metric] / dense, 5),
-                            "score_seconds": round(result["seconds"]["score"], 1),
-                        })  # fmt: skip
+                        rows.append(speedup_row(result, task, metric, dense, scope=scope))
                         print(rows[-1], flush=True)
                         write_csv(EXPERIMENT, rows)
     return rows

@@ -206,3 +206,17 @@ class TaskBench:
         with atomic_path(path) as tmp:
             tmp.write_text(json.dumps(result, indent=1))
         return result
+
+
+def speedup_row(result: dict[str, Any], task: str, metric: str, dense: float, **extra: Any) -> dict[str, Any]:
+    """One CSV row of a ``target_speedup`` sweep (``TaskBench.sweep``): what was kept, the counted FLOP speedup, the
+    metric against the dense model's."""
+    point, options = result["points"][0], result["options"]
+    return {
+        "task": task, "scorer": result["scorer"], "units": "heads+ffn" if options.get("heads", True) else "ffn",
+        **extra, "target": options["target_speedup"],
+        "flop_speedup": round(result["dense_flops"] / point["flops"], 4),
+        "ffn_sparsity": round(point["sparsity"], 4), "heads_kept": point["heads_kept"],
+        "metric": metric, "dense": round(dense, 5), "pruned": round(point["metrics"][metric], 5),
+        "retained": round(point["metrics"][metric] / dense, 5), "score_seconds": round(result["seconds"]["score"], 1),
+    }  # fmt: skip
