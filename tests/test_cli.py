@@ -197,12 +197,14 @@ def test_scorers_command_lists_built_ins(capsys):
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux CI")
-def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
+@pytest.mark.parametrize("budget", [[], ["--sparsity", "null", "--target_speedup", "1.3", "--scope", "global"]])
+def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path, budget):
     """Two CPU processes (gloo) score each of 47 examples exactly once and all-reduce to the 1-process scores;
-    the least-squares refit's statistics (48 calibration examples) too."""
+    the least-squares refit's statistics (48 calibration examples) too; with a FLOP budget, head scores and the
+    heads kept as well."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = fit_free_args(bert_dir, glue_dir, tmp_path / "one", "--data.num_examples", "47", "--data.batch_size", "4",
-                         "--reconstruct", "least_squares")  # fmt: skip
+                         "--reconstruct", "least_squares", *budget)  # fmt: skip
     runs = {"one": [], "two": ["--trainer.devices", "2", "--trainer.strategy", "ddp", "--trainer.accelerator", "cpu"]}
     for name, extra in runs.items():
         args = [a if a != str(tmp_path / "one") else str(tmp_path / name) for a in base]
@@ -225,7 +227,10 @@ def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path):
         torch.testing.assert_close(scores_one[key], scores_two[key], rtol=1e-5, atol=1e-9)
     assert one["ffn_neurons"] == two["ffn_neurons"]
     assert one["calibration_examples"] == two["calibration_examples"] == 48
-    weights_one, weights_two = (load_file(str(tmp_path / n / "model" / "model.safetensors")) for n in ("one", "two"))
+    assert one.get("attention_heads") == two.get("attention_heads")
+    assert ("attention_heads" in one) == ("flops" in one) == bool(budget)
+    weights = one["saved_models"]["model"]["weights_file"]
+    weights_one, weights_two = (load_file(str(tmp_path / n / "model" / weights)) for n in ("one", "two"))
     for key in weights_one:  # the float32 second-moment sums add up in another order over two processes
         torch.testing.assert_close(weights_one[key], weights_two[key], rtol=1e-4, atol=1e-5)
     assert (
