@@ -68,10 +68,8 @@ def unit_costs(model: PrunableModel, batches: list[Batch], layers: list[UnitLaye
         keys[layer.name] = keys.get(layer.name, 0) + activations.shape[:-1].numel() * activations.shape[-2]
         return activations
 
-    total = count_flops(model, batches)
-    with torch.no_grad(), eager_attention(model), model.hook_activations(layers, record):
-        for batch in batches:
-            model.predict(batch)
+    with model.hook_activations(layers, record):  # shapes only: the count is the model's alone
+        total = count_flops(model, batches)
     per_unit = []
     for layer in layers:
         hidden = layer.down_proj.out_features

@@ -11,9 +11,8 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.attention import AttentionLayer
 from lightning_prune.errors import UsageError
-from lightning_prune.pruning.slicing import slice_ffn, slice_heads
+from lightning_prune.pruning.slicing import slice_units
 
 if TYPE_CHECKING:
     from lightning_prune.adapters.base import PrunableModel, UnitLayer
@@ -45,7 +44,7 @@ def _prune_layers(
         repaired = reconstruction is not None and reconstruction.applies_to(layer)
         columns = layer.columns(keep)
         down = reconstruction.down_projection(offset + index, layer, columns) if repaired and reconstruction else None
-        (slice_heads if isinstance(layer, AttentionLayer) else slice_ffn)(layer, keep, down)
+        slice_units(layer, keep, down)
         earlier = _repairs(previous[index]) if previous is not None else []
         entries.append(
             {
@@ -145,7 +144,7 @@ def _slice_to_plan(layers: list[UnitLayer], entries: list[dict], saved: int | No
                 f"{source / PLAN_FILE}: layer {layer.name} has {layer.size} {layer.unit_name}, the plan expects "
                 f"{entry['dense_size']}: the plan belongs to another model"
             )
-        (slice_heads if isinstance(layer, AttentionLayer) else slice_ffn)(layer, kept)
+        slice_units(layer, kept)
 
 
 def apply_plan(model: PrunableModel, plan: dict, source: Path) -> None:
@@ -165,5 +164,4 @@ def trim_padding(model: PrunableModel, plan: dict) -> None:
     ):
         for layer, entry in zip(layers, entries, strict=False):
             if layer.size > len(entry["kept"]):
-                cut = slice_heads if isinstance(layer, AttentionLayer) else slice_ffn
-                cut(layer, torch.arange(len(entry["kept"])))
+                slice_units(layer, torch.arange(len(entry["kept"])))

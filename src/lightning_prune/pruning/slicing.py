@@ -11,8 +11,9 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor, nn
 
+from lightning_prune.attention import AttentionLayer
+
 if TYPE_CHECKING:
-    from lightning_prune.attention import AttentionLayer
     from lightning_prune.ffn import FFNLayer
 
 
@@ -82,6 +83,13 @@ def slice_heads(layer: AttentionLayer, keep: Tensor, down: tuple[Tensor, Tensor 
     for path, rows in ((layer.query, columns), (layer.key, key_value_rows), (layer.value, key_value_rows)):
         layer.block.set_submodule(path, _sliced_linear(layer.block.get_submodule(path), rows, dim=0))
     _set_down(layer, columns, down)
+
+
+def slice_units(
+    layer: FFNLayer | AttentionLayer, keep: Tensor, down: tuple[Tensor, Tensor | None] | None = None
+) -> None:
+    """``slice_heads`` for an attention layer, ``slice_ffn`` for an FFN layer."""
+    (slice_heads if isinstance(layer, AttentionLayer) else slice_ffn)(layer, keep, down)
 
 
 def _padded_linear(linear: nn.Linear, extra: int, dim: int) -> nn.Linear:
