@@ -177,13 +177,38 @@ def test_target_speedup_on_a_grouped_query_decoder_loads_with_plain_transformers
     torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
 
 
+def test_a_sweep_over_flop_targets_chooses_by_max_drop_and_saves_each(llama_dir, glue_dir, tmp_path, capsys, caplog):
+    """``--target_speedup 1.2,1.5`` scores once and prunes for each budget; ``max_drop`` chooses among them as
+    among sparsities (a drop of 1 admits every point: the highest target is chosen)."""
+    targets = ["--sparsity", "null", "--target_speedup", "1.5,1.2", "--max_drop", "1", "--save_models", "all"]
+    targets += ["--data.num_examples", "16", "--data.selection_examples", "24"]
+    code, out, err = run_cli(fit_free_args(llama_dir, glue_dir, tmp_path / "run", *targets), capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert [point["target_speedup"] for point in metrics["sweep"]] == [1.2, 1.5]
+    assert all(point["flop_speedup"] >= point["target_speedup"] for point in metrics["sweep"])
+    assert metrics["sweep"][0]["parameters"] > metrics["sweep"][1]["parameters"]
+    assert metrics["target_speedup"] == 1.5 and metrics["selection"]["chosen_target_speedup"] == 1.5
+    assert metrics["flops"]["speedup"] == metrics["sweep"][1]["flop_speedup"]
+    assert set(metrics["saved_models"]) == {"model", "model-1.2x", "model-1.5x"}
+    assert "target 1.2x (FFN sparsity" in out + err + caplog.text
+    header = (tmp_path / "run" / "sweep.csv").read_text().splitlines()[0].split(",")
+    assert header[:4] == ["sparsity", "target_speedup", "flop_speedup", "parameters"]
+    assert "**1.5x**" in (tmp_path / "run" / "sweep.md").read_text()
+    kept = [
+        load_pruned_model(str(tmp_path / "run" / name), "sst2").num_parameters() for name in ("model-1.5x", "model")
+    ]
+    assert kept[0] == kept[1] == metrics["parameters"]["pruned"]
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
         (["--target_speedup", "1.0", "--sparsity", "null"], "target_speedup 1.0 is not above 1"),
         (["--target_speedup", "1.5"], "both sparsity (0.5) and target_speedup (1.5) are given"),
         (["--target_speedup", "40", "--sparsity", "null"], "target_speedup 40 is out of reach"),
-        ([*SPEEDUP, "--max_drop", "0.01"], "max_drop chooses among swept sparsities"),
+        (["--target_speedup", "1.2,0.9", "--sparsity", "null"], "target_speedup 0.9 is not above 1"),
+        (["--target_speedup", "1.2,40", "--sparsity", "null"], "target_speedup 40 is out of reach"),
     ],
 )
 def test_bad_budgets_fail_with_one_line_before_the_work(bert_dir, glue_dir, tmp_path, capsys, extra, message):

@@ -182,13 +182,17 @@ class PruneCLI(LightningCLI):
             self.trainer.resolved_config = parser.dump(self.config[self.subcommand], skip_none=False)
 
 
+SWEPT_OPTIONS = ("--sparsity", "--target_speedup")
+
+
 def normalize_arguments(argv: list[str]) -> list[str]:
-    """``--sparsity 0.1,0.3,0.5`` (or ``=``) becomes the list ``[0.1,0.3,0.5]`` that the parser reads."""
+    """``--sparsity 0.1,0.3,0.5`` (or ``=``; ``--target_speedup`` too) becomes the list ``[0.1,0.3,0.5]`` that the
+    parser reads."""
     out = list(argv)
     for i, arg in enumerate(out):
-        if arg.startswith("--sparsity="):
+        if arg.startswith(tuple(f"{option}=" for option in SWEPT_OPTIONS)):
             name, value = arg.split("=", 1)
-        elif i > 0 and out[i - 1] == "--sparsity":
+        elif i > 0 and out[i - 1] in SWEPT_OPTIONS:
             name, value = None, arg
         else:
             continue

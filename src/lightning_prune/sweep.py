@@ -1,4 +1,5 @@
-"""A sparsity sweep's points, the automatic choice among them, and its reports (CSV, markdown, PNG)."""
+"""A sweep's points (sparsities or FLOP targets), the automatic choice among them, and its reports (CSV,
+markdown, PNG)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ SWEEP_PNG = "sweep.png"
 
 @dataclass
 class SweepPoint:
-    """One sparsity: what was kept, its size, and its metrics on the evaluation (and selection) examples."""
+    """One sparsity (or FLOP target): what was kept, its size, and its metrics on the evaluation (and selection)
+    examples."""
 
     sparsity: float
     kept: list[Tensor]
@@ -26,6 +28,12 @@ class SweepPoint:
     within_drop: bool | None = None
     kept_heads: list[Tensor] | None = None  # head groups kept per attention layer, where heads were pruned
     flops: float | None = None  # of answering the FLOP-count batches (``target_speedup`` runs)
+    target_speedup: float | None = None  # the FLOP budget this point was selected for
+
+    @property
+    def label(self) -> str:
+        """How the point is named: its sparsity, or its FLOP target (``1.6x``)."""
+        return f"{self.sparsity:g}" if self.target_speedup is None else f"{self.target_speedup:g}x"
 
     def achieved_sparsity(self, widths: dict[str, int]) -> float:
         """The share of the FFN neurons (of layers ``widths`` wide) removed: below ``sparsity`` where
@@ -33,14 +41,15 @@ class SweepPoint:
         return 1.0 - sum(len(k) for k in self.kept) / sum(widths.values())
 
 
-def parse_sparsities(sparsity: float | list[float]) -> list[float]:
-    """One sparsity or several, sorted and without repeats."""
-    return sorted(set(sparsity)) if isinstance(sparsity, list) else [sparsity]
+def swept_values(value: float | list[float]) -> list[float]:
+    """One sparsity (or FLOP target) or several, sorted and without repeats."""
+    return sorted(set(value)) if isinstance(value, list) else [value]
 
 
 def choose(points: list[SweepPoint], dense_selection: float, metric: str, max_drop: float) -> SweepPoint | None:
-    """The highest sparsity whose selection metric is at most ``max_drop`` below the dense model's (marks
-    every point's ``within_drop``); None if no point qualifies."""
+    """The most pruned point (highest sparsity or FLOP target; ``points`` come lowest first) whose selection
+    metric is at most ``max_drop`` below the dense model's (marks every point's ``within_drop``); None if no
+    point qualifies."""
     chosen = None
     for point in points:
         point.within_drop = dense_selection - point.selection_metrics[metric] <= max_drop + 1e-12
@@ -58,9 +67,11 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
 def _rows(
     points: list[SweepPoint], metric: str, dense: dict[str, Any], chosen: SweepPoint | None
 ) -> list[dict[str, Any]]:
+    targets = any(point.target_speedup is not None for point in points)
     rows = [
         {
             "sparsity": 0.0,
+            **({"target_speedup": 1.0, "flop_speedup": 1.0} if targets else {}),
             "parameters": dense["parameters"],
             f"{metric}_eval": dense["metrics"][metric] if dense["metrics"] else "",
             f"{metric}_selection": dense["selection_metrics"][metric] if dense["selection_metrics"] else "",
@@ -72,6 +83,11 @@ def _rows(
         rows.append(
             {
                 "sparsity": point.sparsity,
+                **(
+                    {"target_speedup": point.target_speedup, "flop_speedup": dense["flops"] / point.flops}
+                    if targets
+                    else {}
+                ),
                 "parameters": point.parameters,
                 f"{metric}_eval": point.metrics[metric],
                 f"{metric}_selection": point.selection_metrics[metric] if point.selection_metrics else "",
@@ -100,10 +116,14 @@ def write_sweep_reports(
     def cell(value: Any) -> str:
         return f"{value:.4f}" if isinstance(value, float) else str(value)
 
+    targets = "target_speedup" in rows[0]
     header = ["FFN sparsity", "parameters", f"{metric} (evaluation)", f"{metric} (selection)", "chosen"]
+    if targets:
+        header[:1] = ["target speedup", "FLOP speedup", "FFN sparsity"]
     table = [
         [
-            "dense" if row["chosen"] == "dense" else f"{row['sparsity']:g}",
+            *([f"{row['target_speedup']:g}x", f"{row['flop_speedup']:.2f}x"] if targets else []),
+            "dense" if row["chosen"] == "dense" else f"{row['sparsity']:.3f}" if targets else f"{row['sparsity']:g}",
             f"{row['parameters']:,}",
             cell(row[f"{metric}_eval"]),
             cell(row[f"{metric}_selection"]),
@@ -111,21 +131,22 @@ def write_sweep_reports(
         ]
         for row in rows
     ]
-    lines = [f"# Sparsity sweep: {metric} and parameters vs FFN sparsity", "", *markdown_table(header, table), ""]
+    swept = "FLOP target" if targets else "FFN sparsity"
+    lines = [f"# Sweep: {metric} and parameters vs {swept}", "", *markdown_table(header, table), ""]
     if max_drop is not None:
         lines.append(
-            f"Choice: the highest sparsity whose {metric} on the selection examples (held apart from the "
+            f"Choice: the highest {swept} whose {metric} on the selection examples (held apart from the "
             f"evaluation examples) is at most {max_drop:g} below the dense model's: "
-            + (f"**{chosen.sparsity:g}**." if chosen else "none of the swept sparsities qualifies.")
+            + (f"**{chosen.label}**." if chosen else f"none of the swept {swept}s qualifies.")
         )
-    note = _plot(folder / SWEEP_PNG, rows, metric)
+    note = _plot(folder / SWEEP_PNG, rows, metric, "flop_speedup" if targets else "sparsity")
     if note:
         lines.append(note)
     (folder / SWEEP_MD).write_text("\n".join(lines) + "\n")
     return note
 
 
-def _plot(path: Path, rows: list[dict[str, Any]], metric: str) -> str | None:
+def _plot(path: Path, rows: list[dict[str, Any]], metric: str, x: str) -> str | None:
     try:
         import matplotlib
 
@@ -135,14 +156,14 @@ def _plot(path: Path, rows: list[dict[str, Any]], metric: str) -> str | None:
         return "sweep.png was not drawn: matplotlib is not installed (pip install matplotlib)."
     figure, axis = plt.subplots(figsize=(6, 4))
     for column, label, style in ((f"{metric}_eval", "evaluation", "o-"), (f"{metric}_selection", "selection", "s--")):
-        measured = [(row["sparsity"], row[column]) for row in rows if row[column] != ""]  # dense may be skipped
+        measured = [(row[x], row[column]) for row in rows if row[column] != ""]  # dense may be skipped
         if measured:
             axis.plot(*zip(*measured, strict=True), style, label=f"{metric} ({label})")
-    axis.set_xlabel("FFN sparsity (0 = dense)")
+    axis.set_xlabel("FFN sparsity (0 = dense)" if x == "sparsity" else "fewer FLOPs, counted (1 = dense)")
     axis.set_ylabel(metric)
     params = axis.twinx()
     millions = [row["parameters"] / 1e6 for row in rows]
-    params.plot([row["sparsity"] for row in rows], millions, "x:", color="gray", label="parameters")
+    params.plot([row[x] for row in rows], millions, "x:", color="gray", label="parameters")
     params.set_ylabel("parameters (millions)")
     handles = axis.get_legend_handles_labels()[0] + params.get_legend_handles_labels()[0]
     axis.legend(handles, [h.get_label() for h in handles], loc="lower left")

@@ -49,7 +49,7 @@ from lightning_prune.pruning.budget import UnitCosts, count_flops, unit_costs
 from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
 from lightning_prune.pruning.selection import select_for_flops
 from lightning_prune.scorers import NeuronScorer, create_scorer
-from lightning_prune.sweep import SweepPoint, choose, parse_sparsities, write_sweep_reports
+from lightning_prune.sweep import SweepPoint, choose, swept_values, write_sweep_reports
 
 SCORES_FILE = "scores.safetensors"
 DEFAULT_SPARSITY = 0.5
@@ -67,7 +67,7 @@ class FitFreeSettings:
     scorer_options: dict[str, Any] | None
     labels: LabelSource
     sparsity: float | list[float] | None
-    target_speedup: float | None
+    target_speedup: float | list[float] | None
     heads: bool
     max_drop: float | None
     save_models: str
@@ -100,7 +100,17 @@ class FitFreeSettings:
         """The FFN sparsities of a sparsity run (none for a ``target_speedup`` run)."""
         if self.target_speedup is not None:
             return []
-        return parse_sparsities(DEFAULT_SPARSITY if self.sparsity is None else self.sparsity)
+        return swept_values(DEFAULT_SPARSITY if self.sparsity is None else self.sparsity)
+
+    @property
+    def targets(self) -> list[float]:
+        """The FLOP budgets of a ``target_speedup`` run, lowest first (none for a sparsity run)."""
+        return [] if self.target_speedup is None else swept_values(self.target_speedup)
+
+    @property
+    def points(self) -> int:
+        """How many pruned models the run evaluates: one per sparsity or per target."""
+        return len(self.targets or self.sparsities)
 
     @property
     def prunes_heads(self) -> bool:
@@ -141,20 +151,20 @@ def check_request(settings: FitFreeSettings, inputs: dict[str, Path | str | None
 
 
 def _check_speedup_request(s: FitFreeSettings) -> None:
-    """A FLOP budget is one target above 1, instead of (not besides) FFN sparsities."""
+    """FLOP budgets are targets above 1, instead of (not besides) FFN sparsities."""
     if s.sparsity is not None:
         raise UsageError(
             f"both sparsity ({s.sparsity}) and target_speedup ({s.target_speedup}) are given: sparsity removes FFN "
             "neurons only, target_speedup chooses heads and neurons for a FLOP budget; give one (a config's "
             "sparsity is dropped with --sparsity null)"
         )
-    if not s.target_speedup > 1.0:
+    if not s.targets:
+        raise UsageError("target_speedup is an empty list: give one FLOP budget, e.g. 1.6, or several")
+    if not min(s.targets) > 1.0:
         raise UsageError(
-            f"target_speedup {s.target_speedup} is not above 1: give how many times fewer FLOPs the pruned model "
+            f"target_speedup {min(s.targets)} is not above 1: give how many times fewer FLOPs the pruned model "
             "should need, e.g. 1.6"
         )
-    if s.max_drop is not None:
-        raise UsageError("max_drop chooses among swept sparsities; with target_speedup give one target, without it")
 
 
 def run_inputs(model: TaskModel, datamodule: TaskDataModule) -> dict[str, Path | str | None]:
@@ -227,14 +237,15 @@ def check_against_model(
 def speedup_costs(model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> UnitCosts:
     """Each unit's FLOPs on the first ``FLOP_COUNT_EXAMPLES`` evaluation examples, after checking that the
     budget can be met: with every layer at its floor (``min_keep`` neurons, one head group), the model must need
-    at most 1/target of the dense FLOPs."""
+    at most 1/target of the dense FLOPs (for the highest target)."""
     costs = unit_costs(model.net, _flop_batches(model, datamodule), model.net.unit_layers(settings.prunes_heads))
     floors = unit_floors(model.net, settings)
     smallest = costs.total - sum((n - f) * c for n, f, c in zip(costs.sizes, floors, costs.per_unit, strict=True))
-    if costs.total / settings.target_speedup < smallest:
+    highest = max(settings.targets)
+    if costs.total / highest < smallest:
         kept = "min_keep neurons and one head group" if settings.prunes_heads else "min_keep neurons"
         raise UsageError(
-            f"target_speedup {settings.target_speedup:g} is out of reach: keeping only {kept} per layer leaves "
+            f"target_speedup {highest:g} is out of reach: keeping only {kept} per layer leaves "
             f"{smallest / costs.total:.0%} of the FLOPs (embeddings, LM head, norms stay), at most "
             f"{costs.total / smallest:.2f}x fewer; give a lower target"
         )
@@ -350,14 +361,14 @@ def prune_and_evaluate(
     metric = model.spec.primary_metric
     points: list[SweepPoint] = []
     seconds["prune"] = seconds["evaluate_pruned"] = 0.0
-    for value, kept, kept_heads in selections(model.net, settings, scores, costs):
+    for target, value, kept, kept_heads in selections(model.net, settings, scores, costs):
         start = time.perf_counter()
         prune_model(model.net, kept, reconstruction, kept_heads)
         seconds["prune"] += time.perf_counter() - start
         start = time.perf_counter()
         point = SweepPoint(value, kept, model.net.num_parameters(), test_metrics(trainer, model, datamodule))
         seconds["evaluate_pruned"] += time.perf_counter() - start
-        point.kept_heads = kept_heads
+        point.kept_heads, point.target_speedup = kept_heads, target
         if costs is not None:
             point.flops = count_flops(model.net, _flop_batches(model, datamodule))
         if settings.max_drop is not None:
@@ -366,37 +377,43 @@ def prune_and_evaluate(
             seconds["evaluate_selection"] = seconds.get("evaluate_selection", 0.0) + time.perf_counter() - start
         points.append(point)
         restore_units(model.net, dense_units)
-        if len(settings.sparsities) > 1:
+        if settings.points > 1:
             selected = f", selection {point.selection_metrics[metric]:.4f}" if point.selection_metrics else ""
-            rank_zero_info(f"sparsity {value:g}: {metric} {point.metrics[metric]:.4f}{selected}")
+            where = f"target {target:g}x (FFN sparsity {value:.3f})" if target is not None else f"sparsity {value:g}"
+            rank_zero_info(f"{where}: {metric} {point.metrics[metric]:.4f}{selected}")
     return points
+
+
+Selection = tuple[float | None, float, list[Tensor], list[Tensor] | None]
 
 
 def selections(
     net: PrunableModel, settings: FitFreeSettings, scores: Scores, costs: UnitCosts | None
-) -> list[tuple[float, list[Tensor], list[Tensor] | None]]:
-    """(FFN sparsity, kept neurons per FFN layer, kept head groups per attention layer or None) of every point:
-    one per swept sparsity, or the one that meets the FLOP budget."""
+) -> list[Selection]:
+    """(FLOP target or None, FFN sparsity, kept neurons per FFN layer, kept head groups per attention layer or None)
+    of every point: one per swept sparsity, or one per FLOP target."""
     if costs is None:
         return [
-            (value, select_neurons(scores.layers, value, settings.scope, settings.min_keep), None)
+            (None, value, select_neurons(scores.layers, value, settings.scope, settings.min_keep), None)
             for value in settings.sparsities
         ]
-    assert settings.target_speedup is not None
     layers = net.unit_layers(settings.prunes_heads)
     kinds = ["attention" if isinstance(layer, AttentionLayer) else "ffn" for layer in layers]
-    remove = costs.total * (1.0 - 1.0 / settings.target_speedup)
-    kept = select_for_flops(scores.layers, costs.per_unit, remove, settings.scope, unit_floors(net, settings), kinds)
-    if kept is None:
-        raise UsageError(
-            f"target_speedup {settings.target_speedup:g} cannot be met with {settings.scope} scope (every layer "
-            "losing the same share): try --scope global or a lower target"
-        )
+    floors = unit_floors(net, settings)
     ffn_count = len(net.ffn_layers())
-    ffn, heads = kept[:ffn_count], kept[ffn_count:]
-    sizes = costs.sizes[:ffn_count]
-    achieved = 1.0 - sum(len(k) for k in ffn) / sum(sizes)
-    return [(achieved, ffn, heads if settings.prunes_heads else None)]
+    points: list[Selection] = []
+    for target in settings.targets:
+        remove = costs.total * (1.0 - 1.0 / target)
+        kept = select_for_flops(scores.layers, costs.per_unit, remove, settings.scope, floors, kinds)
+        if kept is None:
+            raise UsageError(
+                f"target_speedup {target:g} cannot be met with {settings.scope} scope (every layer losing the same "
+                "share): try --scope global or a lower target"
+            )
+        ffn, heads = kept[:ffn_count], kept[ffn_count:]
+        achieved = 1.0 - sum(len(k) for k in ffn) / sum(costs.sizes[:ffn_count])
+        points.append((target, achieved, ffn, heads if settings.prunes_heads else None))
+    return points
 
 
 def _flop_batches(model: TaskModel, datamodule: TaskDataModule) -> list[Batch]:
@@ -409,7 +426,8 @@ def _flop_batches(model: TaskModel, datamodule: TaskDataModule) -> list[Batch]:
 def models_to_save(
     points: list[SweepPoint], dense_selection: dict[str, float] | None, metric: str, settings: FitFreeSettings
 ) -> tuple[SweepPoint | None, dict[str, SweepPoint]]:
-    """The chosen point (the one sparsity, or the ``max_drop`` choice of a sweep) and the models to write."""
+    """The chosen point (the one sparsity or target, or the ``max_drop`` choice of a sweep) and the models to
+    write."""
     if settings.max_drop is not None:
         assert dense_selection is not None
         chosen = choose(points, dense_selection[metric], metric, settings.max_drop)
@@ -417,7 +435,7 @@ def models_to_save(
         chosen = points[0] if len(points) == 1 else None
     to_save = {MODEL_DIR: chosen} if chosen is not None and settings.save_models != "none" else {}
     if settings.save_models == "all" and len(points) > 1:
-        to_save.update({f"{MODEL_DIR}-{point.sparsity:g}": point for point in points})
+        to_save.update({f"{MODEL_DIR}-{point.label}": point for point in points})
     return chosen, to_save
 
 
@@ -463,7 +481,7 @@ def run_summary(
             name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
             for i, (name, size) in enumerate(dense["neurons"].items())
         },
-        "target_speedup": settings.target_speedup,
+        "target_speedup": chosen.target_speedup if chosen else settings.target_speedup,
         "world_size": trainer.world_size,
         "seconds": seconds,
     }
@@ -489,11 +507,14 @@ def run_summary(
             "dense_metrics": dense["selection_metrics"],
             "chosen_metrics": chosen.selection_metrics if chosen else None,
             "chosen_sparsity": chosen.sparsity if chosen else None,
+            "chosen_target_speedup": chosen.target_speedup if chosen else None,
         }
     if len(points) > 1:
         summary["sweep"] = [
             {
                 "sparsity": point.sparsity,
+                "target_speedup": point.target_speedup,
+                "flop_speedup": dense["flops"] / point.flops if point.flops else None,
                 "parameters": point.parameters,
                 "metrics": point.metrics,
                 "selection_metrics": point.selection_metrics,
@@ -547,7 +568,11 @@ def write_run(
             padding = {key: layout[key] for key in ("padded_width", "padded_heads") if layout[key] is not None}
             write_json(tmp / name / PLAN_FILE, {**plan, **padding})
             restore_units(model.net, dense_units)
-            summary["saved_models"][name] = {"sparsity": point.sparsity, **layout}
+            summary["saved_models"][name] = {
+                "sparsity": point.sparsity,
+                "target_speedup": point.target_speedup,
+                **layout,
+            }
         if len(points) > 1:
             note = write_sweep_reports(tmp, points, metric, dense, chosen, settings.max_drop)
             if note:
@@ -567,7 +592,7 @@ def fit_free(
     scorer_options: dict[str, Any] | None = None,
     labels: LabelSource = "gold",
     sparsity: float | list[float] | None = None,
-    target_speedup: float | None = None,
+    target_speedup: float | list[float] | None = None,
     heads: bool = True,
     max_drop: float | None = None,
     save_models: Literal["auto", "all", "none"] = "auto",
@@ -599,14 +624,15 @@ def fit_free(
         target_speedup: instead of a sparsity, how many times fewer FLOPs the pruned model needs on the task's
             inputs (e.g. 1.6): attention head groups and FFN neurons are removed together, by score per FLOP
             (``global`` scope) or by the same share in every layer (``layer``), counted with
-            ``torch.utils.flop_counter`` on the first evaluation examples; metrics.json reports the FLOPs.
+            ``torch.utils.flop_counter`` on the first evaluation examples; metrics.json reports the FLOPs. Several
+            (``1.3,1.6,2``): a sweep over FLOP budgets, like a sparsity sweep (``max_drop`` chooses among them).
         heads: with ``target_speedup``, also remove attention head groups (a key/value head and the query heads
             sharing it); false: FFN neurons only.
-        max_drop: choose the highest swept sparsity whose primary metric on the selection examples (see
+        max_drop: choose the highest swept sparsity (or FLOP target) whose primary metric on the selection examples (see
             ``--data.selection_examples``, held apart from the evaluation examples) is at most this much below
             the dense model's, e.g. 0.01; it is saved as ``model/``.
-        save_models: ``auto``: the one sparsity's model, or the ``max_drop`` choice of a sweep (none without
-            it); ``all``: also every swept sparsity as ``model-<sparsity>/``; ``none``: no model.
+        save_models: ``auto``: the one point's model, or the ``max_drop`` choice of a sweep (none without it);
+            ``all``: also every swept point as ``model-<sparsity>/`` (``model-<target>x/``); ``none``: no model.
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide: uneven
             widths; see benchmarks/results/allocation.md for when it helps).
         min_keep: neurons every layer keeps at least.
@@ -683,12 +709,13 @@ def _report(summary: dict[str, Any], output_dir: str) -> str:
     selection = summary.get("selection")
     if summary["pruned_metrics"] is None:
         reason = (
-            f"no swept sparsity keeps the selection {metric} within {selection['max_drop']:g} of the dense model"
+            f"no swept point keeps the selection {metric} within {selection['max_drop']:g} of the dense model"
             if selection
             else "pass --max_drop to choose one"
         )
-        swept = len(summary.get("sweep") or [None])  # "sweep" is written only for several sparsities
-        return f"{summary['task']}: swept {swept} sparsities ({reason}); wrote {output_dir}"
+        swept = len(summary.get("sweep") or [None])  # "sweep" is written only for several points
+        kind = "FLOP targets" if summary["target_speedup"] is not None else "sparsities"
+        return f"{summary['task']}: swept {swept} {kind} ({reason}); wrote {output_dir}"
     pruned = summary["pruned_metrics"][metric]
     chosen = ""
     if selection:
