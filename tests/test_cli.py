@@ -35,7 +35,7 @@ def test_fit_free_writes_every_output(request, glue_dir, tmp_path, fixture):
     ]
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["task"] == "sst2" and metrics["scorer"] == "attribution" and metrics["sparsity"] == 0.5
-    assert set(metrics["dense_metrics"]) == set(metrics["pruned_metrics"]) == {"accuracy"}
+    assert set(metrics["dense_metrics"]) == set(metrics["pruned_metrics"]) == {"accuracy", "positive_rate"}
     assert metrics["parameters"]["pruned"] < metrics["parameters"]["dense"]
     assert all(v["kept"] == v["dense"] // 2 for v in metrics["ffn_neurons"].values())
     statistics = {"statistics"} if metrics["reconstruct"] != "none" else set()  # for the repair of the cut

@@ -1,11 +1,12 @@
 from __future__ import annotations
 
 import pytest
+import torch
 
 from conftest import require_shared_data
 from lightning_prune.data import subsample
 from lightning_prune.errors import UsageError
-from lightning_prune.tasks import TASKS, get_task, load_split, read_tsv
+from lightning_prune.tasks import TASKS, build_metrics, get_task, load_split, read_tsv
 
 # Row counts of ../shared/data (MANIFEST.md): every GLUE format the project reads.
 DEV_ROWS = {"sst2": 872, "cola": 1043, "mrpc": 408, "stsb": 1500, "rte": 277, "qnli": 5463, "mnli": 9815}
@@ -91,3 +92,13 @@ def test_dev_halves_partition_the_dev_set():
     assert len(first) + len(second) == DEV_ROWS["qnli"] and len(first) == DEV_ROWS["qnli"] // 2
     assert not {e.index for e in first} & {e.index for e in second}
     assert first == load_split(spec, "validation_first_half", glue)  # the same partition every time
+
+
+def test_two_class_tasks_report_the_share_of_class_1_answers():
+    """``positive_rate``: the drift of a pruned model to one class, beside GLUE's metrics (two-class tasks only)."""
+    metrics = build_metrics(get_task("sst2"))
+    metrics.update(torch.tensor([1, 0, 1, 1]), torch.tensor([1, 1, 0, 1]))
+    assert {name: float(value) for name, value in metrics.compute().items()} == {"accuracy": 0.5, "positive_rate": 0.75}
+    assert "positive_rate" not in build_metrics(get_task("mnli")) and "positive_rate" not in build_metrics(
+        get_task("stsb")
+    )

@@ -372,10 +372,15 @@ def _load_hub_split(spec: TaskSpec, split: str) -> list[Example]:
 
 
 def build_metrics(spec: TaskSpec) -> MetricCollection:
-    """GLUE's metrics for the task, as torchmetrics (they sync across processes under DDP)."""
-    from torchmetrics import MetricCollection
+    """GLUE's metrics for the task, as torchmetrics (they sync across processes under DDP); two-class tasks also
+    get ``positive_rate``, the share of answers of class 1: a pruned model drifting to one class shows there first."""
+    from torchmetrics import MeanMetric, MetricCollection
     from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
     from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
+
+    class PositiveRate(MeanMetric):
+        def update(self, predictions: torch.Tensor, labels: torch.Tensor) -> None:  # type: ignore[override]
+            super().update((predictions == 1).float())
 
     factories = {
         "accuracy": lambda: MulticlassAccuracy(num_classes=spec.num_labels, average="micro"),
@@ -384,7 +389,10 @@ def build_metrics(spec: TaskSpec) -> MetricCollection:
         "pearson": lambda: PearsonCorrCoef(),
         "spearman": lambda: SpearmanCorrCoef(),
     }
-    return MetricCollection({name: factories[name]() for name in spec.metrics})
+    metrics = {name: factories[name]() for name in spec.metrics}
+    if spec.num_labels == 2 and not spec.is_regression:
+        metrics["positive_rate"] = PositiveRate()
+    return MetricCollection(metrics)
 
 
 def metric_inputs(spec: TaskSpec, predictions: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
