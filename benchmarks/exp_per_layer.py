@@ -16,32 +16,19 @@ Writes ``benchmarks/results/per_layer.{csv,md,png}``. Re-run:
 from __future__ import annotations
 
 import argparse
+import time
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from experiments import (
-    ATTRIBUTION,
-    EVAL_LIMIT,
-    MODEL,
-    TASK_NAMES,
-    Clock,
-    bias_compensation,
-    data_scores,
-    dense_model,
-    eval_examples,
-    jaccard,
-    model_name,
-    primary,
-    prune_and_evaluate,
-    score_pool,
-)
+from experiments import ATTRIBUTION, MODEL, TASK_NAMES, jaccard, model_name
 from results_io import markdown_table, write_csv, write_figure, write_report
+from runner import TaskBench, glue_data
 
-from lightning_prune.pruning import Scope, select_neurons
-from lightning_prune.tasks import TASKS
+from lightning_prune.modules import TaskModel
+from lightning_prune.pruning import select_neurons
 
 
 def heat_map(axis, matrix: list[list[float]], rows: list[str], columns: list[str], title: str, fmt: str) -> None:
@@ -65,22 +52,26 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(TASK_NAMES))
     parser.add_argument("--examples", type=int, default=128)
     parser.add_argument("--sparsity", type=float, default=0.5)
-    parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT)
+    parser.add_argument("--eval-limit", type=int, default=300)
     args = parser.parse_args()
-    clock = Clock()
+    start = time.perf_counter()
     tasks, sparsity = args.tasks, args.sparsity
-    models = {t: dense_model(TASKS[t], args.model) for t in tasks}
-    # (task, 0): all examples; (task, "a") / (task, "b"): its first / second half — two disjoint draws.
-    scores, means = {}, {}
+
+    def bench(task: str, examples: int, model: TaskModel | None = None) -> TaskBench:
+        data = glue_data(task, num_examples=examples, batch_size=16, eval_examples=args.eval_limit, eval_seed=0)
+        return TaskBench("per_layer", model or TaskModel(task=task, path=str(args.model)), data)
+
+    # (task, 0): the main table's draw; (task, "a"): its first half (a seeded draw of n/2 is the first half of
+    # the draw of n); (task, "b"): the other half — two disjoint draws. Repairs: fit-free's default (bias
+    # compensation from the scoring task's calibration examples; the encoder is shared, so any head gets them).
+    benches = {t: bench(t, args.examples) for t in tasks}
+    options = {"scorer_options": dict(ATTRIBUTION)}
+    scores, repairs = {}, {}
     for t in tasks:
-        pool = score_pool(TASKS[t], 0)
-        # fit-free's default bias compensation: removed neurons get their means over the scoring task's examples
-        # (the encoder is shared, so they are the same whichever task's head is attached)
-        means[t] = bias_compensation(models[t], pool, args.examples)
-        scores[t, 0] = data_scores(models[t], "attribution", ATTRIBUTION, pool, args.examples)
-        scores[t, "a"] = data_scores(models[t], "attribution", ATTRIBUTION, pool, args.examples // 2)
+        scores[t, 0] = benches[t].scores("attribution", **options)
+        repairs[t] = benches[t].repair("attribution", **options)
+        scores[t, "a"] = bench(t, args.examples // 2, benches[t].model).scores("attribution", **options)
         scores[t, "b"] = [whole - half for whole, half in zip(scores[t, 0], scores[t, "a"], strict=True)]
-    clock.lap("score")
     layers = [str(index) for index in range(len(scores[tasks[0], 0]))]
     kept_global = {t: select_neurons(scores[t, 0], sparsity, "global") for t in tasks}
     fraction = [[len(k) / s.numel() for k, s in zip(kept_global[t], scores[t, 0], strict=True)] for t in tasks]
@@ -89,25 +80,19 @@ def main() -> None:
         [jaccard(kept[a, "a"], kept[a, "b"]) if a == b else jaccard(kept[a, 0], kept[b, 0]) for b in tasks]
         for a in tasks
     ]
-
-    examples = {t: eval_examples(TASKS[t], args.eval_limit) for t in tasks}
     cross, scope_rows = [], []
     for b in tasks:
-        spec = TASKS[b]
+        metric = benches[b].model.spec.primary_metric
 
-        def pruned(kept_for: str, scope: Scope = "layer", spec=spec, b=b) -> float:
-            results = prune_and_evaluate(
-                models[b], spec, scores[kept_for, 0], (sparsity,), examples[b], scope, means[kept_for]
-            )
-            return primary(spec, results[sparsity])
+        def pruned(kept_for: str, b: str = b, metric: str = metric) -> float:
+            return benches[b].pruned_metrics(kept[kept_for, 0], repairs[kept_for])[metric]
 
         own = pruned(b)
         row = [1.0 if a == b else pruned(a) / own for a in tasks]
         cross.append(row)
-        glob = pruned(b, "global")
-        scope_rows.append((b, spec.primary_metric, own, glob))
+        glob = benches[b].pruned_metrics(kept_global[b], repairs[b])[metric]
+        scope_rows.append((b, metric, own, glob))
         print(b, row, glob, flush=True)
-    clock.lap("evaluate")
 
     def cells(table: str, matrix: list[list[float]], columns: list[str]) -> list[dict]:
         return [
@@ -126,8 +111,9 @@ def main() -> None:
         "",
         f"Model `{model_name(args.model)}`; attribution scores (m = {ATTRIBUTION['steps']}, {args.examples} "
         f"seeded examples per task, gold labels, `example_weight: {ATTRIBUTION['example_weight']}`) at "
-        f"{sparsity:.0%} FFN sparsity; pruned models with bias compensation (fit-free's default: means over the "
-        "scoring task's examples).",
+        f"{sparsity:.0%} FFN sparsity, through fit-free's scoring and repair (`runner.TaskBench`): bias "
+        "compensation from the scoring task's 1,024 calibration examples; evaluation on "
+        f"{args.eval_limit} seeded examples per task.",
         "",
         "## Kept fraction per layer when the lowest scores of the whole model go (global scope)",
         "",
@@ -150,7 +136,7 @@ def main() -> None:
             [[t, metric, f"{own:.4f}", f"{glob:.4f}"] for t, metric, own, glob in scope_rows],
         ),
         "",
-        clock.line(),
+        f"Wall time {(time.perf_counter() - start) / 60:.1f} min on this 2-core CPU.",
     ]
     write_report("per_layer", lines)
 

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from experiments import DATA, ROOT
+from torch import Tensor
 
 from lightning_prune.cli import TRAINER_DEFAULTS, PruneTrainer
 from lightning_prune.commands.evaluate import test_metrics
@@ -35,7 +36,7 @@ from lightning_prune.data import TaskDataModule
 from lightning_prune.fingerprint import code_fingerprint
 from lightning_prune.io import atomic_path
 from lightning_prune.modules import TaskModel
-from lightning_prune.pruning import ActivationStatistics, Reconstruction, restore_units, snapshot_units
+from lightning_prune.pruning import ActivationStatistics, Reconstruction, prune_model, restore_units, snapshot_units
 from lightning_prune.tasks import TaskSpec, get_task, load_split, read_tsv
 
 RUNS = ROOT / "runs" / "benchmarks"
@@ -163,6 +164,32 @@ class TaskBench:
             self._shared[key] = (statistics, time.perf_counter() - start)
         self.statistics_seconds = self._shared[key][1]
         return self._shared[key][0].reconstruction(method, settings.damping), costs
+
+    def _settings(self, scorer: str, **options: Any) -> tuple[FitFreeSettings, Any]:
+        settings = FitFreeSettings.with_defaults(
+            **{**self.options, "scorer": scorer, **options}, output_dir=str(RUNS / self.experiment / "analysis")
+        )
+        return settings, check_request(settings)
+
+    def scores(self, scorer: str, **options: Any) -> list[Tensor]:
+        """fit-free's unit scores for ``scorer`` (from its score cache when this request was scored before), for
+        analyses that prune otherwise than a sweep does (e.g. with another task's scores)."""
+        settings, impl = self._settings(scorer, **options)
+        return neuron_scores(self.trainer, self.model, self.datamodule, settings, impl).layers
+
+    def repair(self, scorer: str, **options: Any) -> Reconstruction | None:
+        """The repair fit-free would apply after ``scorer``'s cut (its statistics shared as in ``sweep``)."""
+        return self.reconstruction(*self._settings(scorer, **options))[0]
+
+    def pruned_metrics(self, kept: list[Tensor], repair: Reconstruction | None) -> dict[str, float]:
+        """``evaluate``'s metrics of the model with only ``kept`` FFN neurons (repaired by ``repair``); the model is
+        dense again afterwards."""
+        dense = snapshot_units(self.model.net)
+        try:
+            prune_model(self.model.net, kept, repair)
+            return test_metrics(self.trainer, self.model, self.datamodule)
+        finally:
+            restore_units(self.model.net, dense)
 
     def sweep(self, scorer: str, **options: Any) -> dict[str, Any]:
         """The pruned metrics per sparsity (or for the ``target_speedup``) of ``scorer`` (fit-free ``options`` over
