@@ -3,9 +3,9 @@ SmolLM2 (LoRA merged), dense vs FFN-pruned, each saved by fit-free's writer and 
 ``transformers.AutoModelForCausalLM`` (as users run it), next to the FLOP ideal.
 
 For FFN sparsity 0.227 / 0.3 / 0.5 / 0.7 (every layer; magnitude scores: speed does not depend on which neurons go),
-0.3 with every layer's kept width rounded down to a multiple of 8 (``0.3/8``), and 0.3 / 0.5 with one of the three
-head groups (a key/value head and its 3 query heads) removed from every layer (``heads 2/3 + 0.3``: the shapes
-``--target_speedup`` gives with layer scope), in one process:
+0.3 with every layer's kept width rounded down to a multiple of 8 (``0.3/8``: ``--width_multiple 8``), and
+0.3 / 0.5 with one of the three head groups (a key/value head and its 3 query heads) removed from every layer
+(``heads 2/3 + 0.3``: the shapes ``--target_speedup`` gives with layer scope), in one process:
 
 - prefill latency at batch 1: ms per SST-2 prompt (the task's rendered prompt, dynamic length);
 - greedy generation, 64 new tokens (``min_new_tokens`` = 64), batch 1 and batch 8 (left-padded): tokens/s;
@@ -34,6 +34,7 @@ from runner import MULTITASK_LM
 from lightning_prune import load_model
 from lightning_prune.export import save_model_folder
 from lightning_prune.pruning import prune_model, restore_units, select_neurons, snapshot_units
+from lightning_prune.pruning.selection import round_widths
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
@@ -84,10 +85,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for name, (sparsity, multiple, dropped) in {"dense": (0.0, 1, 0), **VARIANTS}.items():
             if sparsity:
-                kept = select_neurons(scores, sparsity)
-                if multiple > 1:  # the lowest-scored of the kept go, down to a multiple
-                    ranked = [s.argsort(descending=True) for s in scores]
-                    kept = [r[: len(k) // multiple * multiple].sort().values for r, k in zip(ranked, kept, strict=True)]
+                kept = round_widths(scores, select_neurons(scores, sparsity), multiple)  # --width_multiple
                 heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
                 prune_model(source, kept, None, heads if dropped else None)
             save_model_folder(source, Path(tmp) / name)

@@ -200,6 +200,18 @@ def test_min_keep_that_limits_pruning_reports_the_achieved_sparsity(inputs, caps
     assert "FFN sparsity 0.375 (asked 0.5; min_keep kept more)" in caplog.text
 
 
+def test_width_multiple_rounds_every_kept_width_down(inputs, capsys, caplog):
+    """48 neurons at sparsity 0.4 keep 29; rounded down to a multiple of 8: 24, and the report says why."""
+    args = inputs.fit_free(
+        "--sparsity", "0.4", "--width_multiple", "8", "--scorer", "magnitude", "--scorer_options", "{}"
+    )
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    metrics = json.loads((inputs.out / "metrics.json").read_text())
+    assert {v["kept"] for v in metrics["ffn_neurons"].values()} == {24} and metrics["achieved_sparsity"] == 0.5
+    assert "FFN sparsity 0.500 (asked 0.4; widths rounded to multiples of 8)" in caplog.text
+
+
 def test_a_full_disk_is_one_line_and_leaves_nothing(inputs, capsys, monkeypatch):
     """Saving fails with ENOSPC (injected where the weights are written): one line, no output folder."""
     from lightning_prune import export

@@ -20,6 +20,7 @@ from lightning_prune.pruning import (
     slice_ffn,
 )
 from lightning_prune.pruning.reconstruction import GRAM_DTYPE
+from lightning_prune.pruning.selection import round_widths
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
@@ -105,6 +106,14 @@ def test_global_selection_ranks_model_wide_with_a_floor():
     scores = [torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([4.0, 1.0, 2.0, 3.0])]
     kept = select_neurons(scores, 0.5, scope="global", min_keep=1)
     assert [k.tolist() for k in kept] == [[3], [0, 2, 3]]  # layer 0 keeps only its floor
+
+
+def test_rounded_widths_drop_the_lowest_kept_scores_and_respect_the_floor():
+    scores = [torch.tensor([0.9, 0.1, 0.8, 0.7, 0.6, 0.5, 0.2]), torch.tensor([3.0, 2.0, 1.0, 0.5])]
+    kept = [torch.tensor([0, 2, 3, 4, 5]), torch.tensor([0])]
+    rounded = round_widths(scores, kept, 2, min_keep=1)
+    assert [k.tolist() for k in rounded] == [[0, 2, 3, 4], [0, 1]]  # the floor of 1 grows to one multiple
+    assert round_widths(scores, kept, 1) is kept
 
 
 def test_ties_are_broken_by_index():

@@ -47,7 +47,7 @@ from lightning_prune.pruning import (
 )
 from lightning_prune.pruning.budget import UnitCosts, count_flops, unit_costs
 from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
-from lightning_prune.pruning.selection import select_for_flops
+from lightning_prune.pruning.selection import round_widths, select_for_flops
 from lightning_prune.scorers import NeuronScorer, create_scorer
 from lightning_prune.sweep import SweepPoint, choose, swept_values, write_sweep_reports
 
@@ -73,6 +73,7 @@ class FitFreeSettings:
     save_models: str
     scope: Scope
     min_keep: int
+    width_multiple: int
     save_dtype: str
     pad_uneven_ffn: bool
     output_dir: str
@@ -392,15 +393,20 @@ def selections(
 ) -> list[Selection]:
     """(FLOP target or None, FFN sparsity, kept neurons per FFN layer, kept head groups per attention layer or None)
     of every point: one per swept sparsity, or one per FLOP target."""
+    ffn_count = len(net.ffn_layers())
+    ffn_scores = scores.layers[:ffn_count]
+
+    def rounded(kept: list[Tensor]) -> list[Tensor]:
+        return round_widths(ffn_scores, kept, settings.width_multiple, settings.min_keep)
+
     if costs is None:
         return [
-            (None, value, select_neurons(scores.layers, value, settings.scope, settings.min_keep), None)
+            (None, value, rounded(select_neurons(ffn_scores, value, settings.scope, settings.min_keep)), None)
             for value in settings.sparsities
         ]
     layers = net.unit_layers(settings.prunes_heads)
     kinds = ["attention" if isinstance(layer, AttentionLayer) else "ffn" for layer in layers]
     floors = unit_floors(net, settings)
-    ffn_count = len(net.ffn_layers())
     points: list[Selection] = []
     for target in settings.targets:
         remove = costs.total * (1.0 - 1.0 / target)
@@ -410,7 +416,7 @@ def selections(
                 f"target_speedup {target:g} cannot be met with {settings.scope} scope (every layer losing the same "
                 "share): try --scope global or a lower target"
             )
-        ffn, heads = kept[:ffn_count], kept[ffn_count:]
+        ffn, heads = rounded(kept[:ffn_count]), kept[ffn_count:]
         achieved = 1.0 - sum(len(k) for k in ffn) / sum(costs.sizes[:ffn_count])
         points.append((target, achieved, ffn, heads if settings.prunes_heads else None))
     return points
@@ -471,6 +477,7 @@ def run_summary(
         # The FFN neurons removed: below ``sparsity`` where min_keep keeps more.
         "achieved_sparsity": chosen.achieved_sparsity(dense["neurons"]) if chosen else None,
         "scope": settings.scope,
+        "width_multiple": settings.width_multiple,
         "primary_metric": model.spec.primary_metric,
         "dense_metrics": dense["metrics"],
         "pruned_metrics": chosen.metrics if chosen else None,
@@ -598,6 +605,7 @@ def fit_free(
     save_models: Literal["auto", "all", "none"] = "auto",
     scope: Scope = "layer",
     min_keep: int = 1,
+    width_multiple: PositiveInt = 1,
     save_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto",
     pad_uneven_ffn: bool = False,
     output_dir: str = "runs/fit-free",
@@ -636,6 +644,8 @@ def fit_free(
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide: uneven
             widths; see benchmarks/results/allocation.md for when it helps).
         min_keep: neurons every layer keeps at least.
+        width_multiple: round every layer's kept FFN width down to a multiple of this (e.g. 8 or 64: matrix kernels
+            run faster on such widths; the lowest-scored kept neurons go); 1: no rounding.
         save_dtype: dtype of the saved weights; ``auto`` keeps the dtype the model had on disk (float16 in,
             float16 out; computation always runs in float32).
         pad_uneven_ffn: when layers keep different widths (global scope), pad each to the widest with
@@ -734,7 +744,10 @@ def _report(summary: dict[str, Any], output_dir: str) -> str:
             + f": {flops['speedup']:.2f}x fewer FLOPs (target {summary['target_speedup']:g})"
         )
     elif abs(achieved - asked) > 0.005:
-        asked = f"{achieved:.3f} (asked {asked}; min_keep kept more)"
+        why = (
+            "min_keep kept more" if achieved < asked else f"widths rounded to multiples of {summary['width_multiple']}"
+        )
+        asked = f"{achieved:.3f} (asked {asked}; {why})"
     uneven = any(not saved["plain_hf_loadable"] for saved in (summary.get("saved_models") or {}).values())
     loading = (
         " (per-layer shapes: load it with lightning_prune.load_pruned_model; --pad_uneven_ffn true saves one that "

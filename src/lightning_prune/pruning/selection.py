@@ -20,6 +20,26 @@ def _top(scores: Tensor, count: int) -> Tensor:
     return order[:count].sort().values
 
 
+def round_widths(scores: list[Tensor], kept: list[Tensor], multiple: int, min_keep: int = 1) -> list[Tensor]:
+    """Each layer's kept neurons cut down to a multiple of ``multiple`` (its lowest-scored kept ones go): matrix
+    kernels run faster on such widths. A layer that would fall below ``min_keep`` keeps the smallest multiple
+    above it instead (at most all its neurons)."""
+    if multiple == 1:
+        return kept
+    rounded = []
+    for layer_scores, layer_kept in zip(scores, kept, strict=True):
+        size = layer_scores.numel()
+        count = len(layer_kept) // multiple * multiple
+        floor = min(max(min_keep, 1), size)
+        if count < floor:
+            count = min(size, math.ceil(floor / multiple) * multiple)
+        if count <= len(layer_kept):
+            rounded.append(layer_kept[_top(layer_scores[layer_kept], count)])
+        else:  # grown to the multiple: the best of the whole layer (a superset of the kept ones)
+            rounded.append(_top(layer_scores, count))
+    return rounded
+
+
 def select_neurons(scores: list[Tensor], sparsity: float, scope: Scope = "layer", min_keep: int = 1) -> list[Tensor]:
     """Kept neuron indices per layer.
 
