@@ -41,12 +41,28 @@ def options_of(kind: str, scorer: str) -> dict:
     return scorer_options(scorer, 0)
 
 
+def scope_options(scope: str, bench: TaskBench) -> dict:
+    """fit-free's ``scope`` (and ``min_keep``) of a scope name: ``global/0.25`` is a global ranking with a per-layer
+    floor of a quarter of the narrowest layer's neurons."""
+    if "/" not in scope:
+        return {"scope": scope}
+    fraction = float(scope.split("/")[1])
+    narrowest = min(layer.size for layer in bench.model.net.ffn_layers())
+    return {"scope": "global", "min_keep": max(1, round(fraction * narrowest))}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["multitask-lm"], choices=list(SETUPS))
     parser.add_argument("--tasks", nargs="+", default=["sst2", "agnews"])
     parser.add_argument("--scorers", nargs="+", default=["attribution", "fisher", "wanda"])
-    parser.add_argument("--scopes", nargs="+", default=["layer", "global"])
+    parser.add_argument(
+        "--scopes",
+        nargs="+",
+        default=["layer", "global"],
+        help="layer, global, or global/F: global with every layer "
+        "keeping at least the fraction F of its neurons (--min_keep)",
+    )
     parser.add_argument("--sparsities", nargs="+", type=float, default=None, help="default: the model's main table's")
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--selection-examples", type=int, default=300)
@@ -54,7 +70,8 @@ def main() -> None:
     args = parser.parse_args()
     rows = read_csv(EXPERIMENT, ("model", "task", "scorer", "scope", "metric", "reconstruct"))
     if not args.report_only:  # the rows of other (model, task) pairs stay; these are measured (or read from cache)
-        rows = [r for r in rows if r["model"] not in args.models or r["task"] not in args.tasks]
+        measured = {(m, t, s) for m in args.models for t in args.tasks for s in args.scopes}
+        rows = [r for r in rows if (r["model"], r["task"], r["scope"]) not in measured]
         for kind in args.models:
             for task in args.tasks:
                 bench = bench_of(kind, task, args)
@@ -63,7 +80,7 @@ def main() -> None:
                     for scope in args.scopes:
                         start = time.perf_counter()
                         sparsities = args.sparsities or SPARSITIES_OF[kind]
-                        options = {**options_of(kind, scorer), "scope": scope, "sparsity": sparsities}
+                        options = {**options_of(kind, scorer), **scope_options(scope, bench), "sparsity": sparsities}
                         result = bench.sweep(scorer, **options)
                         for point in result["points"]:
                             rows.append({
@@ -86,7 +103,8 @@ def report(rows: list[dict]) -> None:
         "",
         "Each scorer's scores, the same reconstruction (fit-free's default for the model), the neurons chosen per "
         "layer or over the whole model. Cells: *selection* / *evaluation* metric; selection = held-apart examples "
-        "of the scoring split (neither scored nor calibrated on), the data the default is chosen on. Written by "
+        "of the scoring split (neither scored nor calibrated on), the data the default is chosen on. `global/F`: one "
+        "ranking with every layer keeping at least the fraction F of its neurons (`--min_keep`). Written by "
         "`benchmarks/exp_allocation.py` (one scoring draw).",
         "",
     ]
