@@ -74,7 +74,7 @@ def budget_models(targets: tuple[float, ...], scorers: tuple[str, ...]) -> dict[
                     print(f"target {target} heads={heads}: {error}")
                     continue
                 scores = neuron_scores(runner, model, datamodule, settings, scorer)
-                [(_, kept, kept_heads)] = selections(model.net, settings, scores, costs)
+                [(_, _, kept, kept_heads)] = selections(model.net, settings, scores, costs)
                 pruned = copy.deepcopy(model.net)
                 prune_model(pruned, kept, None, kept_heads)
                 models[f"{scorer_name} {'heads+ffn' if heads else 'ffn'} {target:g}x"] = pruned

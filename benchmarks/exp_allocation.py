@@ -13,10 +13,10 @@ from __future__ import annotations
 import argparse
 import time
 
-from exp_multitask_lm import data_of, model_of, scorer_options
+from exp_multitask_lm import data_of, model_of
 from exp_reconstruction import SETUPS, SPARSITIES_OF
 from results_io import groups, markdown_table, read_csv, write_csv, write_report
-from runner import TaskBench, glue_data
+from runner import TaskBench, glue_data, scorer_options
 
 from lightning_prune.modules import TaskModel
 
@@ -36,9 +36,7 @@ def bench_of(kind: str, task: str, args: argparse.Namespace) -> TaskBench:
 
 def options_of(kind: str, scorer: str) -> dict:
     """The scorer's options as the model's main table runs it."""
-    if scorer == "attribution":
-        return {"scorer_options": SETUPS[kind][2]["scorer_options"]}
-    return scorer_options(scorer, 0)
+    return scorer_options(scorer, 0, SETUPS[kind][2]["scorer_options"])
 
 
 def scope_options(scope: str, bench: TaskBench) -> dict:

@@ -37,6 +37,7 @@ from runner import (
     TaskBench,
     dense_metrics,
     glue_data,
+    scorer_options,
     speedup_row,
     split_file,
 )
@@ -113,12 +114,6 @@ def main_tasks() -> list[str]:
         return [r["task"] for r in csv.DictReader(handle) if float(r["above_chance"]) >= ABOVE_CHANCE]
 
 
-def scorer_options(scorer: str, seed: int) -> dict[str, Any]:
-    if scorer == "attribution":
-        return {"scorer_options": JOINT_ATTRIBUTION}
-    return {"scorer_options": {"seed": seed}} if scorer == "random" else {}
-
-
 def rows_of(result: dict[str, Any], task: str, seed: int, dense: float, metric: str, **extra: Any) -> list[dict]:
     rows = []
     for point in result["points"]:
@@ -154,7 +149,9 @@ def run_main(args: argparse.Namespace) -> None:
                 sweeps.append(("attribution", {"reconstruct": "none"}))
             for scorer, repair in sweeps:
                 start = time.perf_counter()
-                result = bench.sweep(scorer, **scorer_options(scorer, seed), **repair, sparsity=SPARSITIES)
+                result = bench.sweep(
+                    scorer, **scorer_options(scorer, seed, JOINT_ATTRIBUTION), **repair, sparsity=SPARSITIES
+                )
                 rows += rows_of(result, task, seed, dense, metric, default_repair=not repair)
                 print(f"{task} {scorer} {repair} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
                 write_csv("multitask_lm_main", rows)
@@ -237,7 +234,7 @@ def run_unseen_domain(args: argparse.Namespace) -> None:
         bench = base.evaluated_on(**evaluation)
         dense = dense_metrics(EXPERIMENT, model, bench.data)[metric]
         for scorer in args.scorers or ["attribution", "wanda", "random"]:
-            result = bench.sweep(scorer, **scorer_options(scorer, 0), sparsity=args.sparsities)
+            result = bench.sweep(scorer, **scorer_options(scorer, 0, JOINT_ATTRIBUTION), sparsity=args.sparsities)
             rows += rows_of(result, "sst2", 0, dense, metric, domain=name)
             print(rows[-1], flush=True)
             write_csv("multitask_lm_unseen_domain", rows)
@@ -275,7 +272,7 @@ def run_examples(args: argparse.Namespace) -> None:
         for count in args.counts:
             data = {**data_of(task, args.eval_examples, 0), "num_examples": count}
             result = TaskBench(EXPERIMENT, model, data, **args.fit_free).sweep(
-                "attribution", **scorer_options("attribution", 0), sparsity=SPARSITIES
+                "attribution", **scorer_options("attribution", 0, JOINT_ATTRIBUTION), sparsity=SPARSITIES
             )
             rows += rows_of(result, task, 0, dense, metric)
             print(rows[-1], flush=True)
@@ -313,7 +310,7 @@ def run_speedup(args: argparse.Namespace) -> None:
             for heads in (True, False):
                 for target in args.targets:
                     settings = {"target_speedup": target, "heads": heads, "sparsity": None}
-                    result = bench.sweep(scorer, **scorer_options(scorer, 0), **settings)
+                    result = bench.sweep(scorer, **scorer_options(scorer, 0, JOINT_ATTRIBUTION), **settings)
                     rows.append(speedup_row(result, task, metric, dense))
                     print(rows[-1], flush=True)
                     write_csv("multitask_lm_speedup", rows)

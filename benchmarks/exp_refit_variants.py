@@ -21,9 +21,9 @@ import time
 from dataclasses import replace
 
 import torch
-from exp_multitask_lm import data_of, model_of, scorer_options
+from exp_multitask_lm import data_of, model_of
 from results_io import markdown_table, write_csv, write_report
-from runner import trainer
+from runner import JOINT_ATTRIBUTION, scorer_options, trainer
 from torch import Tensor
 
 from lightning_prune.commands.evaluate import test_metrics
@@ -105,7 +105,7 @@ def main() -> None:
     repair = full.reconstruction("least_squares")
     rows = []
     for scorer in args.scorers:
-        settings = replace(base, scorer=scorer, **scorer_options(scorer, 0))
+        settings = replace(base, scorer=scorer, **scorer_options(scorer, 0, JOINT_ATTRIBUTION))
         scores = neuron_scores(runner, model, datamodule, settings, check_request(settings)).layers
         for sparsity in args.sparsities:
             kept = select_neurons(scores, sparsity)

@@ -24,19 +24,13 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from experiments import ATTRIBUTION, MODEL
 from results_io import markdown_table, read_csv, write_csv, write_figure, write_report
-from runner import TaskBench, dense_metrics, glue_data, speedup_row
+from runner import TaskBench, dense_metrics, glue_data, scorer_options, speedup_row
 
 from lightning_prune.errors import UsageError
 from lightning_prune.modules import TaskModel
 
 LEARNED = ("sst2", "mrpc", "stsb", "rte", "qnli", "mnli")  # CoLA: the model never learned it (MCC ~ 0)
 EXPERIMENT = "speedup"
-
-
-def options_of(scorer: str) -> dict:
-    if scorer == "attribution":
-        return {"scorer_options": dict(ATTRIBUTION)}
-    return {"scorer_options": {"seed": 0}} if scorer == "random" else {}
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
@@ -53,7 +47,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
                     for target in args.targets:
                         settings = {"target_speedup": target, "heads": heads, "scope": scope, "sparsity": None}
                         try:
-                            result = bench.sweep(scorer, **options_of(scorer), **settings)
+                            result = bench.sweep(scorer, **scorer_options(scorer, 0, ATTRIBUTION), **settings)
                         except UsageError as error:  # unreachable with FFN neurons only
                             print(f"{task} {scorer} heads={heads} {scope} {target}: {error}", flush=True)
                             continue

@@ -30,7 +30,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from experiments import ATTRIBUTION, DATA, MODEL, model_name
 from results_io import markdown_table, write_csv, write_figure, write_report
-from runner import TaskBench, dense_metrics, glue_data, split_file
+from runner import TaskBench, dense_metrics, glue_data, scorer_options, split_file
 
 from lightning_prune.data import TaskDataModule
 from lightning_prune.modules import TaskModel
@@ -46,12 +46,6 @@ def domain_files(domain: str, eval_examples: int) -> tuple[str, str]:
     """(scoring file, evaluation file) of a domain: a fixed seeded partition of its test file."""
     folder = "sentiment_long" if domain in LONG_DOMAINS else "sentiment_domains"
     return split_file(DATA / folder / domain / "test.tsv", TASKS["sst2"], eval_examples, f"domain-{domain}")
-
-
-def scorer_options(method: str, draw: int) -> dict[str, Any]:
-    if method == "attribution":
-        return {"scorer_options": dict(ATTRIBUTION)}
-    return {"scorer_options": {"seed": draw}} if method == "random" else {}
 
 
 def truncated_share(model: TaskModel, data: dict[str, Any]) -> float:
@@ -110,14 +104,16 @@ def main() -> None:
         for name, data in evaluations.items():
             bench = base.evaluated_on(**data)
             for method in args.methods:
-                result = bench.sweep(method, **scorer_options(method, draw), sparsity=args.sparsities)
+                result = bench.sweep(method, **scorer_options(method, draw, ATTRIBUTION), sparsity=args.sparsities)
                 add(result, name, "sst2", method, draw, dense[name]["accuracy"])
     if args.in_domain:
         for domain in [d for d in args.domains if d in SHORT_DOMAINS]:
             score_file, eval_file = domain_files(domain, args.eval_examples)
             bench = TaskBench(EXPERIMENT, model, {**sst2, "score_file": score_file, "eval_file": eval_file})
             for evaluated_on, other in ((domain, bench), ("sst2", bench.evaluated_on(eval_file=None))):
-                result = other.sweep("attribution", **scorer_options("attribution", 0), sparsity=args.sparsities)
+                result = other.sweep(
+                    "attribution", **scorer_options("attribution", 0, ATTRIBUTION), sparsity=args.sparsities
+                )
                 add(result, evaluated_on, domain, "attribution", 0, dense[evaluated_on]["accuracy"])
     minutes = (time.perf_counter() - start) / 60
     write_csv(args.name, rows)

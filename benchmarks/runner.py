@@ -47,6 +47,14 @@ MULTITASK_LM_SCORING = {"num_examples": 64, "batch_size": 4}
 JOINT_ATTRIBUTION = {"steps": 10, "mode": "joint", "steps_per_pass": 5}
 
 
+def scorer_options(scorer: str, seed: int, attribution: dict[str, Any]) -> dict[str, Any]:
+    """fit-free's ``scorer_options`` of a benchmark cell: the experiment's attribution settings, ``random``'s seed,
+    every other scorer's defaults."""
+    if scorer == "attribution":
+        return {"scorer_options": dict(attribution)}
+    return {"scorer_options": {"seed": seed}} if scorer == "random" else {}
+
+
 def trainer() -> PruneTrainer:
     """The CLI's Trainer on one CPU process, without progress bars."""
     return PruneTrainer(**{**TRAINER_DEFAULTS, "accelerator": "cpu", "enable_progress_bar": False})
