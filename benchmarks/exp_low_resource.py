@@ -1,11 +1,11 @@
 """Low-resource: attribution pruning scored with 8 ... 128 examples (and more), over several seeded draws.
 
 Per task and seed, the scoring examples are the first n of a seeded permutation of the scoring split, so the
-budgets of one seed are nested (see ``experiments.py``); seed 0 at 128 examples is the main table's draw.
-Evaluated at ``--sparsities`` (layer scope), reported as mean (min–max) over seeds, next to the dense metric
-and the random scorer (same seeds). With fit-free's default bias compensation, each removed neuron's mean
-activation comes from the same n examples the scores did (random: from the largest budget's examples), as a
-user with n examples would get.
+budgets of one seed are nested (a seeded draw of n is the first n of the draw of a larger budget); seed 0 at 128
+examples is the main table's draw. Every cell runs through the user's pipeline (``runner.TaskBench``: fit-free's
+steps, defaults and caches) at ``--sparsities`` (layer scope), reported as mean (min–max) over seeds, next to the
+dense metric and the random scorer (same seeds). The repair is fit-free's default: bias compensation from 1,024
+calibration examples (the scored ones and unlabeled others of the scoring split).
 
 Writes ``benchmarks/results/low_resource.{csv,md,png}``. Re-run:
 
@@ -16,75 +16,51 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
-from experiments import (
-    ATTRIBUTION,
-    EVAL_LIMIT,
-    MODEL,
-    Clock,
-    add_compensate_option,
-    bias_compensation,
-    data_free_scores,
-    data_scores,
-    dense_model,
-    eval_examples,
-    evaluate,
-    model_name,
-    primary,
-    prune_and_evaluate,
-    score_pool,
-    spread,
-)
+from experiments import ATTRIBUTION, MODEL, model_name, spread
 from results_io import markdown_table, write_csv, write_figure, write_report
+from runner import TaskBench, dense_metrics, glue_data
 
-from lightning_prune.modules import LabelSource
-from lightning_prune.tasks import TASKS
+from lightning_prune.modules import LabelSource, TaskModel
 
 
 def sweep(
-    model: Path,
+    experiment: str,
+    model_path: Path,
     tasks: list[str],
     budgets: list[int],
     seeds: int,
-    sparsities: tuple[float, ...],
+    sparsities: list[float],
     eval_limit: int,
     labels: LabelSource,
-    compensate: bool,
-    clock: Clock,
 ) -> list[dict]:
-    """Rows of (task, labels, budget, seed, sparsity, metric) for attribution; budget 0 = the random scorer."""
+    """Rows of (task, labels, budget, seed, sparsity, metric) for attribution; budget 0 = the random scorer (its
+    repair from the largest budget's calibration examples)."""
     rows = []
     for task in tasks:
-        spec = TASKS[task]
-        dense = dense_model(spec, model)
-        examples = eval_examples(spec, eval_limit)
-        dense_value = primary(spec, evaluate(dense, spec, examples))
-        clock.lap("evaluate")
-        for seed in reversed(range(seeds)):  # seed 0 last: another script running beside may have cached it
-            pool = score_pool(spec, seed)
-            runs = [(0, data_free_scores(dense, "random", {"seed": seed}))]
-            for budget in budgets:
-                runs.append((budget, data_scores(dense, "attribution", ATTRIBUTION, pool, budget, labels)))
-                clock.lap("score")
-            means = {}  # per example count: random's (the largest budget's) is that budget's too
-            for budget, scores in runs:
-                count = min(budget or max(budgets), len(pool))
-                if compensate and count not in means:
-                    means[count] = bias_compensation(dense, pool, count)
-                pruned = prune_and_evaluate(dense, spec, scores, sparsities, examples, reconstruction=means.get(count))
-                for sparsity, metrics in pruned.items():
+        model = TaskModel(task=task, path=str(model_path))
+        data = glue_data(task, batch_size=16, eval_examples=eval_limit, eval_seed=0)
+        metric = model.spec.primary_metric
+        dense_value = dense_metrics(experiment, model, data)[metric]
+        for seed in range(seeds):
+            runs = [(0, max(budgets), "random", {"scorer_options": {"seed": seed}})]
+            runs += [(n, n, "attribution", {"scorer_options": dict(ATTRIBUTION), "labels": labels}) for n in budgets]
+            for budget, count, scorer, options in runs:
+                bench = TaskBench(experiment, model, {**data, "num_examples": count, "seed": seed})
+                result = bench.sweep(scorer, **options, sparsity=sparsities)
+                for point in result["points"]:
                     rows.append({
-                        "task": task, "labels": labels, "examples": min(budget, len(pool)), "seed": seed,
-                        "sparsity": sparsity, "metric": spec.primary_metric, "dense": round(dense_value, 5),
-                        "pruned": round(primary(spec, metrics), 5),
+                        "task": task, "labels": labels, "examples": min(budget, result["examples_scored"]),
+                        "seed": seed, "sparsity": point["sparsity"], "metric": metric, "dense": round(dense_value, 5),
+                        "pruned": round(point["metrics"][metric], 5),
                     })  # fmt: skip
-                    print(rows[-1], flush=True)
-                clock.lap("evaluate")
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -107,39 +83,39 @@ def sweep_arguments(description: str, tasks: list[str], budgets: list[int]) -> a
     parser.add_argument("--budgets", type=int, nargs="+", default=budgets)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--sparsities", type=float, nargs="+", default=[0.5, 0.7])
-    parser.add_argument("--eval-limit", type=int, default=EVAL_LIMIT)
-    add_compensate_option(parser)
+    parser.add_argument("--eval-limit", type=int, default=300)
     return parser.parse_args()
+
+
+def settings_words(args: argparse.Namespace) -> str:
+    """How every cell ran, for the reports."""
+    return (
+        "Through fit-free's pipeline and defaults (`runner.TaskBench`): every FFN layer losing the same fraction, bias "
+        "compensation from 1,024 calibration examples (the n scored ones and a seeded draw of the rest of the "
+        f"scoring split: unlabeled text); evaluation on at most {args.eval_limit} seeded dev examples (QNLI/MNLI: "
+        "second half of dev, scored on the first half)."
+    )
 
 
 def main() -> None:
     args = sweep_arguments(__doc__, ["sst2", "mrpc", "stsb", "rte"], [8, 16, 32, 64, 128])
-    clock = Clock()
-    settings = (args.model, args.tasks, args.budgets, args.seeds, tuple(args.sparsities), args.eval_limit)
-    rows = sweep(*settings, "gold", args.compensate, clock)
+    start = time.perf_counter()
+    rows = sweep(
+        "low_resource", args.model, args.tasks, args.budgets, args.seeds, args.sparsities, args.eval_limit, "gold"
+    )
     write_csv("low_resource", rows)
     lines = [
         "# Low-resource: attribution scored with few examples",
         "",
         f"Model `{model_name(args.model)}`; attribution (m = {ATTRIBUTION['steps']}, gold labels) with n seeded "
         f"scoring examples per task; mean (min–max) over {args.seeds} seeds (seed s draws the same examples "
-        f"for every n, nested); `random` uses the same seeds. {compensation_words(args.compensate)} Evaluation on "
-        f"at most {args.eval_limit} dev examples (QNLI/MNLI: second half of dev, scored on the first half).",
+        f"for every n, nested); `random` uses the same seeds. {settings_words(args)}",
     ]
     for sparsity in args.sparsities:
         lines += ["", f"## {sparsity:.0%} FFN sparsity", "", *table(rows, sparsity)]
-    lines += ["", clock.line()]
+    lines += ["", f"Wall time {(time.perf_counter() - start) / 60:.1f} min on this 2-core CPU."]
     write_report("low_resource", lines)
     plot(rows, args.sparsities, "low_resource", "Attribution with n scoring examples (bars: min–max over seeds)")
-
-
-def compensation_words(compensate: bool) -> str:
-    if not compensate:
-        return "No bias compensation."
-    return (
-        "Bias compensation (fit-free's default): removed neurons' mean activations over the same n scoring examples "
-        "(`random`: over the largest budget's)."
-    )
 
 
 def plot(rows: list[dict], sparsities: list[float], name: str, title: str) -> None:
