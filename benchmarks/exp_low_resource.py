@@ -38,10 +38,10 @@ def sweep(
     seeds: int,
     sparsities: list[float],
     eval_limit: int,
-    labels: LabelSource,
+    label_sources: list[LabelSource],
 ) -> list[dict]:
     """Rows of (task, labels, budget, seed, sparsity, metric) for attribution; budget 0 = the random scorer (its
-    repair from the largest budget's calibration examples)."""
+    repair from the largest budget's calibration examples). The label sources of one draw share its statistics."""
     rows = []
     for task in tasks:
         model = TaskModel(task=task, path=str(model_path))
@@ -49,18 +49,23 @@ def sweep(
         metric = model.spec.primary_metric
         dense_value = dense_metrics(experiment, model, data)[metric]
         for seed in range(seeds):
-            runs = [(0, max(budgets), "random", {"scorer_options": {"seed": seed}})]
-            runs += [(n, n, "attribution", {"scorer_options": dict(ATTRIBUTION), "labels": labels}) for n in budgets]
-            for budget, count, scorer, options in runs:
-                bench = TaskBench(experiment, model, {**data, "num_examples": count, "seed": seed})
-                result = bench.sweep(scorer, **options, sparsity=sparsities)
-                for point in result["points"]:
-                    rows.append({
-                        "task": task, "labels": labels, "examples": min(budget, result["examples_scored"]),
-                        "seed": seed, "sparsity": point["sparsity"], "metric": metric, "dense": round(dense_value, 5),
-                        "pruned": round(point["metrics"][metric], 5),
-                    })  # fmt: skip
-                print(rows[-1], flush=True)
+            benches: dict[int, TaskBench] = {}
+            for labels in label_sources:
+                runs = [(0, max(budgets), "random", {"scorer_options": {"seed": seed}})]
+                runs += [
+                    (n, n, "attribution", {"scorer_options": dict(ATTRIBUTION), "labels": labels}) for n in budgets
+                ]
+                for budget, count, scorer, options in runs:
+                    data_of_draw = {**data, "num_examples": count, "seed": seed}
+                    bench = benches.setdefault(count, TaskBench(experiment, model, data_of_draw))
+                    result = bench.sweep(scorer, **options, sparsity=sparsities)
+                    for point in result["points"]:
+                        rows.append({
+                            "task": task, "labels": labels, "examples": min(budget, result["examples_scored"]),
+                            "seed": seed, "sparsity": point["sparsity"], "metric": metric,
+                            "dense": round(dense_value, 5), "pruned": round(point["metrics"][metric], 5),
+                        })  # fmt: skip
+                    print(rows[-1], flush=True)
     return rows
 
 
@@ -100,9 +105,8 @@ def settings_words(args: argparse.Namespace) -> str:
 def main() -> None:
     args = sweep_arguments(__doc__, ["sst2", "mrpc", "stsb", "rte"], [8, 16, 32, 64, 128])
     start = time.perf_counter()
-    rows = sweep(
-        "low_resource", args.model, args.tasks, args.budgets, args.seeds, args.sparsities, args.eval_limit, "gold"
-    )
+    settings = (args.model, args.tasks, args.budgets, args.seeds, args.sparsities, args.eval_limit)
+    rows = sweep("low_resource", *settings, ["gold"])
     write_csv("low_resource", rows)
     lines = [
         "# Low-resource: attribution scored with few examples",

@@ -54,7 +54,7 @@ def main() -> None:
     args = sweep_arguments(__doc__, ["sst2", "stsb", "mnli"], [8, 16, 32, 64])
     start = time.perf_counter()
     settings = (args.model, args.tasks, args.budgets, args.seeds, args.sparsities, args.eval_limit)
-    rows = sweep(EXPERIMENT, *settings, "gold") + sweep(EXPERIMENT, *settings, "pseudo")
+    rows = sweep(EXPERIMENT, *settings, ["gold", "pseudo"])
     write_csv("unsupervised", rows)
     lines = [
         "# Unsupervised: pseudo-labels (the model's own predictions) vs gold labels",
