@@ -12,11 +12,11 @@ proportional to the square root of its training-set size, and a batch of that ta
 Training data (``../shared/data``): the train files of sst2, cola, mrpc, stsb, rte; qnli and mnli ship only
 dev files, so they train on ``validation_first_half`` and are evaluated on ``validation_second_half``; AG
 News ships only a test file: the decoder experiments hold out the first part of its seeded order
-(``exp_decoder_lm.file_split``), so training takes the other half (``AGNEWS_TRAIN_FROM`` on).
+(``runner.split_file``), so training takes the other half (``AGNEWS_TRAIN_FROM`` on).
 
 Seeded and resumable (the adapter, optimizer and progress are saved every ``--checkpoint-every`` steps under
 ``--work-dir``). Writes the adapter in PEFT's format (float16) and a model card with dev metrics measured by
-loading it as users do: ``load_model(base, task, adapter=...)``. Re-run:
+``lightning-prune evaluate`` with ``--model.adapter`` (``commands.evaluate.test_metrics``). Re-run:
 
     python benchmarks/build_multitask_lm.py --steps 1000 --out models/smollm2-glue-multitask-lora
 """
@@ -30,17 +30,20 @@ import time
 from pathlib import Path
 
 import torch
-from exp_decoder_lm import AGNEWS, DATA, SMOLLM2, file_split, spec_of
-from experiments import EVAL_SPLITS, SCORE_SPLITS, eval_examples, evaluate
+from exp_decoder_lm import AGNEWS_LABELS, data_of
+from experiments import DATA, EVAL_SPLITS, SCORE_SPLITS
 from joint_training import train_jointly
 from results_io import write_report
+from runner import SMOLLM2, split_file, trainer
 from safetensors.torch import save_file
 
 from lightning_prune import load_model
 from lightning_prune.adapters.causal_lm import CausalLMClassifier
-from lightning_prune.data import subsample
+from lightning_prune.commands.evaluate import test_metrics
+from lightning_prune.data import TaskDataModule
 from lightning_prune.io import MARKER_FILE, atomic_directory
-from lightning_prune.tasks import TASKS, load_split
+from lightning_prune.modules import TaskModel
+from lightning_prune.tasks import TASKS, TaskSpec, get_task, load_split, read_tsv
 
 LM_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "agnews")
 AGNEWS_TRAIN_FROM = 3800  # AG News: examples from this position of the seeded order on train; the rest evaluate
@@ -48,15 +51,16 @@ TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj"
 BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
+def spec_of(task: str) -> TaskSpec:
+    return get_task(task, AGNEWS_LABELS if task == "agnews" else None)
+
+
 def training_data() -> dict[str, list]:
     data = {t: load_split(TASKS[t], SCORE_SPLITS[t], DATA / "glue") for t in LM_TASKS if t != "agnews"}
-    data["agnews"], _ = file_split(DATA / "agnews" / "test.tsv", AGNEWS, AGNEWS_TRAIN_FROM, "agnews")
+    agnews = spec_of("agnews")
+    score_file, _ = split_file(DATA / "agnews" / "test.tsv", agnews, AGNEWS_TRAIN_FROM, "agnews")
+    data["agnews"] = read_tsv(score_file, agnews)
     return data
-
-
-def agnews_eval(limit: int | None) -> list:
-    _, held_out = file_split(DATA / "agnews" / "test.tsv", AGNEWS, AGNEWS_TRAIN_FROM, "agnews")
-    return held_out if limit is None or len(held_out) <= limit else subsample(held_out, limit, 0, "eval")
 
 
 def eval_split(task: str) -> str:
@@ -64,15 +68,14 @@ def eval_split(task: str) -> str:
 
 
 def dev_scores(base: str, adapter: Path, limit: int | None, max_length: int) -> dict[str, dict[str, float]]:
-    """Each task's dev metrics with the saved adapter merged into the base, loaded as users load it."""
+    """Each task's dev metrics with the saved adapter merged into the base: ``lightning-prune evaluate``'s."""
     scores = {}
     for task in LM_TASKS:
-        spec = spec_of(task)
-        examples = agnews_eval(limit) if task == "agnews" else eval_examples(spec, limit)
         start = time.perf_counter()
-        model = load_model(base, spec, max_length, adapter=str(adapter))
-        scores[task] = evaluate(model, spec, examples, batch_size=16)
-        scores[task]["examples"] = len(examples)
+        model = TaskModel(base, task, AGNEWS_LABELS if task == "agnews" else None, max_length, adapter=str(adapter))
+        datamodule = TaskDataModule(**data_of(task, limit, 0))
+        scores[task] = test_metrics(trainer(), model, datamodule)
+        scores[task]["examples"] = len(datamodule.eval_examples())
         print(task, eval_split(task), scores[task], f"{time.perf_counter() - start:.0f}s", flush=True)
     return scores
 

