@@ -62,6 +62,7 @@ ALL_TASKS = ("sst2", "agnews", "qnli", "mnli", "rte", "stsb", "mrpc", "cola")
 AGNEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
 SPARSITIES = [0.3, 0.5, 0.7]
 ABOVE_CHANCE = 0.05  # dense − chance on the primary metric for a task to enter the main table
+PLAIN_CUT_SCORERS = ("attribution", "wanda", "fisher")  # main: also cut without repair (first draw)
 DOMAINS = {
     **{f"sentiment_domains/{d}": d for d in ("yelp", "amazon_sentences", "vader_amazon", "vader_nyt", "vader_tweets")},
     **{f"sentiment_long/{d}": d for d in ("druglib_drugs", "tripadvisor_hotels")},
@@ -161,8 +162,8 @@ def run_main(args: argparse.Namespace) -> None:
             bench = TaskBench(args.prefix, model, data, **args.fit_free)
             # Every scorer with fit-free's default repair; attribution also cut plainly.
             sweeps = [(s, {}) for s in wanted]
-            if seed == 0 and "attribution" in wanted:
-                sweeps.append(("attribution", {"reconstruct": "none"}))
+            if seed == 0:  # how much of each selection the repair carries
+                sweeps += [(s, {"reconstruct": "none"}) for s in PLAIN_CUT_SCORERS if s in wanted]
             for scorer, repair in sweeps:
                 start = time.perf_counter()
                 result = bench.sweep(
@@ -206,21 +207,30 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
         lines += [f"## {task} ({mine[0]['metric']}, dense {mine[0]['dense']:.3f})", ""]
         table = [[s, *(spread(values(task, s, p)) for p in SPARSITIES)] for s in scorers]
         lines += [*markdown_table(["scorer", *(f"{p:g}" for p in SPARSITIES)], table), ""]
-    repairs = [r for r in all_rows if r["scorer"] == "attribution" and r["seed"] == 0]
+    repairs = [r for r in all_rows if r["scorer"] in PLAIN_CUT_SCORERS and r["seed"] == 0]
     methods = list(dict.fromkeys(r["reconstruct"] for r in repairs))
     lines += [
-        "## Reconstruction after the cut (attribution, first draw)",
+        "## Reconstruction after the cut (first draw)",
         "",
         "Retained fraction with the plain cut (`none`) and the least-squares refit of the kept down-projection "
-        "columns (`least_squares`); `scales` (one refitted factor per kept neuron, as Kwon et al. 2022) was measured "
-        "at commit a601c29 and dropped: on SST-2 it kept 0.905 / 0.814 / 0.679, least squares 0.938 / 0.898 / 0.858.",
-        "",
+        "columns (`least_squares`, the default).",
     ]
+    if "scales" in methods:
+        lines[-1] += (
+            " `scales` (one refitted factor per kept neuron, as Kwon et al. 2022) was measured at commit a601c29 and "
+            "dropped: on SST-2 it kept 0.905 / 0.814 / 0.679, least squares 0.938 / 0.898 / 0.858."
+        )
     table = []
     for task in tasks:
-        cells = {(r["reconstruct"], r["sparsity"]): r["retained"] for r in repairs if r["task"] == task}
-        table += [[task, m, *(f"{cells[m, p]:.3f}" if (m, p) in cells else "—" for p in SPARSITIES)] for m in methods]
-    lines += [*markdown_table(["task", "reconstruct", *(f"{p:g}" for p in SPARSITIES)], table), ""]
+        for scorer in dict.fromkeys(r["scorer"] for r in repairs if r["task"] == task):
+            mine = [r for r in repairs if (r["task"], r["scorer"]) == (task, scorer)]
+            cells = {(r["reconstruct"], r["sparsity"]): r["retained"] for r in mine}
+            table += [
+                [task, scorer, m, *(f"{cells[m, p]:.3f}" if (m, p) in cells else "—" for p in SPARSITIES)]
+                for m in methods
+                if any((m, p) in cells for p in SPARSITIES)
+            ]
+    lines += ["", *markdown_table(["task", "scorer", "reconstruct", *(f"{p:g}" for p in SPARSITIES)], table), ""]
     write_report(f"{args.prefix}_main", lines)
     figure, axis = plt.subplots(figsize=(6, 4))
     for scorer in scorers:
