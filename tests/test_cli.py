@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -165,6 +166,15 @@ def test_existing_output_dir_is_not_overwritten_unless_asked(bert_dir, glue_dir,
     assert code == 2 and "already holds files" in err
     main(fit_free_args(bert_dir, glue_dir, out, "--overwrite", "true", *random, "--sparsity", "0.25"))
     assert json.loads((out / "metrics.json").read_text())["sparsity"] == 0.25 and not (out / "keep.txt").exists()
+
+
+def test_summary_line_without_a_dense_evaluation(bert_dir, glue_dir, tmp_path, caplog):
+    """--evaluate_dense false: the summary gives the pruned metric alone, never a NaN for the missing dense one."""
+    fast = ["--scorer", "magnitude", "--scorer_options", "{}", "--evaluate_dense", "false"]
+    with caplog.at_level(logging.INFO):
+        main(fit_free_args(bert_dir, glue_dir, tmp_path / "run", *fast))
+    [line] = [r.getMessage() for r in caplog.records if r.getMessage().startswith("sst2: accuracy")]
+    assert line.startswith("sst2: accuracy pruned ") and "nan" not in line
 
 
 def test_global_scope_and_an_empty_existing_output_dir(bert_dir, glue_dir, tmp_path):

@@ -714,7 +714,8 @@ def fit_free(
 
 def _report(summary: dict[str, Any], output_dir: str) -> str:
     metric = summary["primary_metric"]
-    dense = summary["dense_metrics"][metric] if summary["dense_metrics"] else float("nan")
+    # --evaluate_dense false: no dense metric to print (not a NaN)
+    dense = f"dense {summary['dense_metrics'][metric]:.4f} -> " if summary["dense_metrics"] else ""
     params = summary["parameters"]
     selection = summary.get("selection")
     if summary["pruned_metrics"] is None:
@@ -756,7 +757,7 @@ def _report(summary: dict[str, Any], output_dir: str) -> str:
         else ""
     )
     return (
-        f"{summary['task']}: {metric} dense {dense:.4f} -> pruned {pruned:.4f} at FFN sparsity {asked} "
+        f"{summary['task']}: {metric} {dense}pruned {pruned:.4f} at FFN sparsity {asked} "
         f"({summary['scorer']}, {summary['scope']} scope); parameters {params['dense']:,} -> {params['pruned']:,}"
         f"{chosen}; wrote {output_dir}{loading}"
     )
