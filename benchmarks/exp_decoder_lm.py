@@ -289,35 +289,38 @@ def run_unseen_domain(args: argparse.Namespace) -> None:
 
 
 def run_examples(args: argparse.Namespace) -> None:
-    """Does attribution trail the baselines for want of examples? The main table's cell from more of them."""
+    """Does a scorer (attribution by default) trail for want of examples? The main table's cell from more of them."""
     rows = []
     for task in args.tasks or ["sst2"]:
         model = model_of(task, args.model)
         metric = model.spec.primary_metric
         dense = dense_metrics(args.prefix, model, data_of(task, args.eval_examples, 0))[metric]
         for count in args.counts:
-            data = {**data_of(task, args.eval_examples, 0), "num_examples": count}
-            result = TaskBench(args.prefix, model, data, **args.fit_free).sweep(
-                "attribution", **scorer_options("attribution", 0, JOINT_ATTRIBUTION), sparsity=SPARSITIES
-            )
-            rows += rows_of(result, task, 0, dense, metric)
-            print(rows[-1], flush=True)
-            write_csv(f"{args.prefix}_examples", rows)
+            bench = TaskBench(args.prefix, model, {**data_of(task, args.eval_examples, 0), "num_examples": count})
+            for scorer in args.scorers or ["attribution"]:
+                options = scorer_options(scorer, 0, JOINT_ATTRIBUTION)
+                rows += rows_of(
+                    bench.sweep(scorer, **options, **args.fit_free, sparsity=SPARSITIES), task, 0, dense, metric
+                )
+                print(rows[-1], flush=True)
+                write_csv(f"{args.prefix}_examples", rows)
     table = [
-        [r["task"], str(r["score_examples"]), f"{r['sparsity']:g}", f"{r['pruned']:.3f}", f"{r['retained']:.3f}",
-         f"{r['score_seconds']:.0f}"]
+        [r["task"], r["scorer"], str(r["score_examples"]), f"{r['sparsity']:g}", f"{r['pruned']:.3f}",
+         f"{r['retained']:.3f}", f"{r['score_seconds']:.0f}"]
         for r in rows
     ]  # fmt: skip
     write_report(
         f"{args.prefix}_examples",
         [
-            f"# {args.title}: attribution from more scoring examples",
+            f"# {args.title}: scorers from more scoring examples",
             "",
-            "The main table's attribution cell (joint mode, m = 10, least-squares repair from 1,024 calibration "
-            f"examples, first draw) with more scoring examples; {args.eval_examples} seeded evaluation examples. "
+            "The main table's cells (attribution in joint mode, m = 10; least-squares repair from 1,024 calibration "
+            f"examples; first draw) with more scoring examples; {args.eval_examples} seeded evaluation examples. "
             "Written by `benchmarks/exp_decoder_lm.py examples`.",
             "",
-            *markdown_table(["task", "scoring examples", "sparsity", "pruned", "retained", "scoring s"], table),
+            *markdown_table(
+                ["task", "scorer", "scoring examples", "sparsity", "pruned", "retained", "scoring s"], table
+            ),
         ],
     )
 
