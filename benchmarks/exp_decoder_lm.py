@@ -281,7 +281,8 @@ def run_unseen_domain(args: argparse.Namespace) -> None:
             "",
             f"Scored on {DECODER_LM_SCORING['num_examples']} SST-2 training sentences (fit-free's defaults, as in "
             f"the main table); evaluated on {args.eval_examples} seeded examples of each set (truncated at the "
-            "model's 256 tokens, left side). Cells: accuracy (retained fraction of dense).",
+            f"model's {MODELS[args.model][0]['max_length']} tokens, left side). Cells: accuracy (retained fraction "
+            "of dense).",
             "",
             *markdown_table(header, table),
         ],
