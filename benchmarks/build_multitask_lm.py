@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 import torch
-from exp_decoder_lm import AGNEWS_LABELS, data_of
+from exp_decoder_lm import data_of, labels_of
 from experiments import DATA, EVAL_SPLITS, SCORE_SPLITS
 from joint_training import train_jointly
 from results_io import write_report
@@ -52,7 +52,7 @@ BASE_NAME = "HuggingFaceTB/SmolLM2-135M-Instruct"
 
 
 def spec_of(task: str) -> TaskSpec:
-    return get_task(task, AGNEWS_LABELS if task == "agnews" else None)
+    return get_task(task, labels_of(task))
 
 
 def training_data() -> dict[str, list]:
@@ -72,7 +72,7 @@ def dev_scores(base: str, adapter: Path, limit: int | None, max_length: int) -> 
     scores = {}
     for task in LM_TASKS:
         start = time.perf_counter()
-        model = TaskModel(base, task, AGNEWS_LABELS if task == "agnews" else None, max_length, adapter=str(adapter))
+        model = TaskModel(base, task, labels_of(task), max_length, adapter=str(adapter))
         datamodule = TaskDataModule(**data_of(task, limit, 0))
         scores[task] = test_metrics(trainer(), model, datamodule)
         scores[task]["examples"] = len(datamodule.eval_examples())

@@ -60,6 +60,13 @@ from lightning_prune.tasks import get_task
 
 ALL_TASKS = ("sst2", "agnews", "qnli", "mnli", "rte", "stsb", "mrpc", "cola")
 AGNEWS_LABELS = ["World", "Sports", "Business", "Sci/Tech"]
+
+
+def labels_of(task: str) -> list[str] | None:
+    """``--data.labels`` of a task: AG News is not a GLUE task and names its four classes."""
+    return AGNEWS_LABELS if task == "agnews" else None
+
+
 SPARSITIES = [0.3, 0.5, 0.7]
 ABOVE_CHANCE = 0.05  # dense − chance on the primary metric for a task to enter the main table
 PLAIN_CUT_SCORERS = ("attribution", "wanda", "fisher")  # main: also cut without repair (first draw)
@@ -87,7 +94,7 @@ def data_of(task: str, eval_examples: int, seed: int) -> dict[str, Any]:
 
 def model_of(task: str, model: str = "multitask") -> TaskModel:
     """The ``--model`` for ``task``, loaded as its config loads it."""
-    return TaskModel(task=task, labels=AGNEWS_LABELS if task == "agnews" else None, **MODELS[model][0])
+    return TaskModel(task=task, labels=labels_of(task), **MODELS[model][0])
 
 
 def run_dense(args: argparse.Namespace) -> None:
