@@ -69,7 +69,8 @@ def labels_of(task: str) -> list[str] | None:
 
 SPARSITIES = [0.3, 0.5, 0.7]
 ABOVE_CHANCE = 0.05  # dense − chance on the primary metric for a task to enter the main table
-PLAIN_CUT_SCORERS = ("attribution", "wanda", "fisher")  # main: also cut without repair (first draw)
+# main, first draw: these scorers also cut without repair, and repaired but scoring activations, not residuals
+PLAIN_CUT_SCORERS = ("attribution", "wanda", "fisher")
 DOMAINS = {
     **{f"sentiment_domains/{d}": d for d in ("yelp", "amazon_sentences", "vader_amazon", "vader_nyt", "vader_tweets")},
     **{f"sentiment_long/{d}": d for d in ("druglib_drugs", "tripadvisor_hotels")},
@@ -145,7 +146,8 @@ def rows_of(result: dict[str, Any], task: str, seed: int, dense: float, metric: 
         rows.append({
             "task": task, "scorer": result["scorer"], "seed": seed, "sparsity": point["sparsity"], "metric": metric,
             "dense": round(dense, 5), "pruned": round(value, 5), "retained": round(value / dense, 5),
-            "reconstruct": result["reconstruct"], "calibration_examples": result["calibration_examples"],
+            "reconstruct": result["reconstruct"], "refit_aware": result["refit_aware"],
+            "calibration_examples": result["calibration_examples"],
             "score_examples": result["examples_scored"], "score_seconds": round(result["seconds"]["score"], 1),
             "statistics_seconds": round(result["seconds"]["statistics"], 1), **extra,
         })  # fmt: skip
@@ -167,10 +169,11 @@ def run_main(args: argparse.Namespace) -> None:
             metric = model.spec.primary_metric
             dense = dense_metrics(args.prefix, model, data_of(task, args.eval_examples, 0))[metric]
             bench = TaskBench(args.prefix, model, data, **args.fit_free)
-            # Every scorer with fit-free's default repair; attribution also cut plainly.
+            # Every scorer with fit-free's defaults; some also cut plainly, and refitted without refit-aware scoring.
             sweeps = [(s, {}) for s in wanted]
-            if seed == 0:  # how much of each selection the repair carries
-                sweeps += [(s, {"reconstruct": "none"}) for s in PLAIN_CUT_SCORERS if s in wanted]
+            if seed == 0:  # how much the repair carries, and how much scoring for it adds
+                for changed in ({"reconstruct": "none"}, {"refit_aware": False}):
+                    sweeps += [(s, changed) for s in PLAIN_CUT_SCORERS if s in wanted]
             for scorer, repair in sweeps:
                 start = time.perf_counter()
                 result = bench.sweep(
@@ -200,7 +203,8 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
         "",
         f"fit-free's pipeline and defaults (`benchmarks/exp_decoder_lm.py main`, `runner.TaskBench`): "
         f"{first['score_examples']} scoring examples (batch 4; attribution in joint mode, m = 10), "
-        f"reconstruction `{first['reconstruct']}` from {first['calibration_examples']} calibration examples, every "
+        f"reconstruction `{first['reconstruct']}` from {first['calibration_examples']} calibration examples"
+        f"{' (refit-aware scoring)' if first['refit_aware'] else ''}, every "
         f"layer losing the same fraction; {args.eval_examples} seeded evaluation examples per task. Cells: retained "
         "fraction of the dense metric, mean (min–max) over scoring draws (random: seeds) where there are several.",
         "",
@@ -215,29 +219,29 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
         table = [[s, *(spread(values(task, s, p)) for p in SPARSITIES)] for s in scorers]
         lines += [*markdown_table(["scorer", *(f"{p:g}" for p in SPARSITIES)], table), ""]
     repairs = [r for r in all_rows if r["scorer"] in PLAIN_CUT_SCORERS and r["seed"] == 0]
-    methods = list(dict.fromkeys(r["reconstruct"] for r in repairs))
+
+    def repair_of(row: dict) -> str:
+        return f"{row['reconstruct']}{', refit-aware' if row['refit_aware'] else ''}"
+
+    methods = list(dict.fromkeys(repair_of(r) for r in repairs))
     lines += [
-        "## Reconstruction after the cut (first draw)",
+        "## Reconstruction after the cut, and scoring for it (first draw)",
         "",
-        "Retained fraction with the plain cut (`none`) and the least-squares refit of the kept down-projection "
-        "columns (`least_squares`, the default).",
+        "Retained fraction with the plain cut (`none`), the least-squares refit of the kept down-projection "
+        "columns with neurons scored by their activations (`least_squares`), and the same refit with neurons scored "
+        "by their residuals, what the refit cannot predict of them (`least_squares, refit-aware`, the default).",
     ]
-    if "scales" in methods:
-        lines[-1] += (
-            " `scales` (one refitted factor per kept neuron, as Kwon et al. 2022) was measured at commit a601c29 and "
-            "dropped: on SST-2 it kept 0.905 / 0.814 / 0.679, least squares 0.938 / 0.898 / 0.858."
-        )
     table = []
     for task in tasks:
         for scorer in dict.fromkeys(r["scorer"] for r in repairs if r["task"] == task):
             mine = [r for r in repairs if (r["task"], r["scorer"]) == (task, scorer)]
-            cells = {(r["reconstruct"], r["sparsity"]): r["retained"] for r in mine}
+            cells = {(repair_of(r), r["sparsity"]): r["retained"] for r in mine}
             table += [
                 [task, scorer, m, *(f"{cells[m, p]:.3f}" if (m, p) in cells else "—" for p in SPARSITIES)]
                 for m in methods
                 if any((m, p) in cells for p in SPARSITIES)
             ]
-    lines += ["", *markdown_table(["task", "scorer", "reconstruct", *(f"{p:g}" for p in SPARSITIES)], table), ""]
+    lines += ["", *markdown_table(["task", "scorer", "repair", *(f"{p:g}" for p in SPARSITIES)], table), ""]
     write_report(f"{args.prefix}_main", lines)
     figure, axis = plt.subplots(figsize=(6, 4))
     for scorer in scorers:

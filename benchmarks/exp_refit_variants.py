@@ -1,14 +1,15 @@
-"""Two variants of the least-squares repair that fit-free does not use, measured against it on the multi-task
-decoder LM (SST-2, selection examples held apart from the scoring and calibration examples):
+"""Choices around the least-squares repair, measured on the multi-task decoder LM (``--task``, selection examples
+held apart from the scoring and calibration examples), so that held-apart data picks fit-free's defaults:
 
 - ``sequential``: each group of ``--groups`` layers refitted on the inputs of the model whose earlier layers are
   already pruned and refitted (as SparseGPT and SlimGPT), one statistics pass per group; ``--groups 30`` is
-  fit-free's parallel refit (every layer from the dense model's inputs, one pass).
-- ``selection``: the neurons removed greedily by their score times the share of their activation that the kept
-  neurons cannot reproduce (``1 / (S_ii [S⁻¹]_ii)``, updated after each removal as optimal brain surgeon does), to
-  the power ``--powers`` (0: the scores alone, fit-free's choice), before the same refit.
+  fit-free's parallel refit (every layer from the dense model's inputs, one pass). Not adopted.
+- ``selection``: neurons scored by their residuals (``refit-aware``, fit-free's default: what the refit cannot
+  predict of each neuron from the others) or by their activations (``--refit_aware false``), before the same refit.
+  (A greedy removal by score times the unpredictable share of the activation, optimal-brain-surgeon style, was
+  measured here at commit f8f4ab6 and dropped: benchmarks/results/refit_variants.md in that commit.)
 
-Both call the pipeline's own pieces (``neuron_scores``, ``activation_statistics_of``, ``activation_statistics``,
+Both call the pipeline's own pieces (``selection_scores``, ``activation_statistics_of``, ``activation_statistics``,
 ``prune_model``, ``slice_ffn``, ``test_metrics``). Writes ``benchmarks/results/refit_variants.{csv,md}``. Re-run:
 
     OMP_NUM_THREADS=2 python benchmarks/exp_refit_variants.py
@@ -20,7 +21,6 @@ import argparse
 import time
 from dataclasses import replace
 
-import torch
 from exp_decoder_lm import data_of, model_of
 from results_io import markdown_table, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, scorer_options, trainer
@@ -32,7 +32,7 @@ from lightning_prune.commands.fit_free import (
     activation_statistics_of,
     check_against_model,
     check_request,
-    neuron_scores,
+    selection_scores,
 )
 from lightning_prune.data import TaskDataModule
 from lightning_prune.pruning import (
@@ -43,7 +43,6 @@ from lightning_prune.pruning import (
     slice_ffn,
     snapshot_units,
 )
-from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
 
 
 def refit_in_groups(model, kept: list[Tensor], batches: list, group: int) -> None:
@@ -57,35 +56,13 @@ def refit_in_groups(model, kept: list[Tensor], batches: list, group: int) -> Non
             slice_ffn(layer, kept[index], repair.down_projection(index, layer, kept[index]))
 
 
-def removal_aware_keep(score: Tensor, moment: Tensor, power: float, remove: int, chunk: int = 16) -> Tensor:
-    """Kept neurons after removing ``remove`` greedily by ``score × u^power``, with ``u`` the share of a neuron's
-    activation the other kept neurons cannot reproduce, from the damped inverse second moment (updated per chunk)."""
-    size = score.numel()
-    moment = moment.double()
-    damping = DEFAULT_DAMPING * float(moment.diagonal().mean())
-    inverse = torch.linalg.inv(moment + damping * torch.eye(size, dtype=moment.dtype))
-    diagonal = moment.diagonal() + damping
-    alive, removed = torch.arange(size), 0
-    while removed < remove:
-        unexplained = (1.0 / (diagonal[alive] * inverse.diagonal())).clamp(max=1.0)
-        cost = score.double()[alive].clamp(min=0) * unexplained**power
-        picked = torch.sort(cost, stable=True).indices[: min(chunk, remove - removed)]
-        stay = torch.ones(len(alive), dtype=torch.bool)
-        stay[picked] = False
-        cross = inverse[stay][:, picked]
-        inverse = inverse[stay][:, stay] - cross @ torch.linalg.solve(inverse[picked][:, picked], cross.T)
-        alive, removed = alive[stay], removed + len(picked)
-    return alive
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--task", default="sst2")
     parser.add_argument("--scorers", nargs="+", default=["attribution", "wanda"])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7])
-    parser.add_argument("--groups", nargs="+", type=int, default=[30, 10])
+    parser.add_argument("--groups", nargs="*", type=int, default=[30, 10], help="none: skip the sequential refits")
     parser.add_argument("--sequential-calibration", type=int, default=256, help="examples per statistics pass")
-    parser.add_argument("--powers", nargs="+", type=float, default=[0.0, 1.0])
     parser.add_argument("--selection-examples", type=int, default=300)
     args = parser.parse_args()
     model = model_of(args.task)
@@ -105,24 +82,21 @@ def main() -> None:
     repair = full.reconstruction("least_squares")
     rows = []
     for scorer in args.scorers:
-        settings = replace(base, scorer=scorer, **scorer_options(scorer, 0, JOINT_ATTRIBUTION))
-        scores = neuron_scores(runner, model, datamodule, settings, check_request(settings)).layers
+        scores = {}  # refit-aware (fit-free's default) and not
+        for aware in (True, False):
+            settings = replace(base, scorer=scorer, refit_aware=aware, **scorer_options(scorer, 0, JOINT_ATTRIBUTION))
+            scored = selection_scores(runner, model, datamodule, settings, check_request(settings), repair)
+            scores[aware] = scored.layers
         for sparsity in args.sparsities:
-            kept = select_neurons(scores, sparsity)
             variants = [("sequential", f"groups of {g}", g) for g in args.groups]
-            variants += [("selection", f"power {p:g}", p) for p in args.powers]
+            variants += [("selection", "refit-aware" if aware else "activations", aware) for aware in (True, False)]
             for experiment, name, value in variants:
                 start = time.perf_counter()
                 if experiment == "sequential":
-                    refit_in_groups(model.net, kept, few, int(value))
+                    refit_in_groups(model.net, select_neurons(scores[True], sparsity), few, int(value))
                     calibrated = len(few) * 16
                 else:
-                    assert repair.second_moments is not None and repair.tokens is not None
-                    chosen = [
-                        removal_aware_keep(s, m / float(n), value, s.numel() - len(k))
-                        for s, m, n, k in zip(scores, repair.second_moments, repair.tokens, kept, strict=True)
-                    ]
-                    prune_model(model.net, chosen, repair)
+                    prune_model(model.net, select_neurons(scores[bool(value)], sparsity), repair)
                     calibrated = len(calibration)
                 seconds = time.perf_counter() - start
                 value_after = test_metrics(runner, model, datamodule, "selection")[metric]
@@ -143,13 +117,14 @@ def main() -> None:
     write_report(
         "refit_variants",
         [
-            "# Least-squares repair: sequential refits and removal-aware selection (not adopted)",
+            "# Least-squares repair: sequential refits (not adopted) and refit-aware scoring (adopted)",
             "",
             f"Multi-task SmolLM2, {args.task}, {args.selection_examples} selection examples (held apart; dense "
             f"{dense:.3f}); fit-free's scoring settings; least squares as fit-free does it. *sequential, groups of "
-            f"30* is fit-free's parallel refit from the same {len(few) * 16} examples; *selection, power 0* is "
-            f"fit-free's selection with the refit from {len(calibration)} examples (statistics pass "
-            f"{statistics_seconds:.0f} s). Written by `benchmarks/exp_refit_variants.py`.",
+            f"30* is fit-free's parallel refit from the same {len(few) * 16} examples; *selection, refit-aware* is "
+            f"fit-free's scoring and selection with the refit from {len(calibration)} examples (statistics pass "
+            f"{statistics_seconds:.0f} s), *activations* the same with `--refit_aware false`. Seconds: pruning and "
+            "repair (the scoring is not counted). Written by `benchmarks/exp_refit_variants.py`.",
             "",
             *markdown_table(
                 ["experiment", "variant", "scorer", "sparsity", "calibration examples", "selection", "seconds"], table

@@ -29,8 +29,8 @@ from lightning_prune.commands.fit_free import (
     check_against_model,
     check_request,
     fit_free,
-    neuron_scores,
     prune_and_evaluate,
+    selection_scores,
 )
 from lightning_prune.data import TaskDataModule
 from lightning_prune.fingerprint import code_fingerprint
@@ -138,7 +138,7 @@ def glue_data(task: str, **data: Any) -> dict[str, Any]:
 class TaskBench:
     """Many sweeps (scorers, reconstructions) on one task and scoring draw, sharing the model, the data and the
     activation statistics (which depend on neither): fit-free's own steps (``check_request``,
-    ``check_against_model``, ``neuron_scores``, ``activation_statistics_of``, ``prune_and_evaluate``) in its order.
+    ``check_against_model``, ``activation_statistics_of``, ``selection_scores``, ``prune_and_evaluate``) in its order.
     Each sweep's metrics are kept under ``runs/benchmarks/<experiment>`` by ``cell_key``."""
 
     def __init__(self, experiment: str, model: TaskModel, data: dict[str, Any], **options: Any) -> None:
@@ -182,7 +182,8 @@ class TaskBench:
         """fit-free's unit scores for ``scorer`` (from its score cache when this request was scored before), for
         analyses that prune otherwise than a sweep does (e.g. with another task's scores)."""
         settings, impl = self._settings(scorer, **options)
-        return neuron_scores(self.trainer, self.model, self.datamodule, settings, impl).layers
+        repair = self.reconstruction(settings, impl)[0]  # refit-aware scoring weighs its residuals
+        return selection_scores(self.trainer, self.model, self.datamodule, settings, impl, repair).layers
 
     def repair(self, scorer: str, **options: Any) -> Reconstruction | None:
         """The repair fit-free would apply after ``scorer``'s cut (its statistics shared as in ``sweep``)."""
@@ -207,9 +208,9 @@ class TaskBench:
             return json.loads(path.read_text())
         settings = FitFreeSettings.with_defaults(**options, output_dir=str(path.with_suffix("")))
         impl = check_request(settings)
-        repair, costs = self.reconstruction(settings, impl)
+        repair, costs = self.reconstruction(settings, impl)  # before scoring, as in fit-free
         start = time.perf_counter()
-        scores = neuron_scores(self.trainer, self.model, self.datamodule, settings, impl)
+        scores = selection_scores(self.trainer, self.model, self.datamodule, settings, impl, repair)
         statistics_seconds = self.statistics_seconds if repair is not None else 0.0
         seconds = {"score": time.perf_counter() - start, "statistics": statistics_seconds}
         points = prune_and_evaluate(self.trainer, self.model, self.datamodule, settings, scores, repair, seconds, costs)
@@ -219,6 +220,7 @@ class TaskBench:
             "options": options,
             "scope": settings.scope,
             "reconstruct": repair.method if repair is not None else "none",
+            "refit_aware": scores.refit_aware,
             "calibration_examples": len(self.datamodule.calibration_examples_list()) if repair is not None else 0,
             "examples_scored": scores.examples,
             "dense_flops": costs.total if costs is not None else None,

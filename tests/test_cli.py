@@ -210,8 +210,8 @@ def test_scorers_command_lists_built_ins(capsys):
 @pytest.mark.parametrize("budget", [[], ["--sparsity", "null", "--target_speedup", "1.3", "--scope", "global"]])
 def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path, budget):
     """Two CPU processes (gloo) score each of 47 examples exactly once and all-reduce to the 1-process scores;
-    the least-squares refit's statistics (48 calibration examples) too; with a FLOP budget, head scores and the
-    heads kept as well."""
+    the least-squares refit's statistics (48 calibration examples), and the residuals refit-aware scoring weighs,
+    too; with a FLOP budget, head scores and the heads kept as well."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     base = fit_free_args(bert_dir, glue_dir, tmp_path / "one", "--data.num_examples", "47", "--data.batch_size", "4",
                          "--reconstruct", "least_squares", *budget)  # fmt: skip
@@ -233,8 +233,9 @@ def test_ddp_two_processes_match_one(bert_dir, glue_dir, tmp_path, budget):
     assert one["examples_scored"] == two["examples_scored"] == 47
     assert one["pruned_metrics"] == pytest.approx(two["pruned_metrics"])
     scores_one, scores_two = (load_file(str(tmp_path / n / "scores.safetensors")) for n in ("one", "two"))
-    for key in scores_one:
-        torch.testing.assert_close(scores_one[key], scores_two[key], rtol=1e-5, atol=1e-9)
+    assert one["refit_aware"] and two["refit_aware"]
+    for key in scores_one:  # weighed by residuals from float32 second-moment sums (below), through their inverse
+        torch.testing.assert_close(scores_one[key], scores_two[key], rtol=1e-3, atol=1e-6)
     assert one["ffn_neurons"] == two["ffn_neurons"]
     assert one["calibration_examples"] == two["calibration_examples"] == 48
     assert one.get("attention_heads") == two.get("attention_heads")
@@ -270,6 +271,40 @@ def test_evaluation_length_is_set_apart_from_scoring_length(bert_dir, glue_dir):
     model = TaskModel(str(bert_dir), max_length=64, eval_max_length=4)
     assert model.collate(examples)["input_ids"].shape[1] == 4
     assert model.net.collate(examples)["input_ids"].shape[1] > 4 and model.net.max_length == 64
+
+
+def test_refit_aware_scoring_comes_with_the_least_squares_refit(llama_dir, glue_dir, tmp_path):
+    """A decoder LM is refitted by least squares, and attribution then weighs each neuron's residual: recorded,
+    cached under its own key (never served to a plain request), off with --refit_aware false."""
+    runs, scores = {}, {}
+    for name, extra in (("aware", []), ("plain", ["--refit_aware", "false"])):
+        out = tmp_path / name
+        main(fit_free_args(llama_dir, glue_dir, out, "--data.num_examples", "8", "--data.calibration_examples", "20",
+                           "--cache_dir", str(tmp_path / "cache"), *extra))  # fmt: skip
+        runs[name] = json.loads((out / "metrics.json").read_text())
+        scores[name] = load_file(str(out / "scores.safetensors"))
+    assert runs["aware"]["refit_aware"] and not runs["plain"]["refit_aware"]
+    assert runs["aware"]["score_key"] != runs["plain"]["score_key"] and not runs["plain"]["scores_from_cache"]
+    assert all(not torch.allclose(scores["aware"][name], scores["plain"][name]) for name in scores["plain"])
+
+
+@pytest.mark.parametrize(
+    ("fixture", "extra", "message"),
+    [
+        ("bert_dir", [], "this run's reconstruction is 'bias'"),
+        ("llama_dir", ["--reconstruct", "none"], "this run's reconstruction is 'none'"),
+        ("llama_dir", ["--scorer", "magnitude", "--scorer_options", "{}"], "cannot score their residuals"),
+    ],
+)
+def test_refit_aware_scoring_without_a_refit_to_be_aware_of_is_refused(
+    request, glue_dir, tmp_path, capsys, fixture, extra, message
+):
+    out = tmp_path / "run"
+    code, _, err = run_cli(
+        fit_free_args(request.getfixturevalue(fixture), glue_dir, out, "--refit_aware", "true", *extra), capsys
+    )
+    assert code == 2 and message in err, err
+    assert not out.exists()
 
 
 def test_least_squares_reconstruction_saves_a_plain_decoder_model(llama_dir, glue_dir, tmp_path):

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import copy
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -279,6 +280,28 @@ def test_float32_second_moment_sums_stay_within_1e5_of_float64_over_half_a_milli
         exact += product.double()
         summed += product.to(GRAM_DTYPE)
     assert float((summed.double() - exact).norm() / exact.norm()) < 1e-5
+
+
+@pytest.mark.parametrize("bias", [False, True])
+def test_residuals_are_each_neurons_least_squares_residual_on_the_others(bias):
+    """λ → 0: ``Residual`` gives, for every neuron at once, its activation minus its least-squares prediction from
+    the layer's other neurons (and a constant where the down projection has a bias), as one regression per neuron
+    computes it; a neuron that copies another has none."""
+    generator = torch.Generator().manual_seed(0)
+    mixing = torch.randn(6, 6, generator=generator, dtype=torch.float64)
+    tokens = torch.randn(400, 6, generator=generator, dtype=torch.float64) @ mixing
+    tokens = tokens + 0.5
+    tokens = torch.cat([tokens, tokens[:, :1]], dim=1)  # neuron 6 copies neuron 0
+    layer = SimpleNamespace(name="ffn", down_proj=torch.nn.Linear(7, 3, bias=bias))
+    repair = Reconstruction("least_squares", [tokens.mean(0)], [tokens.T @ tokens], 1e-9, torch.tensor([400.0]))
+    residuals = repair.residuals([layer])["ffn"](tokens).double()
+    for neuron in range(5):
+        others = torch.cat([tokens[:, :neuron], tokens[:, neuron + 1 :]], dim=1)
+        if bias:
+            others = torch.cat([others, torch.ones(400, 1, dtype=torch.float64)], dim=1)
+        expected = tokens[:, neuron] - others @ (torch.linalg.pinv(others) @ tokens[:, neuron])
+        torch.testing.assert_close(residuals[:, neuron], expected, rtol=1e-3, atol=1e-3)
+    assert float(residuals[:, 6].abs().max()) < 1e-3
 
 
 def test_bias_reconstruction_needs_no_second_moments_and_least_squares_does(bert_dir):

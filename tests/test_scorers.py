@@ -218,3 +218,23 @@ def test_bad_scores_are_refused_naming_the_scorer(bert_dir, scores, message):
     model = load_model(bert_dir, TASKS["sst2"])
     with pytest.raises(UsageError, match=f"scorer 'plug'.*{message}"):
         check_scores("plug", scores, model.ffn_layers())
+
+
+@pytest.mark.parametrize(("fixture", "name"), [("bert_dir", "attribution"), ("llama_dir", "attribution"),
+                                              ("llama_dir", "wanda"), ("llama_dir", "activation"),
+                                              ("llama_dir", "fisher")])  # fmt: skip
+def test_refit_aware_scoring_weighs_what_residuals_give(request, glue_dir, fixture, name):
+    """Every scorer that declares ``scores_residuals`` weighs neurons through ``weighed_activations`` only: with
+    residuals that return the activations unchanged its scores are the plain ones; with residuals of zero every
+    FFN score is zero (attribution, Wanda and activation are linear or quadratic in them; Fisher's mask gradient
+    is too)."""
+    model = load_model(request.getfixturevalue(fixture), TASKS["sst2"])
+    batch = model.collate(_examples(glue_dir))
+    scorer = create_scorer(name, {"steps": 3} if name == "attribution" else None)
+    assert scorer.scores_residuals
+    plain = scorer(model, batch)
+    scorer.residuals = {layer.name: (lambda a: a) for layer in model.ffn_layers()}
+    for got, want in zip(scorer(model, batch), plain, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
+    scorer.residuals = {layer.name: torch.zeros_like for layer in model.ffn_layers()}
+    assert all(float(s.abs().max()) == 0.0 for s in scorer(model, batch))

@@ -61,10 +61,12 @@ def score_request(
     precision: str = "32-true",
     limit_predict_batches: int | float | None = 1.0,
     heads: bool = False,
+    residuals_from: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Everything that determines a data scorer's scores, the one schema of score cache keys (fit-free and the
     benchmarks share it): the code, the model's weights and inputs, the examples and their batching, the scorer
-    with its resolved settings, the labels, the precision and how much of the data was scored."""
+    with its resolved settings, the labels, the precision, how much of the data was scored and, under refit-aware
+    scoring, what the residuals came from (calibration examples, damping)."""
     from lightning_prune.scorers import create_scorer, scorer_code, scorer_infos
 
     provider = scorer_infos()[scorer]
@@ -86,6 +88,7 @@ def score_request(
         "units": "ffn+heads" if heads else "ffn",
         "precision": precision,
         "limit_predict_batches": limit_predict_batches,  # a partial scoring run is not the full one
+        "residuals_from": residuals_from,
     }
 
 

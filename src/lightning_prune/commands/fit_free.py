@@ -19,7 +19,7 @@ from torch import Tensor
 
 from lightning_prune.adapters.base import SAVE_DTYPES, Batch, PrunableModel
 from lightning_prune.attention import AttentionLayer
-from lightning_prune.cache import ScoreCache, cache_root, score_key, score_request
+from lightning_prune.cache import ScoreCache, cache_root, examples_fingerprint, score_key, score_request
 from lightning_prune.commands.evaluate import test_metrics, user_inputs
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
@@ -84,6 +84,7 @@ class FitFreeSettings:
     checkpoint_every: int
     reconstruct: Reconstruct
     damping: float
+    refit_aware: bool | None
 
     @classmethod
     def of(cls, options: Any) -> FitFreeSettings:
@@ -221,11 +222,15 @@ def check_against_model(
     if reconstruct == "least_squares":
         unit_layers = model.net.unit_layers(settings.prunes_heads)
         needed, free = ActivationStatistics.bytes_needed(unit_layers, True), available_memory(trainer)
+        if refit_aware_scoring(settings, reconstruct, scorer):  # one d_ff² residual map per FFN layer besides
+            needed += ActivationStatistics.bytes_needed(layers, True)
         if free is not None and needed > free // 2:
             raise UsageError(
                 f"least_squares reconstruction needs {needed / 2**30:.1f} GiB of activation statistics "
                 f"(d_ff² per layer) and {free / 2**30:.1f} GiB are free: use --reconstruct bias or none"
             )
+    else:
+        refit_aware_scoring(settings, reconstruct, scorer)  # rejects a refit-aware request without the refit
     datamodule.selection_in_use = settings.max_drop is not None
     if reconstruct != "none":
         datamodule.calibration_examples_list()  # the statistics come from them: bad data fails now
@@ -233,6 +238,29 @@ def check_against_model(
     if settings.max_drop is not None:
         datamodule.selection_examples_list()
     return reconstruct, costs
+
+
+def refit_aware_scoring(settings: FitFreeSettings, reconstruct: Repair, scorer: NeuronScorer) -> bool:
+    """Whether the scorer weighs neurons by what the least-squares refit cannot restore of them (their residuals,
+    ``NeuronScorer.weighed_activations``): by default wherever the refit runs and the scorer can; an explicit
+    ``refit_aware`` that cannot apply is refused."""
+    if settings.refit_aware is False:
+        return False
+    if reconstruct != "least_squares":
+        if settings.refit_aware:
+            raise UsageError(
+                f"refit_aware scores what the least-squares refit cannot restore, and this run's reconstruction is "
+                f"{reconstruct!r}: add --reconstruct least_squares, or drop --refit_aware"
+            )
+        return False
+    if not (scorer.needs_data and scorer.scores_residuals):
+        if settings.refit_aware:
+            raise UsageError(
+                f"scorer {settings.scorer!r} does not weigh neurons by their activations, so it cannot score their "
+                "residuals: drop --refit_aware, or choose attribution, fisher, wanda or activation"
+            )
+        return False
+    return True
 
 
 def speedup_costs(model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> UnitCosts:
@@ -269,6 +297,7 @@ class Scores:
     examples: int = 0
     cache: ScoreCache | None = None
     from_cache: bool = False
+    refit_aware: bool = False  # the scorer weighed neurons by their residuals
     resumed_batches: int = 0  # on rank 0: batches restored from an interrupted run
 
 
@@ -276,11 +305,18 @@ def neuron_scores(
     trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
 ) -> Scores:
     """The scorer's scores: from the cache when this exact request was scored before, else computed over the
-    scoring examples by ``trainer.predict`` (resuming an interrupted run) and cached."""
+    scoring examples by ``trainer.predict`` (resuming an interrupted run) and cached. Under refit-aware scoring
+    (``scorer.residuals`` set) the request also names what the residuals came from."""
     heads = settings.prunes_heads
     layers = model.net.unit_layers(heads)
     if not scorer.needs_data:
         return Scores(score_batch(model.net, scorer, settings.scorer, None, heads=heads))
+    refit = scorer.residuals is not None
+    residuals_from = (
+        {"calibration": examples_fingerprint(datamodule.calibration_examples_list()), "damping": settings.damping}
+        if refit
+        else None
+    )
     request = score_request(
         model.net,
         datamodule.score_examples(),
@@ -291,6 +327,7 @@ def neuron_scores(
         str(trainer.precision),
         trainer.limit_predict_batches,
         heads,
+        residuals_from,
     )
     cache = ScoreCache(cache_root(settings.cache_dir), score_key(request), request)
     limited = trainer.limit_predict_batches not in (None, 1.0)  # then the example count is not known ahead
@@ -299,7 +336,7 @@ def neuron_scores(
     if cache.rejected:
         rank_zero_info(f"note: score cache: {'; '.join(cache.rejected)}: recomputing those scores")
     if cached is not None:
-        return Scores(cached[0], cached[1], cache, from_cache=True)
+        return Scores(cached[0], cached[1], cache, from_cache=True, refit_aware=refit)
     rank_zero_info(f"scoring {len(datamodule.score_examples())} examples with {settings.scorer}")
     scoring = ScoringModule(
         model.net,
@@ -316,7 +353,26 @@ def neuron_scores(
         cache.save_final(scoring.scores, scoring.examples_seen)
     trainer.strategy.barrier()
     cache.clear_progress(trainer.global_rank, trainer.world_size)
-    return Scores(scoring.scores, scoring.examples_seen, cache, resumed_batches=scoring.resumed_batches)
+    return Scores(
+        scoring.scores, scoring.examples_seen, cache, resumed_batches=scoring.resumed_batches, refit_aware=refit
+    )
+
+
+def selection_scores(
+    trainer: Trainer,
+    model: TaskModel,
+    datamodule: TaskDataModule,
+    settings: FitFreeSettings,
+    scorer: NeuronScorer,
+    reconstruction: Reconstruction | None,
+) -> Scores:
+    """The scores selection ranks units by: ``neuron_scores``, weighing the neurons' residuals under the
+    ``reconstruction``'s statistics where refit-aware scoring applies (``refit_aware_scoring``)."""
+    method = reconstruction.method if reconstruction is not None else "none"
+    if refit_aware_scoring(settings, method, scorer):
+        assert reconstruction is not None
+        scorer.residuals = reconstruction.residuals(model.net.ffn_layers())
+    return neuron_scores(trainer, model, datamodule, settings, scorer)
 
 
 def activation_statistics_of(
@@ -483,6 +539,7 @@ def run_summary(
         "pruned_metrics": chosen.metrics if chosen else None,
         "parameters": {"dense": dense["parameters"], "pruned": chosen.parameters if chosen else None},
         "reconstruct": reconstruct,  # what applied: "auto" resolved, "none" where "bias" found no down bias
+        "refit_aware": scores.refit_aware,
         "calibration_examples": len(datamodule.calibration_examples_list()) if reconstruct != "none" else 0,
         "ffn_neurons": {
             name: {"dense": size, "kept": len(chosen.kept[i]) if chosen else None}
@@ -616,6 +673,7 @@ def fit_free(
     checkpoint_every: PositiveInt = 10,
     reconstruct: Reconstruct = "auto",
     damping: PositiveFloat = DEFAULT_DAMPING,
+    refit_aware: bool | None = None,
 ) -> dict[str, Any]:
     """Prune the task's least important FFN neurons and save the smaller model.
 
@@ -670,6 +728,11 @@ def fit_free(
             ``none``: a plain cut.
         damping: ``least_squares`` ridge, as a fraction of the kept activations' mean second moment: larger
             stays closer to the plain cut.
+        refit_aware: score what the ``least_squares`` refit cannot restore: each neuron is weighed by its residual
+            (its activation minus what the layer's other neurons predict of it, from the same statistics) instead
+            of its activation, so neurons the refit can stand in for go first; with Wanda this is the optimal
+            brain surgeon's criterion. Default (unset): wherever the refit runs and the scorer weighs activations
+            (attribution, fisher, wanda, activation); false: score the activations.
     """
     settings = FitFreeSettings.of(locals())
     inputs = run_inputs(model, datamodule)
@@ -691,13 +754,13 @@ def fit_free(
         start = time.perf_counter()
         dense["selection_metrics"] = test_metrics(trainer, model, datamodule, "selection")
         seconds["evaluate_selection"] = time.perf_counter() - start
-    start = time.perf_counter()
-    scores = neuron_scores(trainer, model, datamodule, settings, scorer_impl)
-    seconds["score"] = time.perf_counter() - start
-    start = time.perf_counter()
+    start = time.perf_counter()  # the statistics first: refit-aware scoring needs them
     reconstruction = reconstruction_of(trainer, model, datamodule, reconstruct, damping, settings.prunes_heads)
     if reconstruction is not None:
         seconds["statistics"] = time.perf_counter() - start
+    start = time.perf_counter()
+    scores = selection_scores(trainer, model, datamodule, settings, scorer_impl, reconstruction)
+    seconds["score"] = time.perf_counter() - start
     points = prune_and_evaluate(trainer, model, datamodule, settings, scores, reconstruction, seconds, costs)
     chosen, to_save = models_to_save(points, dense["selection_metrics"], model.spec.primary_metric, settings)
     summary = run_summary(

@@ -15,6 +15,7 @@ from lightning_prune.pruning.reconstruction import (
     Reconstruct,
     Reconstruction,
     Repair,
+    Residual,
     activation_statistics,
 )
 from lightning_prune.pruning.selection import Scope, select_neurons
@@ -26,6 +27,7 @@ __all__ = [
     "Reconstruct",
     "Reconstruction",
     "Repair",
+    "Residual",
     "Scope",
     "activation_statistics",
     "apply_plan",

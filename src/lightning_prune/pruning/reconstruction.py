@@ -143,12 +143,7 @@ class Reconstruction:
         w_kept, w_removed = weight[:, kept], weight[:, removed]
         if self.method == "bias":
             return w_kept, None if bias is None else bias + w_removed @ mean[removed]
-        assert self.second_moments is not None
-        moment = self.second_moments[index].to(weight.device, torch.float64)
-        if self.tokens is not None:
-            moment = moment / max(float(self.tokens[index]), 1.0)
-        if bias is not None:  # the bias absorbs the means: fit the centred activations
-            moment = moment - torch.outer(mean, mean)
+        moment = self._moment(index, weight.device, centred=bias is not None)
         kk, rk = moment[kept][:, kept], moment[removed][:, kept]
         damping = self.damping * float(kk.diagonal().mean().clamp(min=1e-12))
         system = kk + damping * torch.eye(len(kept), dtype=kk.dtype, device=kk.device)
@@ -157,3 +152,49 @@ class Reconstruction:
         if bias is None:
             return refit, None
         return refit, bias + w_removed @ mean[removed] - correction @ mean[kept]
+
+    def _moment(self, index: int, device: torch.device, centred: bool) -> Tensor:
+        """Layer ``index``'s float64 second moment ``E[a aᵀ]``, centred (its covariance) where a bias absorbs the
+        means."""
+        assert self.second_moments is not None
+        moment = self.second_moments[index].to(device, torch.float64)
+        if self.tokens is not None:
+            moment = moment / max(float(self.tokens[index]), 1.0)
+        if centred:
+            mean = self.means[index].to(device, torch.float64)
+            moment = moment - torch.outer(mean, mean)
+        return moment
+
+    def residuals(self, layers: list[UnitLayer]) -> dict[str, Residual]:
+        """Refit-aware scoring's view of the FFN ``layers`` (the first statistics): per layer, what the
+        least-squares refit cannot restore of each neuron's activation (``Residual``)."""
+        if self.method != "least_squares":
+            raise ValueError("residuals come from the least_squares refit's second moments")
+        found = {}
+        for index, layer in enumerate(layers):
+            centred = layer.down_proj.bias is not None
+            moment = self._moment(index, torch.device("cpu"), centred)
+            damping = self.damping * float(moment.diagonal().mean().clamp(min=1e-12))
+            precision = torch.linalg.inv(moment + damping * torch.eye(len(moment), dtype=moment.dtype))
+            transform = (precision / precision.diagonal()).to(torch.float32)  # column j over P_jj
+            found[layer.name] = Residual(transform, self.means[index].float() if centred else None)
+        return found
+
+
+@dataclass
+class Residual:
+    """What the least-squares refit cannot restore of each neuron's activation were that neuron removed and the
+    rest kept: the activation minus its damped least-squares prediction from the layer's other neurons (and a
+    constant, where a bias absorbs the means). With ``P`` the inverse of the damped second moment (covariance
+    where centred) it is ``(a - μ) P_{:,j} / P_jj`` for every neuron j at once (the precision matrix's regression
+    identity), so scorers apply one ``[d_ff, d_ff]`` matrix per layer to their activations."""
+
+    transform: Tensor
+    mean: Tensor | None = None
+
+    def __call__(self, activations: Tensor) -> Tensor:
+        """The residuals of ``activations`` ``[..., d_ff]``, in float32 on their device."""
+        values = activations.float()
+        if self.mean is not None:
+            values = values - self.mean.to(values.device)
+        return values @ self.transform.to(values.device)

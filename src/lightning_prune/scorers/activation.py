@@ -18,6 +18,7 @@ class ActivationScorer(UnitScorer):
     """
 
     needs_labels = True
+    scores_residuals = True
 
     def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:
         assert batch is not None
@@ -25,7 +26,7 @@ class ActivationScorer(UnitScorer):
 
         def record(layer: UnitLayer, activations: Tensor) -> Tensor:
             mask = model.token_mask(batch, layer.side, batch["labels"]).to(activations.dtype).unsqueeze(-1)
-            mean = (activations.abs() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+            mean = (self.weighed_activations(layer, activations).abs() * mask).sum(1) / mask.sum(1).clamp(min=1.0)
             sums[layer.name] = layer.per_unit(mean.float().sum(0))
             return activations
 

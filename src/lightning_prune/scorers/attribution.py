@@ -50,10 +50,14 @@ class AttributionScorer(UnitScorer):
     short training phrases, uniform weights removed neurons that long texts need (see
     benchmarks/results/unseen_domain.md).
     ``steps_per_pass`` bounds memory: that many alpha steps of every example share one pass.
+    Under refit-aware scoring the path-averaged gradient multiplies each neuron's residual (what the refit cannot
+    predict of its activation) instead of its activation: the first-order effect of removing it once the refit
+    has put back what the other neurons predict.
     """
 
     needs_gradients = True
     needs_labels = True
+    scores_residuals = True
 
     def __init__(
         self,
@@ -135,7 +139,8 @@ class AttributionScorer(UnitScorer):
                     start = block_inputs[layer_index].expand(len(chunk))
                     log_prob = model.target_log_prob_from(expanded, expanded["labels"], layer_index, start)
                 (gradient,) = torch.autograd.grad(log_prob.exp().sum(), captured["scaled"])
-            token_sum = layer.per_unit((gradient * captured["original"]).float().sum(dim=1))  # [rows * chunk, units]
+            weighed = self.weighed_activations(layer, captured["original"])
+            token_sum = layer.per_unit((gradient * weighed).float().sum(dim=1))  # [rows * chunk, units]
             total += token_sum.view(rows, len(chunk), -1).sum(1)
         return total / self.steps
 
@@ -149,6 +154,7 @@ class AttributionScorer(UnitScorer):
 
         with torch.no_grad(), model.hook_activations(layers, record):
             model.target_log_prob(batch, batch["labels"])
+        weighed = {layer.name: self.weighed_activations(layer, clean[layer.name]) for layer in layers}
         rows = batch["labels"].shape[0]
         totals = [torch.zeros(rows, layer.size, device=batch["labels"].device) for layer in layers]
         for chunk in self._alpha_chunks():
@@ -166,8 +172,8 @@ class AttributionScorer(UnitScorer):
                 log_prob = model.target_log_prob(expanded, expanded["labels"])
                 gradients = torch.autograd.grad(log_prob.exp().sum(), [leaves[layer.name] for layer in layers])
             for total, layer, gradient in zip(totals, layers, gradients, strict=True):
-                original = clean[layer.name].repeat_interleave(len(chunk), dim=0)
-                total += layer.per_unit((gradient * original).float().sum(dim=1)).view(rows, len(chunk), -1).sum(1)
+                factor = weighed[layer.name].repeat_interleave(len(chunk), dim=0)
+                total += layer.per_unit((gradient * factor).float().sum(dim=1)).view(rows, len(chunk), -1).sum(1)
         return [total / self.steps for total in totals]
 
     def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:

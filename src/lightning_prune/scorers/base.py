@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from typing import ClassVar
 
 from torch import Tensor
@@ -23,6 +24,11 @@ class NeuronScorer(ABC):
     needs_gradients: ClassVar[bool] = False
     needs_labels: ClassVar[bool] = False
     scores_heads: ClassVar[bool] = False  # True: ``score_units`` also scores attention head groups (``UnitScorer``)
+    # True: the scorer weighs each unit by ``weighed_activations`` (refit-aware scoring can apply)
+    scores_residuals: ClassVar[bool] = False
+    # Set by fit-free under refit-aware scoring: per FFN layer name, the map from activations to what the
+    # least-squares refit cannot restore of them (``lightning_prune.pruning.Residual``).
+    residuals: dict[str, Callable[[Tensor], Tensor]] | None = None
 
     @abstractmethod
     def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
@@ -37,6 +43,15 @@ class NeuronScorer(ABC):
         """One float tensor per layer of ``layers`` (FFN layers, then attention layers), of shape ``[layer.size]``:
         neuron scores, and head-group scores. Only scorers with ``scores_heads`` are asked (``UnitScorer``)."""
         raise NotImplementedError(f"{type(self).__name__} scores FFN neurons only")
+
+    def weighed_activations(self, layer: UnitLayer, activations: Tensor) -> Tensor:
+        """The activations a unit is weighed by (not those the model computes with): as they are, or under
+        refit-aware scoring each neuron's residual, the part of its activation that the least-squares refit of
+        the layer cannot predict from the other neurons. A neuron the others predict well then scores low: the
+        refit restores most of what removing it changes."""
+        if self.residuals is None or layer.name not in self.residuals:
+            return activations
+        return self.residuals[layer.name](activations).to(activations.dtype)
 
 
 class UnitScorer(NeuronScorer):

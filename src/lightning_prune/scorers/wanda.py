@@ -20,6 +20,7 @@ class WandaScorer(UnitScorer):
     """
 
     needs_labels = True
+    scores_residuals = True
 
     def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:
         assert batch is not None
@@ -27,7 +28,8 @@ class WandaScorer(UnitScorer):
 
         def record(layer: UnitLayer, activations: Tensor) -> Tensor:
             mask = model.token_mask(batch, layer.side, batch["labels"]).to(activations.dtype).unsqueeze(-1)
-            squares[layer.name] = (activations.float().pow(2) * mask).sum((0, 1))
+            weighed = self.weighed_activations(layer, activations).float()
+            squares[layer.name] = (weighed.pow(2) * mask).sum((0, 1))
             return activations
 
         with torch.no_grad(), model.hook_activations(layers, record):

@@ -21,6 +21,7 @@ class FisherScorer(UnitScorer):
 
     needs_gradients = True
     needs_labels = True
+    scores_residuals = True
 
     def score_units(self, model: PrunableModel, batch: Batch | None, layers: list[UnitLayer]) -> list[Tensor]:
         assert batch is not None
@@ -31,7 +32,10 @@ class FisherScorer(UnitScorer):
             shape = (rows,) + (1,) * (activations.dim() - 2) + (layer.size,)
             mask = torch.ones(shape, dtype=activations.dtype, device=activations.device, requires_grad=True)
             masks[layer.name] = mask
-            return activations * mask.repeat_interleave(layer.columns_per_unit, dim=-1)
+            # a + (m - 1) e: at m = 1 the model is unchanged and dL/dm sums the gradient times the weighed
+            # activations e (the activations themselves, or under refit-aware scoring their residuals)
+            weighed = self.weighed_activations(layer, activations).detach()
+            return activations + (mask.repeat_interleave(layer.columns_per_unit, dim=-1) - 1) * weighed
 
         with torch.enable_grad(), model.hook_activations(layers, apply_mask):
             loss = -model.target_log_prob(batch, batch["labels"])
