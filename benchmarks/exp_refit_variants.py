@@ -21,7 +21,7 @@ import argparse
 import time
 from dataclasses import replace
 
-from exp_decoder_lm import data_of, model_of
+from exp_decoder_lm import MODELS, data_of, model_of
 from results_io import markdown_table, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, scorer_options, trainer
 from torch import Tensor
@@ -56,17 +56,51 @@ def refit_in_groups(model, kept: list[Tensor], batches: list, group: int) -> Non
             slice_ffn(layer, kept[index], repair.down_projection(index, layer, kept[index]))
 
 
+COLUMNS = ["task", "experiment", "variant", "scorer", "sparsity", "calibration examples", "selection", "retained",
+           "seconds"]  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", default="sst2")
+    parser.add_argument("--model", choices=list(MODELS), default="multitask")
+    parser.add_argument("--tasks", nargs="+", default=["sst2"])
     parser.add_argument("--scorers", nargs="+", default=["attribution", "wanda"])
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5, 0.7])
     parser.add_argument("--groups", nargs="*", type=int, default=[30, 10], help="none: skip the sequential refits")
     parser.add_argument("--sequential-calibration", type=int, default=256, help="examples per statistics pass")
     parser.add_argument("--selection-examples", type=int, default=300)
     args = parser.parse_args()
-    model = model_of(args.task)
-    datamodule = TaskDataModule(**{**data_of(args.task, 300, 0), "selection_examples": args.selection_examples})
+    rows: list[dict] = []
+    notes = [measure_task(task, args, rows) for task in args.tasks]
+    table = [
+        [r["task"], r["experiment"], r["variant"], r["scorer"], f"{r['sparsity']:g}", str(r["calibration_examples"]),
+         f"{r['selection']:.3f}", f"{r['selection'] / r['dense_selection']:.3f}", f"{r['seconds']:.0f}"]
+        for r in rows
+    ]  # fmt: skip
+    write_report(
+        "refit_variants",
+        [
+            "# Least-squares repair: "
+            + ("sequential refits (not adopted) and " if args.groups else "")
+            + "refit-aware scoring against scoring activations",
+            "",
+            f"{MODELS[args.model][2]}, {args.selection_examples} selection examples per task (held apart from the "
+            f"scoring and calibration examples; {'; '.join(notes)}); fit-free's scoring settings; least squares as "
+            "fit-free does it. *sequential, groups of 30* is fit-free's parallel refit from the same "
+            f"{args.sequential_calibration} examples; *selection, refit-aware* is fit-free's scoring and selection "
+            "with the refit from its calibration examples, *activations* the same with `--refit_aware false`. "
+            "Seconds: pruning and repair (the scoring is not counted). Written by "
+            f"`benchmarks/exp_refit_variants.py --model {args.model} --tasks {' '.join(args.tasks)}`.",
+            "",
+            *markdown_table(COLUMNS, table),
+        ],
+    )
+
+
+def measure_task(task: str, args: argparse.Namespace, rows: list[dict]) -> str:
+    """Add ``task``'s rows to ``rows`` (and the CSV); return what the report says of its dense model and statistics."""
+    model = model_of(task, args.model)
+    datamodule = TaskDataModule(**{**data_of(task, 300, 0), "selection_examples": args.selection_examples})
     runner = trainer()
     base = FitFreeSettings.with_defaults(scorer="wanda", output_dir="runs/benchmarks/refit_variants", max_drop=1.0)
     check_against_model(runner, model, datamodule, base, check_request(base))  # holds the selection examples apart
@@ -80,7 +114,6 @@ def main() -> None:
     full = activation_statistics_of(runner, model, datamodule, second_moments=True)  # fit-free's statistics pass
     statistics_seconds = time.perf_counter() - start
     repair = full.reconstruction("least_squares")
-    rows = []
     for scorer in args.scorers:
         scores = {}  # refit-aware (fit-free's default) and not
         for aware in (True, False):
@@ -102,35 +135,14 @@ def main() -> None:
                 value_after = test_metrics(runner, model, datamodule, "selection")[metric]
                 restore_units(model.net, dense_units)
                 rows.append({
-                    "task": args.task, "scorer": scorer, "sparsity": sparsity, "experiment": experiment,
-                    "variant": name, "calibration_examples": calibrated, "metric": metric,
+                    "model": args.model, "task": task, "scorer": scorer, "sparsity": sparsity,
+                    "experiment": experiment, "variant": name, "calibration_examples": calibrated, "metric": metric,
                     "dense_selection": round(dense, 5), "selection": round(value_after, 5),
                     "seconds": round(seconds, 1),
                 })  # fmt: skip
                 print(rows[-1], flush=True)
                 write_csv("refit_variants", rows)
-    table = [
-        [r["experiment"], r["variant"], r["scorer"], f"{r['sparsity']:g}", str(r["calibration_examples"]),
-         f"{r['selection']:.3f}", f"{r['seconds']:.0f}"]
-        for r in rows
-    ]  # fmt: skip
-    write_report(
-        "refit_variants",
-        [
-            "# Least-squares repair: sequential refits (not adopted) and refit-aware scoring (adopted)",
-            "",
-            f"Multi-task SmolLM2, {args.task}, {args.selection_examples} selection examples (held apart; dense "
-            f"{dense:.3f}); fit-free's scoring settings; least squares as fit-free does it. *sequential, groups of "
-            f"30* is fit-free's parallel refit from the same {len(few) * 16} examples; *selection, refit-aware* is "
-            f"fit-free's scoring and selection with the refit from {len(calibration)} examples (statistics pass "
-            f"{statistics_seconds:.0f} s), *activations* the same with `--refit_aware false`. Seconds: pruning and "
-            "repair (the scoring is not counted). Written by `benchmarks/exp_refit_variants.py`.",
-            "",
-            *markdown_table(
-                ["experiment", "variant", "scorer", "sparsity", "calibration examples", "selection", "seconds"], table
-            ),
-        ],
-    )
+    return f"{task} {metric} dense {dense:.3f}, statistics pass {statistics_seconds:.0f} s"
 
 
 if __name__ == "__main__":
