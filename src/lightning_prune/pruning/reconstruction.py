@@ -20,7 +20,7 @@ tokens: statistics over all tokens would add that special-token spike to every w
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
@@ -165,20 +165,42 @@ class Reconstruction:
             moment = moment - torch.outer(mean, mean)
         return moment
 
-    def residuals(self, layers: list[UnitLayer]) -> dict[str, Residual]:
-        """Refit-aware scoring's view of the FFN ``layers`` (the first statistics): per layer, what the
+    def residuals(self, layers: list[UnitLayer]) -> Residuals:
+        """Refit-aware scoring's view of the FFN ``layers`` (the first statistics): per layer name, what the
         least-squares refit cannot restore of each neuron's activation (``Residual``)."""
         if self.method != "least_squares":
             raise ValueError("residuals come from the least_squares refit's second moments")
-        found = {}
-        for index, layer in enumerate(layers):
-            centred = layer.down_proj.bias is not None
-            moment = self._moment(index, torch.device("cpu"), centred)
-            damping = self.damping * float(moment.diagonal().mean().clamp(min=1e-12))
-            precision = torch.linalg.inv(moment + damping * torch.eye(len(moment), dtype=moment.dtype))
-            transform = (precision / precision.diagonal()).to(torch.float32)  # column j over P_jj
-            found[layer.name] = Residual(transform, self.means[index].float() if centred else None)
-        return found
+        return Residuals(self, layers)
+
+    def residual(self, index: int, layer: UnitLayer) -> Residual:
+        """Layer ``index``'s ``Residual``, with the refit's damping: one float64 inversion of its second moment."""
+        centred = layer.down_proj.bias is not None
+        moment = self._moment(index, torch.device("cpu"), centred)
+        damping = self.damping * float(moment.diagonal().mean().clamp(min=1e-12))
+        precision = torch.linalg.inv(moment + damping * torch.eye(len(moment), dtype=moment.dtype))
+        transform = (precision / precision.diagonal()).to(torch.float32)  # column j over P_jj
+        return Residual(transform, self.means[index].float() if centred else None)
+
+
+class Residuals(Mapping[str, "Residual"]):
+    """Per FFN layer name, its ``Residual``, each computed when first used: scores served from the cache never
+    need them."""
+
+    def __init__(self, reconstruction: Reconstruction, layers: list[UnitLayer]) -> None:
+        self._reconstruction = reconstruction
+        self._layers = {layer.name: (index, layer) for index, layer in enumerate(layers)}
+        self._computed: dict[str, Residual] = {}
+
+    def __getitem__(self, name: str) -> Residual:
+        if name not in self._computed:
+            self._computed[name] = self._reconstruction.residual(*self._layers[name])
+        return self._computed[name]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._layers)
+
+    def __len__(self) -> int:
+        return len(self._layers)
 
 
 @dataclass
@@ -193,8 +215,11 @@ class Residual:
     mean: Tensor | None = None
 
     def __call__(self, activations: Tensor) -> Tensor:
-        """The residuals of ``activations`` ``[..., d_ff]``, in float32 on their device."""
+        """The residuals of ``activations`` ``[..., d_ff]``, in float32 on their device (where the map then stays)."""
         values = activations.float()
+        if self.transform.device != values.device:
+            self.transform = self.transform.to(values.device)
+            self.mean = None if self.mean is None else self.mean.to(values.device)
         if self.mean is not None:
-            values = values - self.mean.to(values.device)
-        return values @ self.transform.to(values.device)
+            values = values - self.mean
+        return values @ self.transform

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from torch import Tensor
@@ -28,7 +28,7 @@ class NeuronScorer(ABC):
     scores_residuals: ClassVar[bool] = False
     # Set by fit-free under refit-aware scoring: per FFN layer name, the map from activations to what the
     # least-squares refit cannot restore of them (``lightning_prune.pruning.Residual``).
-    residuals: dict[str, Callable[[Tensor], Tensor]] | None = None
+    residuals: Mapping[str, Callable[[Tensor], Tensor]] | None = None
 
     @abstractmethod
     def __call__(self, model: PrunableModel, batch: Batch | None) -> list[Tensor]:
