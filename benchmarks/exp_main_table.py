@@ -9,7 +9,8 @@ examples per task; ``random`` runs with ``--random-seeds`` seeds (mean, min and 
 (``aggregate: sum``) — the literal reading of "summed over examples" — next to the default sum of
 per-example magnitudes.
 
-Writes ``benchmarks/results/main_table.{csv,md,png}``. Re-run:
+Writes ``benchmarks/results/main_table.{csv,md,png}`` (with ``--reconstruct X``, not the default:
+``main_table_X.*``). Re-run:
 
     python benchmarks/exp_main_table.py
 """
@@ -86,7 +87,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
                     "task": task, "scorer": row_name, "seed": seed, "sparsity": point["sparsity"], "metric": metric,
                     "dense": round(dense_value, 5), "pruned": round(value, 5),
                     "retained": round(value / dense_value, 5), "eval_examples": data["eval_examples"],
-                    "reconstruct": result["reconstruct"],
+                    "reconstruct": result["reconstruct"], "refit_aware": result["refit_aware"],
                     "calibration_examples": result["calibration_examples"],
                     "score_seconds": round(result["seconds"]["score"], 1),
                 })  # fmt: skip
@@ -99,6 +100,9 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
     sparsities = tuple(args.sparsities)
     scorers = list(dict.fromkeys(r["scorer"] for r in rows))
     repair, calibration = rows[0]["reconstruct"], rows[0]["calibration_examples"]
+    chosen = "fit-free's default for this model" if args.reconstruct == "auto" else f"--reconstruct {args.reconstruct}"
+    if rows[0].get("refit_aware"):
+        chosen += ", refit-aware scoring"
     # A ratio to a dense metric near zero (a task the model never learned, e.g. CoLA MCC ~0) is noise.
     learned = [t for t in args.tasks if next(r["dense"] for r in rows if r["task"] == t) >= args.min_dense]
     left_out = [t for t in args.tasks if t not in learned]
@@ -125,7 +129,7 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
         f"(`runner.TaskBench`). Per task: scorers see the same {args.examples} seeded scoring examples (gold "
         f"labels); attribution uses m = {ATTRIBUTION['steps']} Riemann steps (`example_weight: "
         f"{ATTRIBUTION['example_weight']}`); every layer loses the same fraction; reconstruction `{repair}` "
-        f"(fit-free's default for this model) from {calibration} calibration examples, for every scorer. "
+        f"({chosen}) from {calibration} calibration examples, for every scorer. "
         f"Evaluation on at most {args.eval_limit} examples (a seeded draw) of dev; QNLI and MNLI: scored on the "
         "first half of dev, evaluated on the second half (the model was fine-tuned on the first half). "
         "`random`: mean (min–max) over "
@@ -154,7 +158,7 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
         )
         lines.append("")
     lines.append(timing)
-    write_report("main_table", lines)
+    write_report(results_name(args), lines)
 
     figure, axes = plt.subplots(2, (len(args.tasks) + 2) // 2, figsize=(4 * ((len(args.tasks) + 2) // 2), 8))
     axes = axes.flatten()
@@ -175,18 +179,23 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
     axes[0].legend(fontsize=7)
     figure.suptitle("Pruned metric vs FFN sparsity (dashed: dense)")
     figure.tight_layout()
-    write_figure("main_table", figure)
+    write_figure(results_name(args), figure)
+
+
+def results_name(args: argparse.Namespace) -> str:
+    """``main_table``, or ``main_table_<reconstruct>`` for a repair other than the default."""
+    return "main_table" if args.reconstruct == "auto" else f"main_table_{args.reconstruct}"
 
 
 def main() -> None:
     args = arguments()
     if args.report_only:
-        rows = read_csv("main_table", ("task", "scorer", "metric", "reconstruct"))
-        report(rows, args, "Rebuilt from main_table.csv with --report-only.")
+        rows = read_csv(results_name(args), ("task", "scorer", "metric", "reconstruct"))
+        report(rows, args, f"Rebuilt from {results_name(args)}.csv with --report-only.")
         return
     start = time.perf_counter()
     rows = measure(args)
-    write_csv("main_table", rows)
+    write_csv(results_name(args), rows)
     report(rows, args, f"Wall time of the measuring run: {time.perf_counter() - start:.0f} s (2-core CPU).")
 
 
