@@ -86,8 +86,14 @@ def main() -> None:
             "",
             f"{MODELS[args.model][2]}, {args.selection_examples} selection examples per task (held apart from the "
             f"scoring and calibration examples; {'; '.join(notes)}); fit-free's scoring settings; least squares as "
-            "fit-free does it. *sequential, groups of 30* is fit-free's parallel refit from the same "
-            f"{args.sequential_calibration} examples; *selection, refit-aware* is fit-free's scoring and selection "
+            "fit-free does it. "
+            + (
+                "*sequential, groups of 30* is fit-free's parallel refit from the same "
+                f"{args.sequential_calibration} examples; "
+                if args.groups
+                else ""
+            )
+            + "*selection, refit-aware* is fit-free's scoring and selection "
             "with the refit from its calibration examples, *activations* the same with `--refit_aware false`. "
             "Seconds: pruning and repair (the scoring is not counted). Written by "
             f"`benchmarks/exp_refit_variants.py --model {args.model} --tasks {' '.join(args.tasks)}`.",
