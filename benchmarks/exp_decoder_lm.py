@@ -204,7 +204,7 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
         f"fit-free's pipeline and defaults (`benchmarks/exp_decoder_lm.py main`, `runner.TaskBench`): "
         f"{first['score_examples']} scoring examples (batch 4; attribution in joint mode, m = 10), "
         f"reconstruction `{first['reconstruct']}` from {first['calibration_examples']} calibration examples"
-        f"{' (refit-aware scoring)' if first['refit_aware'] else ''}, every "
+        f"{' (refit-aware scoring)' if first.get('refit_aware') else ''}, every "
         f"layer losing the same fraction; {args.eval_examples} seeded evaluation examples per task. Cells: retained "
         "fraction of the dense metric, mean (min–max) over scoring draws (random: seeds) where there are several.",
         "",
@@ -221,7 +221,7 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
     repairs = [r for r in all_rows if r["scorer"] in PLAIN_CUT_SCORERS and r["seed"] == 0]
 
     def repair_of(row: dict) -> str:
-        return f"{row['reconstruct']}{', refit-aware' if row['refit_aware'] else ''}"
+        return f"{row['reconstruct']}{', refit-aware' if row.get('refit_aware') else ''}"
 
     methods = list(dict.fromkeys(repair_of(r) for r in repairs))
     lines += [

@@ -224,17 +224,21 @@ def test_bad_scores_are_refused_naming_the_scorer(bert_dir, scores, message):
                                               ("llama_dir", "wanda"), ("llama_dir", "activation"),
                                               ("llama_dir", "fisher")])  # fmt: skip
 def test_refit_aware_scoring_weighs_what_residuals_give(request, glue_dir, fixture, name):
-    """Every scorer that declares ``scores_residuals`` weighs neurons through ``weighed_activations`` only: with
-    residuals that return the activations unchanged its scores are the plain ones; with residuals of zero every
-    FFN score is zero (attribution, Wanda and activation are linear or quadratic in them; Fisher's mask gradient
-    is too)."""
+    """Every scorer that declares ``scores_residuals`` weighs neurons through ``weighed_activations`` only, never
+    changing what the model computes: residuals that return the activations give the plain scores; residuals of
+    twice the activations double the scores of attribution and activation (linear in them) and quadruple
+    Wanda's and Fisher's (quadratic); head groups, which have no residuals, score as before."""
     model = load_model(request.getfixturevalue(fixture), TASKS["sst2"])
     batch = model.collate(_examples(glue_dir))
     scorer = create_scorer(name, {"steps": 3} if name == "attribution" else None)
     assert scorer.scores_residuals
-    plain = scorer(model, batch)
-    scorer.residuals = {layer.name: (lambda a: a) for layer in model.ffn_layers()}
-    for got, want in zip(scorer(model, batch), plain, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-7)
-    scorer.residuals = {layer.name: torch.zeros_like for layer in model.ffn_layers()}
-    assert all(float(s.abs().max()) == 0.0 for s in scorer(model, batch))
+    layers = model.unit_layers(heads=model.attention_layers() != [])
+    plain = scorer.score_units(model, batch, layers)
+    ffn = len(model.ffn_layers())
+    for residual, factor in (
+        (lambda a: a, 1.0),
+        (lambda a: 2 * a, 2.0 if name in ("attribution", "activation") else 4.0),
+    ):
+        scorer.residuals = {layer.name: residual for layer in model.ffn_layers()}
+        for index, (got, want) in enumerate(zip(scorer.score_units(model, batch, layers), plain, strict=True)):
+            torch.testing.assert_close(got, want * (factor if index < ffn else 1.0), rtol=1e-4, atol=1e-7)

@@ -135,6 +135,7 @@ def check_request(settings: FitFreeSettings, inputs: dict[str, Path | str | None
     if s.max_drop is not None and s.max_drop < 0:
         raise UsageError(f"max_drop {s.max_drop} is negative: give the largest tolerated metric drop, e.g. 0.01")
     scorer_impl = create_scorer(s.scorer, s.scorer_options)
+    check_refit_aware(s, s.reconstruct, scorer_impl)  # "auto" is resolved, and checked again, with the model
     if s.prunes_heads and not scorer_impl.scores_heads:
         raise UsageError(
             f"scorer {s.scorer!r} scores FFN neurons only, and --target_speedup removes attention heads too: "
@@ -205,14 +206,15 @@ def check_against_model(
             f"min_keep {settings.min_keep} is at least the width of every FFN layer (the widest has {widest} "
             "neurons): nothing would be pruned; choose a smaller min_keep"
         )
-    if scorer.needs_data:
-        scorer.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
     reconstruct = settings.reconstruct
     down_biases = any(layer.down_proj.bias is not None for layer in layers)
     if reconstruct == "auto":
         reconstruct = "bias" if down_biases else "least_squares"
     elif reconstruct == "bias" and not down_biases:
         reconstruct = "none"  # bias compensation folds into down biases: T5 and decoder LMs are cut plainly
+    check_refit_aware(settings, reconstruct, scorer)
+    if scorer.needs_data:
+        scorer.check_memory(model.net, datamodule.heaviest_score_batch(model.net), available_memory(trainer))
     if settings.prunes_heads and model.net.head_pruning_unsupported:
         raise UsageError(
             f"{model.net.architecture} models cannot lose attention heads: {model.net.head_pruning_unsupported}; "
@@ -222,15 +224,16 @@ def check_against_model(
     if reconstruct == "least_squares":
         unit_layers = model.net.unit_layers(settings.prunes_heads)
         needed, free = ActivationStatistics.bytes_needed(unit_layers, True), available_memory(trainer)
-        if refit_aware_scoring(settings, reconstruct, scorer):  # one d_ff² residual map per FFN layer besides
+        refit = refit_aware_scoring(settings, reconstruct, scorer)
+        if refit:  # one d_ff² residual map per FFN layer besides
             needed += ActivationStatistics.bytes_needed(layers, True)
         if free is not None and needed > free // 2:
             raise UsageError(
                 f"least_squares reconstruction needs {needed / 2**30:.1f} GiB of activation statistics "
-                f"(d_ff² per layer) and {free / 2**30:.1f} GiB are free: use --reconstruct bias or none"
+                + ("and residual maps " if refit else "")
+                + f"(d_ff² per layer) and {free / 2**30:.1f} GiB are free: use --reconstruct bias or none"
+                + (", or --refit_aware false" if refit else "")
             )
-    else:
-        refit_aware_scoring(settings, reconstruct, scorer)  # rejects a refit-aware request without the refit
     datamodule.selection_in_use = settings.max_drop is not None
     if reconstruct != "none":
         datamodule.calibration_examples_list()  # the statistics come from them: bad data fails now
@@ -242,25 +245,28 @@ def check_against_model(
 
 def refit_aware_scoring(settings: FitFreeSettings, reconstruct: Repair, scorer: NeuronScorer) -> bool:
     """Whether the scorer weighs neurons by what the least-squares refit cannot restore of them (their residuals,
-    ``NeuronScorer.weighed_activations``): by default wherever the refit runs and the scorer can; an explicit
-    ``refit_aware`` that cannot apply is refused."""
-    if settings.refit_aware is False:
+    ``NeuronScorer.weighed_activations``): unless ``refit_aware`` is false, wherever the refit runs and the scorer
+    can."""
+    if settings.refit_aware is False or reconstruct != "least_squares":
         return False
-    if reconstruct != "least_squares":
-        if settings.refit_aware:
-            raise UsageError(
-                f"refit_aware scores what the least-squares refit cannot restore, and this run's reconstruction is "
-                f"{reconstruct!r}: add --reconstruct least_squares, or drop --refit_aware"
-            )
-        return False
+    return scorer.needs_data and scorer.scores_residuals
+
+
+def check_refit_aware(settings: FitFreeSettings, reconstruct: Reconstruct, scorer: NeuronScorer) -> None:
+    """Refuse ``refit_aware`` true where it cannot apply: without the least-squares refit (``reconstruct``, as
+    asked or as resolved for the model), or with a scorer that does not weigh activations."""
+    if not settings.refit_aware:
+        return
+    if reconstruct in ("bias", "none"):
+        raise UsageError(
+            f"refit_aware scores what the least-squares refit cannot restore, and this run's reconstruction is "
+            f"{reconstruct!r}: add --reconstruct least_squares, or drop --refit_aware"
+        )
     if not (scorer.needs_data and scorer.scores_residuals):
-        if settings.refit_aware:
-            raise UsageError(
-                f"scorer {settings.scorer!r} does not weigh neurons by their activations, so it cannot score their "
-                "residuals: drop --refit_aware, or choose attribution, fisher, wanda or activation"
-            )
-        return False
-    return True
+        raise UsageError(
+            f"scorer {settings.scorer!r} does not weigh neurons by their activations, so it cannot score their "
+            "residuals: drop --refit_aware, or choose attribution, fisher, wanda or activation"
+        )
 
 
 def speedup_costs(model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> UnitCosts:
@@ -302,21 +308,21 @@ class Scores:
 
 
 def neuron_scores(
-    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings, scorer: NeuronScorer
+    trainer: Trainer,
+    model: TaskModel,
+    datamodule: TaskDataModule,
+    settings: FitFreeSettings,
+    scorer: NeuronScorer,
+    residuals_from: dict[str, Any] | None = None,
 ) -> Scores:
     """The scorer's scores: from the cache when this exact request was scored before, else computed over the
     scoring examples by ``trainer.predict`` (resuming an interrupted run) and cached. Under refit-aware scoring
-    (``scorer.residuals`` set) the request also names what the residuals came from."""
+    (``scorer.residuals`` set) ``residuals_from`` names what the residuals came from, for the cache key."""
     heads = settings.prunes_heads
     layers = model.net.unit_layers(heads)
     if not scorer.needs_data:
         return Scores(score_batch(model.net, scorer, settings.scorer, None, heads=heads))
-    refit = scorer.residuals is not None
-    residuals_from = (
-        {"calibration": examples_fingerprint(datamodule.calibration_examples_list()), "damping": settings.damping}
-        if refit
-        else None
-    )
+    refit = residuals_from is not None
     request = score_request(
         model.net,
         datamodule.score_examples(),
@@ -367,12 +373,21 @@ def selection_scores(
     reconstruction: Reconstruction | None,
 ) -> Scores:
     """The scores selection ranks units by: ``neuron_scores``, weighing the neurons' residuals under the
-    ``reconstruction``'s statistics where refit-aware scoring applies (``refit_aware_scoring``)."""
+    ``reconstruction``'s statistics (of the calibration examples) where refit-aware scoring applies
+    (``refit_aware_scoring``). The scorer holds the residual maps only while it scores."""
     method = reconstruction.method if reconstruction is not None else "none"
-    if refit_aware_scoring(settings, method, scorer):
-        assert reconstruction is not None
-        scorer.residuals = reconstruction.residuals(model.net.ffn_layers())
-    return neuron_scores(trainer, model, datamodule, settings, scorer)
+    if not refit_aware_scoring(settings, method, scorer):
+        return neuron_scores(trainer, model, datamodule, settings, scorer)
+    assert reconstruction is not None
+    source = {
+        "calibration": examples_fingerprint(datamodule.calibration_examples_list()),
+        "damping": reconstruction.damping,
+    }
+    scorer.residuals = reconstruction.residuals(model.net.ffn_layers())
+    try:
+        return neuron_scores(trainer, model, datamodule, settings, scorer, source)
+    finally:
+        scorer.residuals = None
 
 
 def activation_statistics_of(

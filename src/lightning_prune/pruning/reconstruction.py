@@ -68,7 +68,8 @@ class ActivationStatistics:
             tokens = activations.detach()[mask].float()
             self.sums[i] += tokens.double().sum(0).cpu()
             if self.grams is not None:
-                self.grams[i] += (tokens.T @ tokens).to("cpu", GRAM_DTYPE)
+                with torch.autocast(tokens.device.type, enabled=False):  # float32 even under mixed precision
+                    self.grams[i] += (tokens.T @ tokens).to("cpu", GRAM_DTYPE)
             self.tokens[i] += float(mask.sum())
             return activations
 
@@ -173,7 +174,8 @@ class Reconstruction:
         return Residuals(self, layers)
 
     def residual(self, index: int, layer: UnitLayer) -> Residual:
-        """Layer ``index``'s ``Residual``, with the refit's damping: one float64 inversion of its second moment."""
+        """Layer ``index``'s ``Residual``: one float64 inversion of its second moment, damped by the refit's
+        fraction (of the whole layer's mean second moment here; the refit takes the kept neurons')."""
         centred = layer.down_proj.bias is not None
         moment = self._moment(index, torch.device("cpu"), centred)
         damping = self.damping * float(moment.diagonal().mean().clamp(min=1e-12))
@@ -222,4 +224,5 @@ class Residual:
             self.mean = None if self.mean is None else self.mean.to(values.device)
         if self.mean is not None:
             values = values - self.mean
-        return values @ self.transform
+        with torch.autocast(values.device.type, enabled=False):  # a small difference of large values: float32
+            return values @ self.transform

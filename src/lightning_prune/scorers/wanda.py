@@ -17,6 +17,8 @@ class WandaScorer(UnitScorer):
     processes as the scorer contract requires, and rank neurons exactly as the product of norms does.
     Like the activation scorer, it reads labels only for the tokens the answer adds (decoders). A head group
     scores the sum over its columns of the output projection (its weight) and its output (its activation).
+    Under refit-aware scoring a neuron's activation is its residual, so the score is the output energy the refit
+    cannot restore, ``||W_down[:, i]||^2 * sum_tokens e_i^2``: about the optimal brain surgeon's criterion.
     """
 
     needs_labels = True

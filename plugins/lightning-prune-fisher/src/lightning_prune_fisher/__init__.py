@@ -34,7 +34,8 @@ class FisherScorer(UnitScorer):
             masks[layer.name] = mask
             # a + (m - 1) e: at m = 1 the model is unchanged and dL/dm sums the gradient times the weighed
             # activations e (the activations themselves, or under refit-aware scoring their residuals)
-            weighed = self.weighed_activations(layer, activations).detach()
+            with torch.no_grad():
+                weighed = self.weighed_activations(layer, activations)
             return activations + (mask.repeat_interleave(layer.columns_per_unit, dim=-1) - 1) * weighed
 
         with torch.enable_grad(), model.hook_activations(layers, apply_mask):
