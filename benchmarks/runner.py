@@ -30,6 +30,7 @@ from lightning_prune.commands.fit_free import (
     check_request,
     fit_free,
     prune_and_evaluate,
+    refit_aware_scoring,
     selection_scores,
 )
 from lightning_prune.data import TaskDataModule
@@ -182,7 +183,9 @@ class TaskBench:
         """fit-free's unit scores for ``scorer`` (from its score cache when this request was scored before), for
         analyses that prune otherwise than a sweep does (e.g. with another task's scores)."""
         settings, impl = self._settings(scorer, **options)
-        repair = self.reconstruction(settings, impl)[0]  # refit-aware scoring weighs its residuals
+        method = check_against_model(self.trainer, self.model, self.datamodule, settings, impl)[0]
+        # the statistics only where refit-aware scoring weighs their residuals (not for bias compensation)
+        repair = self.reconstruction(settings, impl)[0] if refit_aware_scoring(settings, method, impl) else None
         return selection_scores(self.trainer, self.model, self.datamodule, settings, impl, repair).layers
 
     def repair(self, scorer: str, **options: Any) -> Reconstruction | None:
