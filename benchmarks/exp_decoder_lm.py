@@ -159,9 +159,15 @@ def run_main(args: argparse.Namespace) -> None:
     scorers = args.scorers or sorted(scorer_infos())
     rows: list[dict] = []
     models: dict[str, TaskModel] = {}
-    for seed in range(args.draws):  # every task's first draw first: a complete table early
+    # Every task's first draw first (a complete table early), then the other draws, then the first draw of some
+    # scorers again cut plainly and refitted without refit-aware scoring: how much the repair carries, and how much
+    # scoring for it adds.
+    comparisons = [{"reconstruct": "none"}, {"refit_aware": False}]
+    for seed, repair in [(seed, {}) for seed in range(args.draws)] + [(0, changed) for changed in comparisons]:
         for task in tasks:
-            wanted = [s for s in scorers if seed == 0 or s in args.draw_scorers]
+            wanted = [
+                s for s in scorers if (seed == 0 or s in args.draw_scorers) and (not repair or s in PLAIN_CUT_SCORERS)
+            ]
             if not wanted:
                 continue
             model = models.setdefault(task, model_of(task, args.model))
@@ -169,12 +175,7 @@ def run_main(args: argparse.Namespace) -> None:
             metric = model.spec.primary_metric
             dense = dense_metrics(args.prefix, model, data_of(task, args.eval_examples, 0))[metric]
             bench = TaskBench(args.prefix, model, data, **args.fit_free)
-            # Every scorer with fit-free's defaults; some also cut plainly, and refitted without refit-aware scoring.
-            sweeps = [(s, {}) for s in wanted]
-            if seed == 0:  # how much the repair carries, and how much scoring for it adds
-                for changed in ({"reconstruct": "none"}, {"refit_aware": False}):
-                    sweeps += [(s, changed) for s in PLAIN_CUT_SCORERS if s in wanted]
-            for scorer, repair in sweeps:
+            for scorer in wanted:
                 start = time.perf_counter()
                 result = bench.sweep(
                     scorer, **scorer_options(scorer, seed, JOINT_ATTRIBUTION), **repair, sparsity=SPARSITIES
