@@ -21,7 +21,7 @@ from pathlib import Path
 
 from exp_decoder_lm import SPARSITIES, data_of, model_of
 from results_io import groups, markdown_table, read_csv, write_csv, write_report
-from runner import JOINT_ATTRIBUTION, RUNS, TaskBench, scorer_options
+from runner import JOINT_ATTRIBUTION, RUNS, TaskBench, dense_metrics, scorer_options
 
 from lightning_prune.data import TaskDataModule
 from lightning_prune.io import atomic_path
@@ -88,6 +88,12 @@ def main() -> None:
             variants = [(v, *parse_variant(v)) for v in args.variants]
             datas = {v: {**data_of(task, args.eval_examples, 0), "num_examples": n} for v, _, _, n in variants}
             held = selection_file(task, data_of(task, args.eval_examples, 0), args.selection_examples)
+            dense = {
+                "dense_selection": dense_metrics(
+                    EXPERIMENT, model, {**datas[args.variants[0]], "eval_file": held, "eval_examples": None}
+                )[metric],
+                "dense_evaluation": dense_metrics(EXPERIMENT, model, datas[args.variants[0]])[metric],
+            }
             benches: dict[int, TaskBench] = {}
             for variant, scorer, changed, examples in variants:
                 bench = benches.setdefault(examples, TaskBench(EXPERIMENT, model, datas[variant]))
@@ -100,7 +106,7 @@ def main() -> None:
                         "score_examples": examples, "sparsity": point["sparsity"], "metric": metric,
                         "selection": round(chosen["metrics"][metric], 5),
                         "evaluation": round(point["metrics"][metric], 5),
-                        "score_seconds": round(evaluated["seconds"]["score"], 1),
+                        "score_seconds": round(evaluated["seconds"]["score"], 1), **dense,
                     })  # fmt: skip
                 print(rows[-1], flush=True)
                 write_csv(EXPERIMENT, rows)
@@ -120,12 +126,16 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         "examples (never scored or calibrated on; the data a default is chosen on), evaluation = the main table's "
         "evaluation examples. "
         "Scoring seconds on this machine's 2 CPU cores, shared with other work. Written by "
-        "`benchmarks/exp_attribution_modes.py` (one scoring draw).",
+        "`benchmarks/exp_attribution_variants.py` (one scoring draw).",
         "",
     ]
     for (task,), mine in groups(rows, "task").items():
         sparsities = sorted({r["sparsity"] for r in mine})
-        lines += [f"## {task} ({mine[0]['metric']})", ""]
+        first = mine[0]
+        lines += [
+            f"## {task} ({first['metric']}; dense {first['dense_selection']:.3f} / {first['dense_evaluation']:.3f})",
+            "",
+        ]
         table = []
         for (variant,), cells in groups(mine, "variant").items():
             by_sparsity = {r["sparsity"]: r for r in cells}
