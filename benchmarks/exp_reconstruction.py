@@ -53,7 +53,11 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--selection-examples", type=int, default=300)
     args = parser.parse_args()
-    rows = earlier_rows({(kind, task) for kind in args.models for task in args.tasks})
+    rows = earlier_rows({
+        (kind, task, reconstruct, calibration or 0)
+        for kind in args.models for task in args.tasks
+        for reconstruct, calibration in variants(kind, args.calibrations) if reconstruct in args.methods
+    })  # fmt: skip
     for kind in args.models:
         model_settings, data_settings, options = SETUPS[kind]
         for task in args.tasks:
@@ -81,6 +85,7 @@ def main() -> None:
                         "dense_selection": round(summary["selection"]["dense_metrics"][metric], 5),
                         "selection": round(point["selection_metrics"][metric], 5),
                         "evaluation": round(point["metrics"][metric], 5),
+                        "refit_aware": summary["refit_aware"],
                         "statistics_seconds": round(summary["seconds"].get("statistics", 0.0), 1),
                         "cell_seconds": round(time.perf_counter() - start, 1),
                     })  # fmt: skip
@@ -89,10 +94,13 @@ def main() -> None:
     report(rows, args)
 
 
-def earlier_rows(rerun: set[tuple[str, str]]) -> list[dict]:
-    """The CSV's rows of the (model, task) pairs this run does not measure again (numbers parsed)."""
+def earlier_rows(rerun: set[tuple[str, str, str, int]]) -> list[dict]:
+    """The CSV's rows of the (model, task, reconstruct, calibration examples) cells this run does not measure
+    again (numbers parsed): measuring more calibration counts keeps the others."""
     rows = read_csv("reconstruction", ("model", "task", "reconstruct", "metric"))
-    return [r for r in rows if (r["model"], r["task"]) not in rerun]
+    for row in rows:  # rows measured before refit-aware scoring existed
+        row.setdefault("refit_aware", False)
+    return [r for r in rows if (r["model"], r["task"], r["reconstruct"], r["calibration_examples"]) not in rerun]
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
@@ -104,7 +112,9 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         "apart from the scoring and calibration examples). *selection*: the held-apart data the defaults are "
         f"chosen on; *evaluation*: {args.eval_examples} seeded dev examples (QNLI: the second half of dev). "
         "Written by `benchmarks/exp_reconstruction.py`. `scales` rows: one refitted factor per kept neuron (Kwon et "
-        "al. 2022), measured at commit a601c29 and removed since (least squares won on the decoder).",
+        "al. 2022), measured at commit a601c29 and removed since (least squares won on the decoder). *refit-aware*: "
+        "neurons scored by what the refit cannot predict of them (fit-free's default under least squares since it "
+        "was added; rows without it were measured before).",
         "",
     ]
     for (kind, task), mine in groups(rows, "model", "task").items():
@@ -112,14 +122,17 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         metric, dense = mine[0]["metric"], mine[0]["dense_selection"]
         lines += [f"## {kind}, {task} ({metric}; dense on the selection examples {dense:.3f})", ""]
         table = []
-        for (reconstruct, calibration), setup in groups(mine, "reconstruct", "calibration_examples").items():
+        for (reconstruct, calibration, refit), setup in groups(
+            mine, "reconstruct", "calibration_examples", "refit_aware"
+        ).items():
             cells = {r["sparsity"]: r for r in setup}
             table.append([
-                reconstruct, str(calibration or "—"),
+                reconstruct, str(calibration or "—"), "yes" if refit else "no",
                 *(f"{cells[s]['selection']:.3f} / {cells[s]['evaluation']:.3f}" for s in sparsities),
                 f"{setup[0]['statistics_seconds']:.0f}",
             ])  # fmt: skip
-        header = ["reconstruct", "calibration examples", *(f"{s:g}: selection / evaluation" for s in sparsities)]
+        cells = [f"{s:g}: selection / evaluation" for s in sparsities]
+        header = ["reconstruct", "calibration examples", "refit-aware", *cells]
         lines += [*markdown_table([*header, "statistics s"], table), ""]
     write_report("reconstruction", lines)
 
