@@ -88,11 +88,10 @@ def main() -> None:
             variants = [(v, *parse_variant(v)) for v in args.variants]
             datas = {v: {**data_of(task, args.eval_examples, 0), "num_examples": n} for v, _, _, n in variants}
             held = selection_file(task, data_of(task, args.eval_examples, 0), args.selection_examples)
+            on_held = {**datas[args.variants[0]], "eval_file": held, "eval_examples": None}
             dense = {
-                "dense_selection": dense_metrics(
-                    EXPERIMENT, model, {**datas[args.variants[0]], "eval_file": held, "eval_examples": None}
-                )[metric],
-                "dense_evaluation": dense_metrics(EXPERIMENT, model, datas[args.variants[0]])[metric],
+                "dense_selection": round(dense_metrics(EXPERIMENT, model, on_held)[metric], 5),
+                "dense_evaluation": round(dense_metrics(EXPERIMENT, model, datas[args.variants[0]])[metric], 5),
             }
             benches: dict[int, TaskBench] = {}
             for variant, scorer, changed, examples in variants:
