@@ -1,7 +1,7 @@
-"""Attribution's variants on the multi-task decoder LM at their scoring time, next to Fisher and Wanda: its IG path
-(``mode``: ``joint``, every FFN layer scaled together, the decoders' default, or ``exact``, one layer at a time, the
-paper's), what it attributes (``target``), and more scoring examples (joint mode given exact mode's time). A variant
-is ``scorer[:option=value,...]/scoring examples``, its options over the main table's.
+"""Attribution's variants on the multi-task decoder LM, next to Fisher and Wanda: its IG path (``mode``: ``joint``,
+every FFN layer scaled together, the decoders' default, or ``exact``, one layer at a time, the paper's) and more
+scoring examples (joint mode given about exact mode's time), or any other scorer option. A variant is
+``scorer[:option=value,...]/scoring examples``, its options over the main table's.
 
 Variants with more scoring examples also have other calibration examples, so the variants are compared on one set of
 **selection examples**, the same for all: drawn from the evaluation source apart from the evaluation examples (so
@@ -105,7 +105,7 @@ def main() -> None:
                         "score_examples": examples, "sparsity": point["sparsity"], "metric": metric,
                         "selection": round(chosen["metrics"][metric], 5),
                         "evaluation": round(point["metrics"][metric], 5),
-                        "score_seconds": round(evaluated["seconds"]["score"], 1), **dense,
+                        **dense,
                     })  # fmt: skip
                 print(rows[-1], flush=True)
                 write_csv(EXPERIMENT, rows)
@@ -118,14 +118,12 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         "# Attribution's variants at their scoring time (multi-task SmolLM2)",
         "",
         "A variant is `scorer[:option=value,...]/scoring examples`, its options over the main table's (attribution: "
-        "joint mode, m = 10, target p(correct answer)); `mode=exact` scales one layer at a time (the paper's IG "
-        "path), `target=log_probability` attributes log p. fit-free's defaults otherwise (least-squares repair from "
+        "joint mode, m = 10); `mode=exact` scales one layer at a time (the paper's IG path). fit-free's defaults "
+        "otherwise (least-squares repair from "
         "1,024 calibration examples, refit-aware scoring, every layer cut alike). Cells: *selection* / *evaluation* "
         f"metric; selection = {args.selection_examples} examples of the evaluation source that are not evaluation "
         "examples (never scored or calibrated on; the data a default is chosen on), evaluation = the main table's "
-        "evaluation examples. "
-        "Scoring seconds on this machine's 2 CPU cores, shared with other work. Written by "
-        "`benchmarks/exp_attribution_variants.py` (one scoring draw).",
+        "evaluation examples. Written by `benchmarks/exp_attribution_variants.py` (one scoring draw).",
         "",
     ]
     for (task,), mine in groups(rows, "task").items():
@@ -139,10 +137,10 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         for (variant,), cells in groups(mine, "variant").items():
             by_sparsity = {r["sparsity"]: r for r in cells}
             table.append([
-                variant, f"{cells[0]['score_seconds']:.0f}",
+                variant,
                 *(f"{by_sparsity[s]['selection']:.3f} / {by_sparsity[s]['evaluation']:.3f}" for s in sparsities),
             ])  # fmt: skip
-        lines += [*markdown_table(["variant", "scoring s", *(f"{s:g}" for s in sparsities)], table), ""]
+        lines += [*markdown_table(["variant", *(f"{s:g}" for s in sparsities)], table), ""]
     write_report(EXPERIMENT, lines)
 
 
