@@ -15,7 +15,6 @@ from lightning_prune.scorers.base import UnitScorer
 Aggregate = Literal["sum", "abs_sum"]
 Mode = Literal["exact", "joint"]
 ExampleWeight = Literal["tokens", "uniform"]
-Target = Literal["probability", "log_probability"]
 
 # The midpoint rule's error falls as 1/steps^2: at 10,000 steps it is far below float32 rounding, while
 # every step costs one forward/backward row per example and FFN layer.
@@ -50,9 +49,6 @@ class AttributionScorer(UnitScorer):
     once many tokens interact are ranked by the short examples, which barely use them. Scored on SST-2's
     short training phrases, uniform weights removed neurons that long texts need (see
     benchmarks/results/unseen_domain.md).
-    ``target``: ``probability`` (the paper's) attributes p(correct answer); ``log_probability`` its log, whose
-    gradient is the probability's divided by p, so examples the model gets wrong or barely right weigh more (the
-    loss whose gradient Fisher scores square).
     ``steps_per_pass`` bounds memory: that many alpha steps of every example share one pass.
     Under refit-aware scoring the path-averaged gradient multiplies each neuron's residual (what the refit cannot
     predict of its activation) instead of its activation: the first-order effect of removing it once the refit
@@ -71,7 +67,6 @@ class AttributionScorer(UnitScorer):
         mode: Mode = "exact",
         reuse_prefix: bool = True,
         example_weight: ExampleWeight = "tokens",
-        target: Target = "probability",
     ) -> None:
         for name, value in (("steps", steps), ("steps_per_pass", steps_per_pass)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -89,15 +84,12 @@ class AttributionScorer(UnitScorer):
             raise ValueError(f"mode must be 'exact' or 'joint', not {mode!r}")
         if example_weight not in ("tokens", "uniform"):
             raise ValueError(f"example_weight must be 'tokens' or 'uniform', not {example_weight!r}")
-        if target not in ("probability", "log_probability"):
-            raise ValueError(f"target must be 'probability' or 'log_probability', not {target!r}")
         self.steps = steps
         self.aggregate = aggregate
         self.steps_per_pass = steps_per_pass
         self.mode = mode
         self.reuse_prefix = reuse_prefix
         self.example_weight = example_weight
-        self.target = target
 
     def check_memory(self, model: PrunableModel, heaviest_batch: Batch, available_bytes: int | None) -> None:
         """Refuse settings whose one pass cannot fit: a pass holds batch x steps_per_pass rows, and the
@@ -116,10 +108,6 @@ class AttributionScorer(UnitScorer):
                 f"{len(model.ffn_layers())} FFN layers kept for the backward pass) but {available_bytes / 2**30:.1f} "
                 "GiB are available: lower steps_per_pass (memory grows with batch_size x steps_per_pass, not steps)"
             )
-
-    def _objective(self, log_prob: Tensor) -> Tensor:
-        """What is attributed, summed over rows: p(answer), or its log (weighs what the model gets wrong more)."""
-        return (log_prob.exp() if self.target == "probability" else log_prob).sum()
 
     def _alpha_chunks(self) -> tuple[Tensor, ...]:
         return ((torch.arange(self.steps, dtype=torch.float32) + 0.5) / self.steps).split(self.steps_per_pass)
@@ -150,7 +138,7 @@ class AttributionScorer(UnitScorer):
                 else:
                     start = block_inputs[layer_index].expand(len(chunk))
                     log_prob = model.target_log_prob_from(expanded, expanded["labels"], layer_index, start)
-                (gradient,) = torch.autograd.grad(self._objective(log_prob), captured["scaled"])
+                (gradient,) = torch.autograd.grad(log_prob.exp().sum(), captured["scaled"])
             weighed = self.weighed_activations(layer, captured["original"])
             token_sum = layer.per_unit((gradient * weighed).float().sum(dim=1))  # [rows * chunk, units]
             total += token_sum.view(rows, len(chunk), -1).sum(1)
@@ -182,7 +170,7 @@ class AttributionScorer(UnitScorer):
 
             with torch.enable_grad(), model.hook_activations(layers, replace):
                 log_prob = model.target_log_prob(expanded, expanded["labels"])
-                gradients = torch.autograd.grad(self._objective(log_prob), [leaves[layer.name] for layer in layers])
+                gradients = torch.autograd.grad(log_prob.exp().sum(), [leaves[layer.name] for layer in layers])
             for total, layer, gradient in zip(totals, layers, gradients, strict=True):
                 factor = weighed[layer.name].repeat_interleave(len(chunk), dim=0)
                 total += layer.per_unit((gradient * factor).float().sum(dim=1)).view(rows, len(chunk), -1).sum(1)
