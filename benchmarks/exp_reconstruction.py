@@ -1,6 +1,7 @@
-"""Which repair of the cut, from how many calibration examples: ``--reconstruct none|bias|least_squares`` and
-``--data.calibration_examples``, chosen on held-apart data (the selection examples: drawn from the scoring split,
-disjoint from the scoring and calibration examples), reported also on the evaluation examples.
+"""Which repair of the cut, from how many calibration examples: ``--reconstruct none|bias|least_squares``,
+``--data.calibration_examples`` and least squares' ``--damping``, chosen on held-apart data (the selection examples:
+drawn from the scoring split, disjoint from the scoring and calibration examples), reported also on the evaluation
+examples.
 
 Every cell is a ``fit-free`` run through ``runner.run_cell`` (attribution, the model's config settings, sparsities
 0.3, 0.5, 0.7, ``--max_drop 1`` so each sparsity is also measured on the selection examples). Writes
@@ -19,6 +20,7 @@ from results_io import groups, markdown_table, read_csv, write_csv, write_report
 from runner import DECODER_LM_SCORING, JOINT_ATTRIBUTION, MULTITASK_LM, glue_data, run_cell
 
 from lightning_prune.modules import TaskModel
+from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
 
 SPARSITIES = [0.3, 0.5, 0.7]
 # (model kind) -> (TaskModel settings, data settings, fit-free options), as its config and the main tables use them
@@ -37,11 +39,11 @@ SETUPS = {
 SPARSITIES_OF = {"multitask-lm": SPARSITIES, "minilm": [0.5, 0.7, 0.9]}
 
 
-def variants(kind: str, calibrations: list[int]) -> list[tuple[str, int | None]]:
-    """(reconstruct, calibration examples): the plain cut, bias compensation where the model has down biases, and
-    least squares from each number of calibration examples."""
-    plain = [("none", None)] + ([("bias", c) for c in calibrations] if kind == "minilm" else [])
-    return [*plain, *(("least_squares", c) for c in calibrations)]
+def variants(kind: str, calibrations: list[int], dampings: list[float]) -> list[tuple[str, int | None, float]]:
+    """(reconstruct, calibration examples, damping; 0 where none applies): the plain cut, bias compensation where
+    the model has down biases, and least squares from each number of calibration examples with each damping."""
+    plain = [("none", None, 0.0)] + ([("bias", c, 0.0) for c in calibrations] if kind == "minilm" else [])
+    return [*plain, *(("least_squares", c, d) for c in calibrations for d in dampings)]
 
 
 def main() -> None:
@@ -50,19 +52,21 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=["sst2", "qnli"])
     parser.add_argument("--calibrations", nargs="+", type=int, default=[64, 256, 1024])
     parser.add_argument("--methods", nargs="+", default=["none", "bias", "least_squares"])
+    parser.add_argument("--dampings", nargs="+", type=float, default=[DEFAULT_DAMPING], help="least squares' --damping")
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--selection-examples", type=int, default=300)
     args = parser.parse_args()
     rows = earlier_rows({
-        (kind, task, reconstruct, calibration or 0)
+        (kind, task, reconstruct, calibration or 0, damping)
         for kind in args.models for task in args.tasks
-        for reconstruct, calibration in variants(kind, args.calibrations) if reconstruct in args.methods
+        for reconstruct, calibration, damping in variants(kind, args.calibrations, args.dampings)
+        if reconstruct in args.methods
     })  # fmt: skip
     for kind in args.models:
         model_settings, data_settings, options = SETUPS[kind]
         for task in args.tasks:
             model = TaskModel(task=task, **model_settings)
-            for reconstruct, calibration in variants(kind, args.calibrations):
+            for reconstruct, calibration, damping in variants(kind, args.calibrations, args.dampings):
                 if reconstruct not in args.methods:
                     continue
                 data = glue_data(
@@ -73,15 +77,17 @@ def main() -> None:
                     calibration_examples=calibration,
                 )
                 start = time.perf_counter()
+                changed = {"damping": damping} if damping not in (0.0, DEFAULT_DAMPING) else {}  # default: its cells
                 summary = run_cell(
                     "reconstruction", model, data, **options, sparsity=SPARSITIES_OF[kind], max_drop=1.0,
-                    reconstruct=reconstruct,
+                    reconstruct=reconstruct, **changed,
                 )  # fmt: skip
                 metric = summary["primary_metric"]
                 for point in summary["sweep"]:
                     rows.append({
                         "model": kind, "task": task, "reconstruct": reconstruct,
-                        "calibration_examples": calibration or 0, "sparsity": point["sparsity"], "metric": metric,
+                        "calibration_examples": calibration or 0, "damping": damping,
+                        "sparsity": point["sparsity"], "metric": metric,
                         "dense_selection": round(summary["selection"]["dense_metrics"][metric], 5),
                         "selection": round(point["selection_metrics"][metric], 5),
                         "evaluation": round(point["metrics"][metric], 5),
@@ -94,13 +100,15 @@ def main() -> None:
     report(rows, args)
 
 
-def earlier_rows(rerun: set[tuple[str, str, str, int]]) -> list[dict]:
-    """The CSV's rows of the (model, task, reconstruct, calibration examples) cells this run does not measure
-    again (numbers parsed): measuring more calibration counts keeps the others."""
+def earlier_rows(rerun: set[tuple[str, str, str, int, float]]) -> list[dict]:
+    """The CSV's rows of the (model, task, reconstruct, calibration examples, damping) cells this run does not
+    measure again (numbers parsed): measuring more calibration counts or dampings keeps the others."""
     rows = read_csv("reconstruction", ("model", "task", "reconstruct", "metric"))
-    for row in rows:  # rows measured before refit-aware scoring existed
+    for row in rows:  # rows measured before refit-aware scoring, or other dampings, existed
         row.setdefault("refit_aware", False)
-    return [r for r in rows if (r["model"], r["task"], r["reconstruct"], r["calibration_examples"]) not in rerun]
+        row.setdefault("damping", DEFAULT_DAMPING if row["reconstruct"] == "least_squares" else 0.0)
+    keys = ("model", "task", "reconstruct", "calibration_examples", "damping")
+    return [r for r in rows if tuple(r[k] for k in keys) not in rerun]
 
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
@@ -122,17 +130,17 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         metric, dense = mine[0]["metric"], mine[0]["dense_selection"]
         lines += [f"## {kind}, {task} ({metric}; dense on the selection examples {dense:.3f})", ""]
         table = []
-        for (reconstruct, calibration, refit), setup in groups(
-            mine, "reconstruct", "calibration_examples", "refit_aware"
+        for (reconstruct, calibration, damping, refit), setup in groups(
+            mine, "reconstruct", "calibration_examples", "damping", "refit_aware"
         ).items():
             cells = {r["sparsity"]: r for r in setup}
             table.append([
-                reconstruct, str(calibration or "—"), "yes" if refit else "no",
+                reconstruct, str(calibration or "—"), f"{damping:g}" if damping else "—", "yes" if refit else "no",
                 *(f"{cells[s]['selection']:.3f} / {cells[s]['evaluation']:.3f}" for s in sparsities),
                 f"{setup[0]['statistics_seconds']:.0f}",
             ])  # fmt: skip
         cells = [f"{s:g}: selection / evaluation" for s in sparsities]
-        header = ["reconstruct", "calibration examples", "refit-aware", *cells]
+        header = ["reconstruct", "calibration examples", "damping", "refit-aware", *cells]
         lines += [*markdown_table([*header, "statistics s"], table), ""]
     write_report("reconstruction", lines)
 
