@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import random
 from pathlib import Path
+from typing import Any
 
 from exp_decoder_lm import SPARSITIES, data_of, model_of
 from results_io import groups, markdown_table, read_csv, write_csv, write_report
@@ -32,14 +34,22 @@ DEFAULT_VARIANTS = (
 )  # fmt: skip
 
 
-def parse_variant(variant: str) -> tuple[str, dict[str, str], int]:
-    """``scorer[:option=value,...]/examples`` → (scorer, its options over the main table's, scoring examples)."""
+def parse_variant(variant: str) -> tuple[str, dict[str, Any], int]:
+    """``scorer[:option=value,...]/examples`` → (scorer, its options over the main table's, scoring examples); a
+    value is read as JSON where it is JSON (``steps=20``, ``reuse_prefix=false``), else as a string."""
     name, examples = variant.rsplit("/", 1)
     scorer, _, changed = name.partition(":")
-    return scorer, dict(pair.split("=") for pair in changed.split(",") if pair), int(examples)
+    options = {}
+    for pair in filter(None, changed.split(",")):
+        key, value = pair.split("=", 1)
+        try:
+            options[key] = json.loads(value)
+        except json.JSONDecodeError:
+            options[key] = value
+    return scorer, options, int(examples)
 
 
-def options_of(scorer: str, changed: dict[str, str]) -> dict:
+def options_of(scorer: str, changed: dict[str, Any]) -> dict:
     """fit-free's scorer options of a variant: the main table's, with ``changed`` ones."""
     options = scorer_options(scorer, 0, JOINT_ATTRIBUTION)
     options.setdefault("scorer_options", {}).update(changed)
