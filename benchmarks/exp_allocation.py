@@ -67,6 +67,8 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
     rows = read_csv(EXPERIMENT, ("model", "task", "scorer", "scope", "metric", "reconstruct"))
+    for row in rows:  # rows measured before refit-aware scoring existed
+        row.setdefault("refit_aware", False)
     if not args.report_only:  # the rows of other (model, task) pairs stay; these are measured (or read from cache)
         measured = {(m, t, s) for m in args.models for t in args.tasks for s in args.scopes}
         rows = [r for r in rows if (r["model"], r["task"], r["scope"]) not in measured]
@@ -86,7 +88,7 @@ def main() -> None:
                                 "sparsity": point["sparsity"], "metric": metric,
                                 "selection": round(point["selection_metrics"][metric], 5),
                                 "evaluation": round(point["metrics"][metric], 5),
-                                "reconstruct": result["reconstruct"],
+                                "reconstruct": result["reconstruct"], "refit_aware": result["refit_aware"],
                                 "seconds": round(time.perf_counter() - start, 1),
                             })  # fmt: skip
                             print(rows[-1], flush=True)
@@ -102,7 +104,9 @@ def report(rows: list[dict]) -> None:
         "Each scorer's scores, the same reconstruction (fit-free's default for the model), the neurons chosen per "
         "layer or over the whole model. Cells: *selection* / *evaluation* metric; selection = held-apart examples "
         "of the scoring split (neither scored nor calibrated on), the data the default is chosen on. `global/F`: one "
-        "ranking with every layer keeping at least the fraction F of its neurons (`--min_keep`). Written by "
+        "ranking with every layer keeping at least the fraction F of its neurons (`--min_keep`). *refit-aware*: "
+        "neurons scored by what the least-squares refit cannot predict of them (the default under least squares "
+        "since it was added; rows without it were measured before). Written by "
         "`benchmarks/exp_allocation.py` (one scoring draw).",
         "",
     ]
@@ -110,14 +114,14 @@ def report(rows: list[dict]) -> None:
         sparsities = sorted({r["sparsity"] for r in mine})
         lines += [f"## {kind}, {task} ({mine[0]['metric']}; reconstruct {mine[0]['reconstruct']})", ""]
         table = []
-        for (scorer, scope), cells in groups(mine, "scorer", "scope").items():
+        for (scorer, scope, refit), cells in groups(mine, "scorer", "scope", "refit_aware").items():
             by_sparsity = {r["sparsity"]: r for r in cells}
             table.append([
-                scorer, scope,
+                scorer, scope, "yes" if refit else "no",
                 *(f"{by_sparsity[s]['selection']:.3f} / {by_sparsity[s]['evaluation']:.3f}" if s in by_sparsity
                   else "—" for s in sparsities),
             ])  # fmt: skip
-        lines += [*markdown_table(["scorer", "scope", *(f"{s:g}" for s in sparsities)], table), ""]
+        lines += [*markdown_table(["scorer", "scope", "refit-aware", *(f"{s:g}" for s in sparsities)], table), ""]
     write_report(EXPERIMENT, lines)
 
 
