@@ -69,9 +69,11 @@ def main() -> None:
     rows = read_csv(EXPERIMENT, ("model", "task", "scorer", "scope", "metric", "reconstruct"))
     for row in rows:  # rows measured before refit-aware scoring existed
         row.setdefault("refit_aware", False)
-    if not args.report_only:  # the rows of other (model, task) pairs stay; these are measured (or read from cache)
-        measured = {(m, t, s) for m in args.models for t in args.tasks for s in args.scopes}
-        rows = [r for r in rows if (r["model"], r["task"], r["scope"]) not in measured]
+    if (
+        not args.report_only
+    ):  # the rows of other (model, task, scorer, scope) cells stay; these are measured (or read from cache)
+        measured = {(m, t, c, s) for m in args.models for t in args.tasks for c in args.scorers for s in args.scopes}
+        rows = [r for r in rows if (r["model"], r["task"], r["scorer"], r["scope"]) not in measured]
         for kind in args.models:
             for task in args.tasks:
                 bench = bench_of(kind, task, args)
