@@ -5,7 +5,9 @@ SmolLM2 (LoRA merged), dense vs FFN-pruned, each saved by fit-free's writer and 
 For FFN sparsity 0.227 / 0.3 / 0.5 / 0.7 (every layer; magnitude scores: speed does not depend on which neurons go),
 0.3 with every layer's kept width rounded down to a multiple of 8 (``0.3/8``: ``--width_multiple 8``), and
 0.3 / 0.5 with one of the three head groups (a key/value head and its 3 query heads) removed from every layer
-(``heads 2/3 + 0.3``: the shapes ``--target_speedup`` gives with layer scope), in one process:
+(``heads 2/3 + 0.3``: the shapes ``--target_speedup`` gives with layer scope), and 0.5 with one ranking over the
+model and every layer keeping at least a quarter of its neurons (``0.5 global/0.25``: ``--scope global --min_keep
+384``; uneven widths, so loaded by ``lightning_prune.load_pruned_model``), in one process:
 
 - prefill latency at batch 1: ms per SST-2 prompt (the task's rendered prompt, dynamic length);
 - greedy generation, 64 new tokens (``min_new_tokens`` = 64), batch 1 and batch 8 (left-padded): tokens/s;
@@ -31,18 +33,21 @@ from experiments import GLUE
 from results_io import write_csv, write_report
 from runner import MULTITASK_LM
 
-from lightning_prune import load_model
+from lightning_prune import load_model, load_pruned_model
 from lightning_prune.export import save_model_folder
-from lightning_prune.pruning import prune_model, restore_units, select_neurons, snapshot_units
+from lightning_prune.io import write_json
+from lightning_prune.pruning import PLAN_FILE, prune_model, restore_units, select_neurons, snapshot_units
 from lightning_prune.pruning.selection import round_widths
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
-# name: (FFN sparsity, kept widths rounded down to a multiple of, head groups removed per layer). "0.227": the
-# shape ``--target_speedup 1.2`` gave Fisher on SST-2 (every head kept; multitask_lm_speedup.md), which keeps 0.985.
+# name: (FFN sparsity, kept widths rounded down to a multiple of, head groups removed per layer, per-layer floor of
+# a global ranking or 0 for the same fraction from every layer). "0.227": the shape ``--target_speedup 1.2`` gave
+# Fisher on SST-2 (every head kept; multitask_lm_speedup.md), which keeps 0.985.
 VARIANTS = {
-    "0.227": (0.2272, 1, 0), "0.3": (0.3, 1, 0), "0.3/8": (0.3, 8, 0), "0.5": (0.5, 1, 0), "0.7": (0.7, 1, 0),
-    "heads 2/3 + 0.3": (0.3, 1, 1), "heads 2/3 + 0.5": (0.5, 1, 1),
+    "0.227": (0.2272, 1, 0, 0), "0.3": (0.3, 1, 0, 0), "0.3/8": (0.3, 8, 0, 0), "0.5": (0.5, 1, 0, 0),
+    "0.5 global/0.25": (0.5, 1, 0, 384), "0.7": (0.7, 1, 0, 0), "heads 2/3 + 0.3": (0.3, 1, 1, 0),
+    "heads 2/3 + 0.5": (0.5, 1, 1, 0),
 }  # fmt: skip
 NEW_TOKENS = 64
 
@@ -83,14 +88,23 @@ def main() -> None:
     dense_units = snapshot_units(source)
     models, widths = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, (sparsity, multiple, dropped) in {"dense": (0.0, 1, 0), **VARIANTS}.items():
+        for number, (name, (sparsity, multiple, dropped, floor)) in enumerate(
+            {"dense": (0.0, 1, 0, 0), **VARIANTS}.items()
+        ):
+            folder = Path(tmp) / f"model-{number}"  # names hold "/"
             if sparsity:
-                kept = round_widths(scores, select_neurons(scores, sparsity), multiple)  # --width_multiple
+                scope = {"scope": "global", "min_keep": floor} if floor else {}
+                kept = round_widths(scores, select_neurons(scores, sparsity, **scope), multiple)  # --width_multiple
                 heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
-                prune_model(source, kept, None, heads if dropped else None)
-            save_model_folder(source, Path(tmp) / name)
+                plan = prune_model(source, kept, None, heads if dropped else None)
+            save_model_folder(source, folder)
+            if sparsity:  # as fit-free writes it: load_pruned_model rebuilds uneven widths from it
+                write_json(folder / PLAN_FILE, plan)
             restore_units(source, dense_units)
-            models[name] = AutoModelForCausalLM.from_pretrained(Path(tmp) / name, torch_dtype=torch.float32).eval()
+            if floor:  # uneven widths: plain from_pretrained cannot build them
+                models[name] = load_pruned_model(str(folder), "sst2").weights_module.float().eval()
+            else:
+                models[name] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             widths[name] = [layer.mlp.down_proj.in_features for layer in models[name].model.layers]
 
     def prefill(model) -> None:
@@ -142,15 +156,19 @@ def main() -> None:
         f"torch {torch.__version__}, median of {args.rounds} alternating rounds. Prefill: {len(prompts)} SST-2 "
         f"prompts one by one; generation: {NEW_TOKENS} greedy new tokens, 4 prompts one by one (b=1) and 8 "
         "left-padded prompts together (b=8). FLOP ideal: projections, FFN and output head per token. `0.3/8`: 0.3 "
-        "with every kept width rounded down to a multiple of 8. Written by `benchmarks/bench_decoder_speed.py`.",
+        "with every kept width rounded down to a multiple of 8. `0.5 global/0.25`: one magnitude ranking over the "
+        "model, every layer keeping at least 384 neurons (uneven widths; FFN width column: narrowest–widest layer), "
+        "loaded by `lightning_prune.load_pruned_model`. Written by `benchmarks/bench_decoder_speed.py`.",
         "",
         "| model | parameters | FFN width | query heads | prefill ms (b=1) | speedup | tokens/s (b=1) | speedup "
         "| tokens/s (b=8) | speedup | FLOP ideal |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
+        low, high = r["ffn_width_min"], r["ffn_width_max"]
+        width = low if low == high else f"{low}–{high}"
         lines.append(
-            f"| {r['model']} | {r['parameters']:,} | {r['ffn_width_min']} | {r['query_heads']} | "
+            f"| {r['model']} | {r['parameters']:,} | {width} | {r['query_heads']} | "
             f"{r['prefill_ms_b1']:.1f} | "
             f"{r['prefill_speedup']:.2f} | {r['tokens_per_s_b1']:.1f} | {r['generation_speedup_b1']:.2f} | "
             f"{r['tokens_per_s_b8']:.1f} | {r['generation_speedup_b8']:.2f} | {r['flop_ideal']:.2f} |"
