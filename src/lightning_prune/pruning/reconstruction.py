@@ -34,7 +34,6 @@ Repair = Literal["none", "bias", "least_squares"]  # what a run applies
 Reconstruct = Literal["auto", "none", "bias", "least_squares"]  # what a user asks for
 DEFAULT_DAMPING = 0.01
 GRAM_DTYPE = torch.float32
-ANSWER_WEIGHT = 1.0
 
 
 class ActivationStatistics:
@@ -66,20 +65,12 @@ class ActivationStatistics:
         def record(layer: UnitLayer, activations: Tensor) -> Tensor:
             i = index[layer.name]
             mask = model.content_mask(batch, layer.side, batch["labels"]).to(activations.device)
-            weight = mask.float()
-            if hasattr(model, "_sequences"):  # PROBE: answer-predicting positions weigh ANSWER_WEIGHT x row tokens
-                seq = model._sequences(batch, model.candidate_index(batch["labels"]))
-                extra = torch.zeros_like(weight)
-                rows = mask.sum(1, keepdim=True).float() * ANSWER_WEIGHT / seq["target_mask"].sum(1, keepdim=True)
-                extra.scatter_add_(1, seq["positions"], seq["target_mask"].float() * rows)
-                weight = weight + extra
             tokens = activations.detach()[mask].float()
-            w = weight[mask].unsqueeze(1)
-            self.sums[i] += (tokens * w).double().sum(0).cpu()
+            self.sums[i] += tokens.double().sum(0).cpu()
             if self.grams is not None:
                 with torch.autocast(tokens.device.type, enabled=False):  # float32 even under mixed precision
-                    self.grams[i] += (tokens.T @ (tokens * w)).to("cpu", GRAM_DTYPE)
-            self.tokens[i] += float(weight.sum())
+                    self.grams[i] += (tokens.T @ tokens).to("cpu", GRAM_DTYPE)
+            self.tokens[i] += float(mask.sum())
             return activations
 
         with torch.no_grad(), model.hook_activations(layers, record):
