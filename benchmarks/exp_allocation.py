@@ -69,11 +69,10 @@ def main() -> None:
     rows = read_csv(EXPERIMENT, ("model", "task", "scorer", "scope", "metric", "reconstruct"))
     for row in rows:  # rows measured before refit-aware scoring existed
         row.setdefault("refit_aware", False)
-    if (
-        not args.report_only
-    ):  # the rows of other (model, task, scorer, scope) cells stay; these are measured (or read from cache)
-        measured = {(m, t, c, s) for m in args.models for t in args.tasks for c in args.scorers for s in args.scopes}
-        rows = [r for r in rows if (r["model"], r["task"], r["scorer"], r["scope"]) not in measured]
+    if not args.report_only:  # the rows of other cells and sparsities stay; these are measured (or read from cache)
+        cells = [(m, t, c, s) for m in args.models for t in args.tasks for c in args.scorers for s in args.scopes]
+        measured = {(*cell, p) for cell in cells for p in args.sparsities or SPARSITIES_OF[cell[0]]}
+        rows = [r for r in rows if (r["model"], r["task"], r["scorer"], r["scope"], r["sparsity"]) not in measured]
         for kind in args.models:
             for task in args.tasks:
                 bench = bench_of(kind, task, args)
