@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import math
 import statistics
 import time
 from pathlib import Path
@@ -195,7 +196,10 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
     scorers = list(dict.fromkeys(r["scorer"] for r in rows))
 
     def values(task: str, scorer: str, sparsity: float) -> list[float]:
-        return [r["retained"] for r in rows if (r["task"], r["scorer"], r["sparsity"]) == (task, scorer, sparsity)]
+        """Retained fractions; an undefined one (a Pearson correlation of a model that answers every pair with one
+        value) counts as 0: no correlation is left."""
+        cells = [r["retained"] for r in rows if (r["task"], r["scorer"], r["sparsity"]) == (task, scorer, sparsity)]
+        return [0.0 if math.isnan(value) else value for value in cells]
 
     def average(scorer: str, sparsity: float) -> float | None:
         means = [statistics.mean(v) for t in tasks if (v := values(t, scorer, sparsity))]
@@ -210,7 +214,8 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
         f"reconstruction `{first['reconstruct']}` from {first['calibration_examples']} calibration examples"
         f"{' (refit-aware scoring)' if first.get('refit_aware') else ''}, every "
         f"layer losing the same fraction; {args.eval_examples} seeded evaluation examples per task. Cells: retained "
-        "fraction of the dense metric, mean (min–max) over scoring draws (random: seeds) where there are several.",
+        "fraction of the dense metric, mean (min–max) over scoring draws (random: seeds) where there are several; "
+        "a Pearson correlation left undefined (the pruned model answers every pair with one value) counts as 0.",
         "",
         "## Average retained over the tasks",
         "",

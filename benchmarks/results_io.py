@@ -32,7 +32,7 @@ def read_csv(name: str, texts: tuple[str, ...]) -> list[dict]:
             return value
         if value in ("True", "False"):
             return value == "True"
-        return float(value) if "." in value else int(value)
+        return float(value) if "." in value or value in ("nan", "inf", "-inf") else int(value)
 
     return [{key: parse(key, value) for key, value in row.items()} for row in rows]
 
