@@ -283,7 +283,7 @@ def run_unseen_domain(args: argparse.Namespace) -> None:
             result = bench.sweep(scorer, **scorer_options(scorer, 0, JOINT_ATTRIBUTION), sparsity=args.sparsities)
             rows += rows_of(result, "sst2", 0, dense, metric, domain=name)
             print(rows[-1], flush=True)
-            write_csv(f"{args.prefix}_unseen_domain", rows)
+            write_csv(f"{args.prefix}_unseen_domain{args.suffix}", rows)
     scorers = list(dict.fromkeys(r["scorer"] for r in rows))
     table = []
     for name in dict.fromkeys(r["domain"] for r in rows):
@@ -294,15 +294,19 @@ def run_unseen_domain(args: argparse.Namespace) -> None:
             *(f"{cells[s, p]['pruned']:.3f} ({cells[s, p]['retained']:.3f})" for s in scorers for p in args.sparsities),
         ])  # fmt: skip
     header = ["evaluated on", "dense", *(f"{s} {p:g}" for s in scorers for p in args.sparsities)]
+    scope = args.fit_free.get("scope", "layer")
+    allocation = "every layer losing the same fraction" if scope == "layer" else (
+        f"one ranking over the model, every layer keeping at least {args.fit_free['min_keep']} neurons"
+    )  # fmt: skip
     write_report(
-        f"{args.prefix}_unseen_domain",
+        f"{args.prefix}_unseen_domain{args.suffix}",
         [
             f"# {args.title}: pruned for SST-2, evaluated on unseen domains",
             "",
             f"Scored on {DECODER_LM_SCORING['num_examples']} SST-2 training sentences (fit-free's defaults, as in "
             f"the main table); evaluated on {args.eval_examples} seeded examples of each set (truncated at the "
-            f"model's {MODELS[args.model][0]['max_length']} tokens, left side). Cells: accuracy (retained fraction "
-            "of dense).",
+            f"model's {MODELS[args.model][0]['max_length']} tokens, left side); {allocation}. Cells: accuracy "
+            "(retained fraction of dense).",
             "",
             *markdown_table(header, table),
         ],
@@ -458,8 +462,14 @@ def main() -> None:
     parser.add_argument(
         "--pruned", default="runs/smollm2-multitask-sst2/model", help="roundtrip: a folder fit-free wrote"
     )
+    parser.add_argument("--scope", choices=["layer", "global"], default="layer", help="fit-free's --scope")
+    parser.add_argument("--min-keep", type=int, default=1, help="fit-free's --min_keep (with --scope global)")
+    parser.add_argument("--suffix", default="", help="unseen-domain: results name suffix (e.g. _floor)")
     args = parser.parse_args()
-    args.fit_free = {}  # fit-free's defaults (reconstruction included)
+    if args.scope != "layer" and args.experiment != "unseen-domain":
+        parser.error("--scope global is measured by unseen-domain here (allocation: benchmarks/exp_allocation.py)")
+    # fit-free's defaults (reconstruction included); only options that differ enter the cells' cache keys
+    args.fit_free = {} if args.scope == "layer" else {"scope": args.scope, "min_keep": args.min_keep}
     _, args.prefix, args.title = MODELS[args.model]
     if args.experiment == "dense":
         args.tasks = args.tasks or list(ALL_TASKS)
