@@ -35,8 +35,7 @@ from runner import MULTITASK_LM
 
 from lightning_prune import load_model, load_pruned_model
 from lightning_prune.export import save_model_folder
-from lightning_prune.io import write_json
-from lightning_prune.pruning import PLAN_FILE, prune_model, restore_units, select_neurons, snapshot_units
+from lightning_prune.pruning import prune_model, restore_units, select_neurons, snapshot_units
 from lightning_prune.pruning.selection import round_widths
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
@@ -96,10 +95,8 @@ def main() -> None:
                 scope = {"scope": "global", "min_keep": floor} if floor else {}
                 kept = round_widths(scores, select_neurons(scores, sparsity, **scope), multiple)  # --width_multiple
                 heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
-                plan = prune_model(source, kept, None, heads if dropped else None)
-            save_model_folder(source, folder)
-            if sparsity:  # as fit-free writes it: load_pruned_model rebuilds uneven widths from it
-                write_json(folder / PLAN_FILE, plan)
+                prune_model(source, kept, None, heads if dropped else None)
+            save_model_folder(source, folder)  # with its plan: load_pruned_model rebuilds uneven widths from it
             restore_units(source, dense_units)
             if floor:  # uneven widths: plain from_pretrained cannot build them
                 models[name] = load_pruned_model(str(folder), "sst2").weights_module.float().eval()

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import copy
-import json
 from types import SimpleNamespace
 
 import pytest
@@ -77,14 +76,16 @@ def test_t5_covers_encoder_and_decoder(t5_dir):
 def test_save_load_round_trip(model_dir, glue_dir, tmp_path):
     model = load_model(model_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
-    plan = prune_model(model, select_neurons(create_scorer("random")(model, None), 0.7, scope="global"))
+    prune_model(model, select_neurons(create_scorer("random")(model, None), 0.7, scope="global"))
     save_model_folder(model, tmp_path)
-    (tmp_path / PLAN_FILE).write_text(__import__("json").dumps(plan))
     loaded = load_model(tmp_path, TASKS["sst2"])
     assert [layer.size for layer in loaded.ffn_layers()] == [layer.size for layer in model.ffn_layers()]
     assert loaded.num_parameters() == model.num_parameters()
     expected, got = _outputs(model, batch), _outputs(loaded, batch)
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
+    save_model_folder(loaded, tmp_path / "again")  # a loaded pruned model keeps its plan when saved unchanged
+    again = _outputs(load_model(tmp_path / "again", TASKS["sst2"]), batch)
+    assert torch.equal(expected[0], again[0]) and torch.equal(expected[1], again[1])
 
 
 def test_plan_from_another_model_is_refused(bert_dir, t5_dir, tmp_path):
@@ -188,9 +189,8 @@ def test_compensated_model_saves_and_loads(bert_dir, glue_dir, tmp_path):
     model = load_model(bert_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
     kept = select_neurons(create_scorer("random", {"seed": 2})(model, None), 0.5)
-    plan = prune_model(model, kept, activation_statistics(model, [batch]).reconstruction("bias"))
+    prune_model(model, kept, activation_statistics(model, [batch]).reconstruction("bias"))
     save_model_folder(model, tmp_path)
-    (tmp_path / PLAN_FILE).write_text(json.dumps(plan))
     expected, got = _outputs(model, batch), _outputs(load_model(tmp_path, TASKS["sst2"]), batch)
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
 

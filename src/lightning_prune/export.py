@@ -15,6 +15,7 @@ from safetensors.torch import save_model
 
 from lightning_prune.adapters.base import ANSWER_FILE, PER_LAYER_WEIGHTS_FILE, WEIGHTS_FILE, PrunableModel
 from lightning_prune.io import write_json
+from lightning_prune.pruning.plan import PLAN_FILE
 from lightning_prune.pruning.slicing import pad_ffn, pad_heads
 
 
@@ -40,8 +41,8 @@ def save_model_folder(
     model: PrunableModel, directory: Path, dtype: torch.dtype | None = None, pad_uneven: bool = False
 ) -> dict:
     """Write config, tokenizer, weights in ``dtype`` (default: ``source_dtype``; shared tensors once), the
-    adapter's extras and ``ANSWER_FILE``; return how the FFN widths and head counts were stored (``metrics.json``
-    reports it).
+    adapter's extras, ``ANSWER_FILE`` and, for a pruned model, ``PLAN_FILE`` (with any padding); return how the FFN
+    widths and head counts were stored (``metrics.json`` reports it).
 
     Plain ``from_pretrained`` needs one FFN width, in the config's ``ffn_width_key``, and one head count per
     attention layer in ``head_count_keys``. Layers of different widths (global scope), or heads the config cannot
@@ -88,12 +89,14 @@ def save_model_folder(
     save_model(module, str(directory / weights_file))
     model.save_extras(directory)
     write_json(directory / ANSWER_FILE, model.answer_settings())
+    padding = {"padded_width": max(widths) if plain and not uniform else None, "padded_heads": padded_heads}
+    if plan is not None:  # load_model rebuilds the pruned shapes (and strips the padding) from it
+        write_json(directory / PLAN_FILE, {**plan, **{key: size for key, size in padding.items() if size is not None}})
     return {
         "dtype": str(dtype).removeprefix("torch."),
         "weights_file": weights_file,
         "ffn_widths": "uniform" if uniform else ("padded" if plain else "per-layer"),
-        "padded_width": max(widths) if plain and not uniform else None,
         **({"heads": "padded" if padded_heads else ("uniform" if plain else "per-layer")} if attention else {}),
-        "padded_heads": padded_heads,
+        **padding,
         "plain_hf_loadable": plain,
     }

@@ -34,7 +34,6 @@ from lightning_prune.io import (
 )
 from lightning_prune.modules import ActivationStatisticsModule, LabelSource, ScoringModule, TaskModel, score_batch
 from lightning_prune.pruning import (
-    PLAN_FILE,
     ActivationStatistics,
     Reconstruct,
     Reconstruction,
@@ -642,10 +641,8 @@ def write_run(
         dtype = None if settings.save_dtype == "auto" else SAVE_DTYPES[settings.save_dtype]
         summary["saved_models"] = {}
         for name, point in to_save.items():
-            plan = prune_model(model.net, point.kept, reconstruction, point.kept_heads)
+            prune_model(model.net, point.kept, reconstruction, point.kept_heads)
             layout = save_model_folder(model.net, tmp / name, dtype, settings.pad_uneven_ffn)
-            padding = {key: layout[key] for key in ("padded_width", "padded_heads") if layout[key] is not None}
-            write_json(tmp / name / PLAN_FILE, {**plan, **padding})
             restore_units(model.net, dense_units)
             summary["saved_models"][name] = {
                 "sparsity": point.sparsity,
