@@ -13,6 +13,7 @@ import torch
 from conftest import fit_free_args, one_error_line, run_cli
 from lightning_prune import load_pruned_model
 from lightning_prune.adapters import load_model
+from lightning_prune.export import save_model_folder
 from lightning_prune.pruning import prune_model, restore_units, snapshot_units
 from lightning_prune.pruning.budget import count_flops, unit_costs
 from lightning_prune.pruning.selection import select_for_flops
@@ -149,6 +150,13 @@ def test_target_speedup_on_bert_removes_heads_and_saves_a_loadable_model(bert_di
     with torch.no_grad():
         torch.testing.assert_close(
             plain(**inputs).last_hidden_state, ours.weights_module(**inputs).last_hidden_state, atol=1e-5, rtol=1e-5
+        )
+    save_model_folder(ours, tmp_path / "again")  # unpadded now: the old padding must not reach the new plan
+    assert "padded_heads" not in json.loads((tmp_path / "again" / "pruning_plan.json").read_text())
+    again = load_pruned_model(str(tmp_path / "again"), "sst2")
+    with torch.no_grad():
+        torch.testing.assert_close(
+            again.weights_module(**inputs).last_hidden_state, ours.weights_module(**inputs).last_hidden_state
         )
 
 

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from types import SimpleNamespace
 
 import pytest
@@ -93,7 +94,7 @@ def test_plan_from_another_model_is_refused(bert_dir, t5_dir, tmp_path):
     bert = load_model(bert_dir, TASKS["sst2"])
     plan = prune_model(t5, select_neurons(create_scorer("random")(t5, None), 0.5))
     save_model_folder(bert, tmp_path)
-    (tmp_path / PLAN_FILE).write_text(__import__("json").dumps(plan))
+    (tmp_path / PLAN_FILE).write_text(json.dumps(plan))
     with pytest.raises(UsageError, match="plan belongs to another model"):
         load_model(tmp_path, TASKS["sst2"])
 

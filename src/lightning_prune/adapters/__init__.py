@@ -317,7 +317,8 @@ def load_model(
     model.source_dtype = source_dtype
     if plan is not None:
         _load_pruned_weights(model, folder, plan)
-        model.pruning_plan = plan
+        # the padding belonged to the folder: the model is trimmed, and a new save pads (or not) afresh
+        model.pruning_plan = {key: value for key, value in plan.items() if key not in ("padded_width", "padded_heads")}
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()
