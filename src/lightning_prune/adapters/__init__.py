@@ -40,7 +40,7 @@ from lightning_prune.adapters.t5 import T5_MODEL_TYPES, T5TextToText
 from lightning_prune.errors import UsageError
 from lightning_prune.lora import check_adapter_folder, merge_lora, require_peft
 from lightning_prune.prompts import Prompt
-from lightning_prune.pruning.plan import apply_plan, read_plan, trim_padding
+from lightning_prune.pruning.plan import PADDING_KEYS, apply_plan, read_plan, trim_padding
 from lightning_prune.sources import resolve_model_source, source_inputs
 from lightning_prune.tasks import Example, TaskSpec
 
@@ -318,7 +318,7 @@ def load_model(
     if plan is not None:
         _load_pruned_weights(model, folder, plan)
         # the padding belonged to the folder: the model is trimmed, and a new save pads (or not) afresh
-        model.pruning_plan = {key: value for key, value in plan.items() if key not in ("padded_width", "padded_heads")}
+        model.pruning_plan = {key: value for key, value in plan.items() if key not in PADDING_KEYS}
     for parameter in model.parameters():
         parameter.requires_grad_(False)
     return model.eval()

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from lightning_prune.pruning.reconstruction import Reconstruction
 
 PLAN_FILE = "pruning_plan.json"
+PADDING_KEYS = ("padded_width", "padded_heads")  # how a folder stored its layers, not part of the model's plan
 
 
 def _repairs(entry: dict) -> list[str]:
