@@ -5,11 +5,13 @@ scoring examples (joint mode given about exact mode's time), or any other scorer
 
 Variants with more scoring examples also have other calibration examples, so the variants are compared on one set of
 **selection examples**, the same for all: drawn from the evaluation source apart from the evaluation examples (so
-never scored or calibrated on), written once under ``runs/benchmarks/data`` (single-text tasks). Each cell is also
-reported on the main table's evaluation examples. Every sweep runs through ``runner.TaskBench`` (fit-free's steps,
-defaults and caches). Writes ``benchmarks/results/attribution_variants.{csv,md}``. Re-run:
+never scored or calibrated on), written once under ``runs/benchmarks/data``; RTE has none to spare. Each cell is
+also reported on the main table's evaluation examples. Every sweep runs through ``runner.TaskBench`` (fit-free's
+steps, defaults and caches). Writes ``benchmarks/results/attribution_variants.{csv,md}``. Re-run:
 
     OMP_NUM_THREADS=2 python benchmarks/exp_attribution_variants.py --tasks sst2
+
+A re-run replaces the cells of the variants it runs and keeps the others.
 """
 
 from __future__ import annotations
@@ -64,11 +66,16 @@ def selection_file(task: str, data: dict, count: int) -> str:
     h = module.hparams
     evaluated = {(e.texts, e.label) for e in module.eval_examples()}
     whole = TaskDataModule(**{**data, "eval_examples": None}).eval_examples()
-    source = Path(h.eval_file or Path(h.data_dir) / task / module.spec.split_files[h.eval_split])
+    split = "validation" if h.eval_split.startswith("validation_") else h.eval_split  # a half: indices are the file's
+    source = Path(h.eval_file or Path(h.data_dir) / task / module.spec.split_files[split])
     lines = source.read_text().splitlines()
-    if len(lines) != len(whole) + 1 or any(e.texts[0] not in lines[1 + e.index] for e in whole):
-        raise SystemExit(f"{source}: not one example per line after a header; give a single-text task")
+    if any(e.index + 1 >= len(lines) or e.texts[0] not in lines[1 + e.index] for e in whole):
+        raise SystemExit(
+            f"{source}: not one example per line after a header; the selection examples cannot be written as that file"
+        )
     free = [e for e in whole if (e.texts, e.label) not in evaluated]
+    if not free:
+        raise SystemExit(f"{task}: every example of {source} is an evaluation example, none is left to select on")
     chosen = sorted(random.Random(f"selection-{task}").sample(free, min(count, len(free))), key=lambda e: e.index)
     text = "\n".join([lines[0], *(lines[1 + e.index] for e in chosen)]) + "\n"
     path = RUNS / "data" / f"{task}_{EXPERIMENT}_{hashlib.sha256(text.encode()).hexdigest()[:12]}.tsv"
@@ -91,7 +98,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = read_csv(EXPERIMENT, ("task", "variant", "scorer", "metric"))
     if not args.report_only:
-        rows = [r for r in rows if r["task"] not in args.tasks]
+        rows = [r for r in rows if r["task"] not in args.tasks or r["variant"] not in args.variants]
         for task in args.tasks:
             model = model_of(task)
             metric = model.spec.primary_metric
