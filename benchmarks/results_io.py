@@ -27,11 +27,13 @@ def read_csv(name: str, texts: tuple[str, ...]) -> list[dict]:
     with path.open() as handle:
         rows = list(csv.DictReader(handle))
 
-    def parse(key: str, value: str) -> str | bool | int | float:
+    def parse(key: str, value: str) -> str | bool | int | float | None:
         if key in texts:
             return value
         if value in ("True", "False"):
             return value == "True"
+        if value == "":  # a column that rows written by an earlier version of the experiment lack
+            return None
         return float(value) if "." in value or value in ("nan", "inf", "-inf") else int(value)
 
     return [{key: parse(key, value) for key, value in row.items()} for row in rows]
