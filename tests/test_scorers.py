@@ -183,20 +183,6 @@ def test_abs_sum_makes_binary_labels_irrelevant(bert_dir, glue_dir):
         assert torch.allclose(a, b, rtol=1e-4, atol=1e-9) is same
 
 
-def test_square_sum_weighs_squares_of_per_example_attributions(bert_dir, glue_dir):
-    """Each example's attributions are squared before the token-weighted sum, the way Fisher combines gradients."""
-    model = load_model(bert_dir, TASKS["sst2"])
-    batch = model.collate(_examples(glue_dir))
-    layer = model.ffn_layers()[1]
-    per_example = AttributionScorer(steps=3).per_example(model, batch, layer)
-    words = model.example_tokens(batch).to(per_example.dtype).unsqueeze(1)
-    squares = AttributionScorer(steps=3, aggregate="square_sum")(model, batch)[1]
-    torch.testing.assert_close(squares, (per_example.square() * words).sum(0), rtol=1e-4, atol=1e-12)
-    assert not torch.allclose(
-        squares / squares.sum(), per_example.abs().mul(words).sum(0) / per_example.abs().mul(words).sum()
-    )
-
-
 def test_built_ins_come_from_entry_points():
     infos = scorer_infos()
     assert set(infos) >= BUILT_INS

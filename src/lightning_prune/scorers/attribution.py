@@ -12,7 +12,7 @@ from lightning_prune.adapters.base import Batch, BlockInput, PrunableModel, Unit
 from lightning_prune.errors import UsageError
 from lightning_prune.scorers.base import UnitScorer
 
-Aggregate = Literal["sum", "abs_sum", "square_sum"]
+Aggregate = Literal["sum", "abs_sum"]
 Mode = Literal["exact", "joint"]
 ExampleWeight = Literal["tokens", "uniform"]
 
@@ -39,9 +39,7 @@ class AttributionScorer(UnitScorer):
 
     ``aggregate`` combines examples: ``abs_sum`` (default: sum of per-example magnitudes, so a neuron that
     strongly pushes *against* the answer counts as important) or ``sum`` (signed sum: ranks such neurons
-    lowest and prunes them first; see benchmarks/results/main_table.md for what that costs) or ``square_sum``
-    (sum of squares, the way Fisher information combines its per-example gradients: a neuron that decides a few
-    examples outranks one that nudges many).
+    lowest and prunes them first; see benchmarks/results/main_table.md for what that costs).
     ``example_weight`` says how much each example counts in that sum: ``tokens`` (default) in proportion
     to its own text's tokens (``example_tokens``: real, not special; on a decoder LM not the prompt template
     every example repeats), so every word of the scoring data weighs
@@ -80,8 +78,8 @@ class AttributionScorer(UnitScorer):
             )
         if not isinstance(reuse_prefix, bool):
             raise ValueError(f"reuse_prefix must be true or false, not {reuse_prefix!r}")
-        if aggregate not in ("sum", "abs_sum", "square_sum"):
-            raise ValueError(f"aggregate must be 'sum', 'abs_sum' or 'square_sum', not {aggregate!r}")
+        if aggregate not in ("sum", "abs_sum"):
+            raise ValueError(f"aggregate must be 'sum' or 'abs_sum', not {aggregate!r}")
         if mode not in ("exact", "joint"):
             raise ValueError(f"mode must be 'exact' or 'joint', not {mode!r}")
         if example_weight not in ("tokens", "uniform"):
@@ -193,8 +191,6 @@ class AttributionScorer(UnitScorer):
         for attributions in per_layer:
             if self.aggregate == "abs_sum":
                 attributions = attributions.abs()
-            elif self.aggregate == "square_sum":
-                attributions = attributions.square()
             if words is not None:
                 attributions = attributions * words.to(attributions.dtype).unsqueeze(1)
             scores.append(attributions.sum(0))
