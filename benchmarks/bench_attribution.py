@@ -144,7 +144,7 @@ def run_method(method: str, args) -> dict:
 
 def pruning_quality(saved: dict, args) -> list[dict]:
     """SST-2 dev accuracy after pruning with exact vs joint scores (abs_sum over the benchmark's examples)."""
-    from lightning_prune.pruning import prune_model, select_neurons
+    from lightning_prune.pruning import keep_neurons, prune_model
     from lightning_prune.tasks import build_metrics, metric_inputs
 
     torch.set_num_threads(args.threads)
@@ -165,7 +165,7 @@ def pruning_quality(saved: dict, args) -> list[dict]:
         scores = [saved[method][f"layer{i}"].abs().sum(0) for i in range(len(dense.ffn_layers()))]
         for sparsity in (0.3, 0.5, 0.7):
             model = load_model(MODEL, spec)
-            prune_model(model, select_neurons(scores, sparsity))
+            prune_model(model, keep_neurons(scores, sparsity))
             rows.append({"scores": method, "ffn_sparsity": sparsity, "sst2_dev_accuracy": accuracy(model)})
     return rows
 

@@ -23,6 +23,7 @@ Models are timed in alternating rounds (median of rounds) so drift hits all alik
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
@@ -35,8 +36,8 @@ from runner import MULTITASK_LM
 
 from lightning_prune import load_model, load_pruned_model
 from lightning_prune.export import save_model_folder
-from lightning_prune.pruning import prune_model, restore_units, select_neurons, snapshot_units
-from lightning_prune.pruning.selection import round_widths
+from lightning_prune.pruning import Cut, keep_neurons, pruned
+from lightning_prune.pruning.keep import round_widths
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
@@ -84,20 +85,18 @@ def main() -> None:
     batch8 = tokenizer([source.render(e) for e in examples[:8]], return_tensors="pt", padding=True)
     (*scores,) = create_scorer("magnitude").score_units(source, None, source.unit_layers(heads=True))
     scores, head_scores = scores[: len(source.ffn_layers())], scores[len(source.ffn_layers()) :]
-    dense_units = snapshot_units(source)
     models, widths = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for number, (name, (sparsity, multiple, dropped, floor)) in enumerate(
             {"dense": (0.0, 1, 0, 0), **VARIANTS}.items()
         ):
             folder = Path(tmp) / f"model-{number}"  # names hold "/"
-            if sparsity:
-                scope = {"scope": "global", "min_keep": floor} if floor else {}
-                kept = round_widths(scores, select_neurons(scores, sparsity, **scope), multiple)  # --width_multiple
-                heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
-                prune_model(source, kept, None, heads if dropped else None)
-            save_model_folder(source, folder)  # with its plan: load_pruned_model rebuilds uneven widths from it
-            restore_units(source, dense_units)
+            scope = {"scope": "global", "min_keep": floor} if floor else {}
+            kept = round_widths(scores, keep_neurons(scores, sparsity, **scope), multiple)  # --width_multiple
+            heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
+            cut = Cut(sparsity, kept, heads if dropped else None)
+            with pruned(source, cut) if sparsity else contextlib.nullcontext():
+                save_model_folder(source, folder)  # with its plan: load_pruned_model rebuilds uneven widths from it
             if floor:  # uneven widths: plain from_pretrained cannot build them
                 models[name] = load_pruned_model(str(folder), "sst2").weights_module.float().eval()
             else:

@@ -32,18 +32,13 @@ from results_io import write_csv, write_report
 from runner import glue_data, trainer
 
 from lightning_prune.adapters import PrunableModel
-from lightning_prune.commands.fit_free import (
-    FitFreeSettings,
-    check_against_model,
-    check_request,
-    neuron_scores,
-    selections,
-)
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.export import save_model_folder
 from lightning_prune.modules import TaskModel
-from lightning_prune.pruning import prune_model, select_neurons
+from lightning_prune.pipeline import FitFreeSettings, score_units, set_up_run
+from lightning_prune.pipeline.sweep import plan_cuts
+from lightning_prune.pruning import keep_neurons, prune_model
 from lightning_prune.pruning.budget import count_flops
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
@@ -63,20 +58,19 @@ def budget_models(targets: tuple[float, ...], scorers: tuple[str, ...]) -> dict[
     for scorer_name in scorers:
         for heads in (True, False):
             for target in targets:
-                settings = FitFreeSettings.with_defaults(
+                settings = FitFreeSettings(
                     scorer=scorer_name, scorer_options=dict(ATTRIBUTION) if scorer_name == "attribution" else None,
                     target_speedup=target, heads=heads, output_dir="runs/benchmarks/inference_speed",
                 )  # fmt: skip
-                scorer = check_request(settings)
                 try:
-                    _, costs = check_against_model(runner, model, datamodule, settings, scorer)
+                    setup = set_up_run(runner, model, datamodule, settings)
                 except UsageError as error:  # unreachable with FFN neurons only
                     print(f"target {target} heads={heads}: {error}")
                     continue
-                scores = neuron_scores(runner, model, datamodule, settings, scorer)
-                [(_, _, kept, kept_heads)] = selections(model.net, settings, scores, costs)
+                scores = score_units(runner, model, datamodule, setup, None)
+                [cut] = plan_cuts(model.net, settings, scores, setup.costs)
                 pruned = copy.deepcopy(model.net)
-                prune_model(pruned, kept, None, kept_heads)
+                prune_model(pruned, cut.kept, None, cut.kept_heads)
                 models[f"{scorer_name} {'heads+ffn' if heads else 'ffn'} {target:g}x"] = pruned
     return models
 
@@ -108,7 +102,7 @@ def main() -> None:
     models: dict[str, PrunableModel] = {"dense": dense}
     for sparsity in SPARSITIES:
         models[f"ffn sparsity {sparsity:g}"] = copy.deepcopy(dense)
-        prune_model(models[f"ffn sparsity {sparsity:g}"], select_neurons(scores, sparsity))
+        prune_model(models[f"ffn sparsity {sparsity:g}"], keep_neurons(scores, sparsity))
     models.update(budgets)
     for model in models.values():  # warm-up
         time_batches(model, single[:8] + batched[:1])

@@ -16,7 +16,7 @@ News ships only a test file: the decoder experiments hold out the first part of 
 
 Seeded and resumable (the adapter, optimizer and progress are saved every ``--checkpoint-every`` steps under
 ``--work-dir``). Writes the adapter in PEFT's format (float16) and a model card with dev metrics measured by
-``lightning-prune evaluate`` with ``--model.adapter`` (``commands.evaluate.test_metrics``). Re-run:
+``lightning-prune evaluate`` with ``--model.adapter`` (``pipeline.test_metrics``). Re-run:
 
     python benchmarks/build_multitask_lm.py --steps 1000 --out models/smollm2-glue-multitask-lora
 """
@@ -39,10 +39,10 @@ from safetensors.torch import save_file
 
 from lightning_prune import load_model
 from lightning_prune.adapters.causal_lm import CausalLMClassifier
-from lightning_prune.commands.evaluate import test_metrics
 from lightning_prune.data import TaskDataModule
 from lightning_prune.io import MARKER_FILE, atomic_directory
 from lightning_prune.modules import TaskModel
+from lightning_prune.pipeline import test_metrics
 from lightning_prune.tasks import TASKS, TaskSpec, get_task, load_split, read_tsv
 
 LM_TASKS = ("sst2", "cola", "mrpc", "stsb", "rte", "qnli", "mnli", "agnews")

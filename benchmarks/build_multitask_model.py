@@ -34,9 +34,9 @@ from safetensors.torch import save_file
 from torch import nn
 from transformers import AutoModel, AutoTokenizer
 
-from lightning_prune.commands.evaluate import test_metrics
 from lightning_prune.data import TaskDataModule
 from lightning_prune.modules import TaskModel
+from lightning_prune.pipeline import test_metrics
 from lightning_prune.tasks import TASKS, load_split
 
 

@@ -234,7 +234,7 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
 
     methods = list(dict.fromkeys(repair_of(r) for r in repairs))
     lines += [
-        "## Reconstruction after the cut, and scoring for it (first draw)",
+        "## Repair after the cut, and scoring for it (first draw)",
         "",
         "Retained fraction with the plain cut (`none`), the least-squares refit of the kept down-projection "
         "columns with neurons scored by their activations (`least_squares`), and the same refit with neurons scored "

@@ -28,7 +28,7 @@ from results_io import markdown_table, write_csv, write_figure, write_report
 from runner import TaskBench, glue_data
 
 from lightning_prune.modules import TaskModel
-from lightning_prune.pruning import select_neurons
+from lightning_prune.pruning import keep_neurons
 
 
 def heat_map(axis, matrix: list[list[float]], rows: list[str], columns: list[str], title: str, fmt: str) -> None:
@@ -73,9 +73,9 @@ def main() -> None:
         scores[t, "a"] = bench(t, args.examples // 2, benches[t].model).scores("attribution", **options)
         scores[t, "b"] = [whole - half for whole, half in zip(scores[t, 0], scores[t, "a"], strict=True)]
     layers = [str(index) for index in range(len(scores[tasks[0], 0]))]
-    kept_global = {t: select_neurons(scores[t, 0], sparsity, "global") for t in tasks}
+    kept_global = {t: keep_neurons(scores[t, 0], sparsity, "global") for t in tasks}
     fraction = [[len(k) / s.numel() for k, s in zip(kept_global[t], scores[t, 0], strict=True)] for t in tasks]
-    kept = {key: select_neurons(value, sparsity) for key, value in scores.items()}
+    kept = {key: keep_neurons(value, sparsity) for key, value in scores.items()}
     overlap = [
         [jaccard(kept[a, "a"], kept[a, "b"]) if a == b else jaccard(kept[a, 0], kept[b, 0]) for b in tasks]
         for a in tasks

@@ -20,7 +20,7 @@ from results_io import groups, markdown_table, read_csv, write_csv, write_report
 from runner import DECODER_LM_SCORING, JOINT_ATTRIBUTION, MULTITASK_LM, glue_data, run_cell
 
 from lightning_prune.modules import TaskModel
-from lightning_prune.pruning.reconstruction import DEFAULT_DAMPING
+from lightning_prune.pruning.repair import DEFAULT_DAMPING
 
 SPARSITIES = [0.3, 0.5, 0.7]
 # (model kind) -> (TaskModel settings, data settings, fit-free options), as its config and the main tables use them
@@ -113,7 +113,7 @@ def earlier_rows(rerun: set[tuple[str, str, str, int, float]]) -> list[dict]:
 
 def report(rows: list[dict], args: argparse.Namespace) -> None:
     lines = [
-        "# Reconstruction after the cut: which repair, from how many calibration examples",
+        "# Repair after the cut: which repair, from how many calibration examples",
         "",
         "Every cell is one `fit-free` run (attribution; the model's config settings; `--max_drop 1` so every "
         f"sparsity is also measured on {args.selection_examples} selection examples, drawn from the scoring split "

@@ -9,8 +9,9 @@ held apart from the scoring and calibration examples), so that held-apart data p
   (A greedy removal by score times the unpredictable share of the activation, optimal-brain-surgeon style, was
   measured here at commit f8f4ab6 and dropped: benchmarks/results/refit_variants.md in that commit.)
 
-Both call the pipeline's own pieces (``selection_scores``, ``activation_statistics_of``, ``activation_statistics``,
-``prune_model``, ``slice_ffn``, ``test_metrics``). Writes ``benchmarks/results/refit_variants.{csv,md}``. Re-run:
+Both call the pipeline's own stages (``set_up_run``, ``collect_statistics``, ``score_units``, ``test_metrics``) and
+pruning's pieces (``activation_statistics``, ``prune_model``, ``restored``, ``slice_ffn``). Writes
+``benchmarks/results/refit_variants.{csv,md}``. Re-run:
 
     OMP_NUM_THREADS=2 python benchmarks/exp_refit_variants.py
 """
@@ -26,23 +27,9 @@ from results_io import markdown_table, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, scorer_options, trainer
 from torch import Tensor
 
-from lightning_prune.commands.evaluate import test_metrics
-from lightning_prune.commands.fit_free import (
-    FitFreeSettings,
-    activation_statistics_of,
-    check_against_model,
-    check_request,
-    selection_scores,
-)
 from lightning_prune.data import TaskDataModule
-from lightning_prune.pruning import (
-    activation_statistics,
-    prune_model,
-    restore_units,
-    select_neurons,
-    slice_ffn,
-    snapshot_units,
-)
+from lightning_prune.pipeline import FitFreeSettings, collect_statistics, score_units, set_up_run, test_metrics
+from lightning_prune.pruning import activation_statistics, keep_neurons, prune_model, restored, slice_ffn
 
 
 def refit_in_groups(model, kept: list[Tensor], batches: list, group: int) -> None:
@@ -50,7 +37,7 @@ def refit_in_groups(model, kept: list[Tensor], batches: list, group: int) -> Non
     count = len(model.ffn_layers())
     for start in range(0, count, group):
         statistics = activation_statistics(model, batches, second_moments=True)
-        repair = statistics.reconstruction("least_squares")
+        repair = statistics.repair("least_squares")
         for index in range(start, min(count, start + group)):
             layer = model.ffn_layers()[index]
             slice_ffn(layer, kept[index], repair.down_projection(index, layer, kept[index]))
@@ -108,38 +95,35 @@ def measure_task(task: str, args: argparse.Namespace, rows: list[dict]) -> str:
     model = model_of(task, args.model)
     datamodule = TaskDataModule(**{**data_of(task, 300, 0), "selection_examples": args.selection_examples})
     runner = trainer()
-    base = FitFreeSettings.with_defaults(scorer="wanda", output_dir="runs/benchmarks/refit_variants", max_drop=1.0)
-    check_against_model(runner, model, datamodule, base, check_request(base))  # holds the selection examples apart
-    calibration = datamodule.calibration_examples_list()
-    batches = [model.net.collate(calibration[i : i + 16]) for i in range(0, len(calibration), 16)]
+    base = FitFreeSettings(scorer="wanda", output_dir="runs/benchmarks/refit_variants", max_drop=1.0)
+    setup = set_up_run(runner, model, datamodule, base)  # holds the selection examples apart
+    batches = [model.net.collate(setup.calibration[i : i + 16]) for i in range(0, len(setup.calibration), 16)]
     few = batches[: args.sequential_calibration // 16]
-    dense_units = snapshot_units(model.net)
     metric = model.spec.primary_metric
-    dense = test_metrics(runner, model, datamodule, "selection")[metric]
-    start = time.perf_counter()
-    full = activation_statistics_of(runner, model, datamodule, second_moments=True)  # fit-free's statistics pass
-    statistics_seconds = time.perf_counter() - start
-    repair = full.reconstruction("least_squares")
+    selection = datamodule.serving(setup.selection)
+    dense = test_metrics(runner, model, selection)[metric]
+    statistics = collect_statistics(runner, model, datamodule, setup)  # fit-free's statistics pass
     for scorer in args.scorers:
         scores = {}  # refit-aware (fit-free's default) and not
         for aware in (True, False):
             settings = replace(base, scorer=scorer, refit_aware=aware, **scorer_options(scorer, 0, JOINT_ATTRIBUTION))
-            scored = selection_scores(runner, model, datamodule, settings, check_request(settings), repair)
+            scored = score_units(runner, model, datamodule, replace(setup, settings=settings, refit_aware=aware),
+                                 statistics.repair)  # fmt: skip
             scores[aware] = scored.layers
         for sparsity in args.sparsities:
             variants = [("sequential", f"groups of {g}", g) for g in args.groups]
             variants += [("selection", "refit-aware" if aware else "activations", aware) for aware in (True, False)]
             for experiment, name, value in variants:
-                start = time.perf_counter()
-                if experiment == "sequential":
-                    refit_in_groups(model.net, select_neurons(scores[True], sparsity), few, int(value))
-                    calibrated = len(few) * 16
-                else:
-                    prune_model(model.net, select_neurons(scores[bool(value)], sparsity), repair)
-                    calibrated = len(calibration)
-                seconds = time.perf_counter() - start
-                value_after = test_metrics(runner, model, datamodule, "selection")[metric]
-                restore_units(model.net, dense_units)
+                with restored(model.net):
+                    start = time.perf_counter()
+                    if experiment == "sequential":
+                        refit_in_groups(model.net, keep_neurons(scores[True], sparsity), few, int(value))
+                        calibrated = len(few) * 16
+                    else:
+                        prune_model(model.net, keep_neurons(scores[bool(value)], sparsity), statistics.repair)
+                        calibrated = len(setup.calibration)
+                    seconds = time.perf_counter() - start
+                    value_after = test_metrics(runner, model, selection)[metric]
                 rows.append({
                     "model": args.model, "task": task, "scorer": scorer, "sparsity": sparsity,
                     "experiment": experiment, "variant": name, "calibration_examples": calibrated, "metric": metric,
@@ -148,7 +132,7 @@ def measure_task(task: str, args: argparse.Namespace, rows: list[dict]) -> str:
                 })  # fmt: skip
                 print(rows[-1], flush=True)
                 write_csv("refit_variants", rows)
-    return f"{task} {metric} dense {dense:.3f}, statistics pass {statistics_seconds:.0f} s"
+    return f"{task} {metric} dense {dense:.3f}, statistics pass {statistics.seconds:.0f} s"
 
 
 if __name__ == "__main__":

@@ -24,7 +24,7 @@ from results_io import write_csv, write_report
 from runner import TaskBench, glue_data
 
 from lightning_prune.modules import TaskModel
-from lightning_prune.pruning import select_neurons
+from lightning_prune.pruning import keep_neurons
 
 EXPERIMENT = "unsupervised"
 
@@ -43,7 +43,7 @@ def agreement(model_path: Path, task: str, seeds: int, count: int) -> tuple[floa
         else:
             accuracies.append(float((predicted == batch["labels"]).float().mean()))
         kept = {
-            labels: select_neurons(bench.scores("attribution", scorer_options=dict(ATTRIBUTION), labels=labels), 0.5)
+            labels: keep_neurons(bench.scores("attribution", scorer_options=dict(ATTRIBUTION), labels=labels), 0.5)
             for labels in ("gold", "pseudo")
         }
         overlaps.append(jaccard(kept["gold"], kept["pseudo"]))

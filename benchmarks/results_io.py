@@ -6,7 +6,7 @@ import csv
 from pathlib import Path
 
 from lightning_prune.io import atomic_path
-from lightning_prune.sweep import markdown_table  # noqa: F401 (the benchmarks' table helper)
+from lightning_prune.pipeline.report import markdown_table  # noqa: F401 (the benchmarks' table helper)
 
 RESULTS = Path(__file__).parent / "results"
 

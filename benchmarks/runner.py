@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import time
 from pathlib import Path
 from typing import Any
 
@@ -21,23 +20,24 @@ from experiments import DATA, EVAL_SPLITS, ROOT, SCORE_SPLITS
 from torch import Tensor
 
 from lightning_prune.cli import TRAINER_DEFAULTS, PruneTrainer
-from lightning_prune.commands.evaluate import test_metrics
-from lightning_prune.commands.fit_free import (
-    METRICS_FILE,
-    FitFreeSettings,
-    activation_statistics_of,
-    check_against_model,
-    check_request,
-    fit_free,
-    prune_and_evaluate,
-    refit_aware_scoring,
-    selection_scores,
-)
+from lightning_prune.commands.fit_free import fit_free
 from lightning_prune.data import TaskDataModule
 from lightning_prune.fingerprint import code_fingerprint
 from lightning_prune.io import atomic_path
 from lightning_prune.modules import TaskModel
-from lightning_prune.pruning import ActivationStatistics, Reconstruction, prune_model, restore_units, snapshot_units
+from lightning_prune.pipeline import (
+    METRICS_FILE,
+    FitFreeSettings,
+    RunSetup,
+    StatisticsMemo,
+    collect_statistics,
+    run_fit_free,
+    score_units,
+    set_up_run,
+    test_metrics,
+)
+from lightning_prune.pipeline.summary import point_row
+from lightning_prune.pruning import Cut, Repair, pruned, restored
 from lightning_prune.tasks import TaskSpec, get_task, load_split, read_tsv
 
 RUNS = ROOT / "runs" / "benchmarks"
@@ -93,8 +93,7 @@ def run_cell(experiment: str, model: TaskModel, data: dict[str, Any], **options:
     output_dir = RUNS / experiment / cell_key(model, data, options)
     if (output_dir / METRICS_FILE).exists():
         return json.loads((output_dir / METRICS_FILE).read_text())
-    dense = snapshot_units(model.net)
-    try:
+    with restored(model.net):
         return fit_free(
             trainer(),
             model,
@@ -103,8 +102,6 @@ def run_cell(experiment: str, model: TaskModel, data: dict[str, Any], **options:
             output_dir=str(output_dir),
             overwrite=True,
         )
-    finally:
-        restore_units(model.net, dense)
 
 
 def dense_metrics(experiment: str, model: TaskModel, data: dict[str, Any]) -> dict[str, float]:
@@ -137,109 +134,84 @@ def glue_data(task: str, **data: Any) -> dict[str, Any]:
 
 
 class TaskBench:
-    """Many sweeps (scorers, reconstructions) on one task and scoring draw, sharing the model, the data and the
-    activation statistics (which depend on neither): fit-free's own steps (``check_request``,
-    ``check_against_model``, ``activation_statistics_of``, ``selection_scores``, ``prune_and_evaluate``) in its order.
-    Each sweep's metrics are kept under ``runs/benchmarks/<experiment>`` by ``cell_key``."""
+    """Many fit-free runs (scorers, repairs, budgets) on one task and scoring draw, sharing the model, the data and
+    the repair statistics (which depend on neither: ``StatisticsMemo``): each sweep is ``run_fit_free`` itself, and
+    the analyses that prune otherwise (another task's scores, a layer at a time) use its public stages. Each sweep's
+    result is kept under ``runs/benchmarks/<experiment>`` by ``cell_key``."""
 
     def __init__(self, experiment: str, model: TaskModel, data: dict[str, Any], **options: Any) -> None:
         self.experiment, self.model, self.data, self.options = experiment, model, data, options
         self.trainer = trainer()
         self.datamodule = TaskDataModule(**data)
-        self._shared: dict[str, tuple[ActivationStatistics, float]] = {}  # with ``evaluated_on`` siblings
-        self.statistics_seconds = 0.0
+        self.memo = StatisticsMemo()  # shared with ``evaluated_on`` siblings
 
     def evaluated_on(self, **data: Any) -> TaskBench:
         """This bench with other evaluation data (e.g. ``eval_file``): the same scoring and calibration examples,
-        so the scores (cached) and the reconstruction statistics are shared."""
+        so the scores (cached) and the repair statistics are shared."""
         other = TaskBench(self.experiment, self.model, {**self.data, **data}, **self.options)
-        other.trainer, other._shared = self.trainer, self._shared
+        other.trainer, other.memo = self.trainer, self.memo
         return other
 
-    def reconstruction(self, settings: FitFreeSettings, scorer: Any) -> tuple[Reconstruction | None, Any]:
-        """The repair ``settings`` ask for, from statistics collected once per task and draw (with second moments,
-        which every method can use; of the head outputs too when heads are pruned), and the unit costs of a
-        ``target_speedup`` run."""
-        method, costs = check_against_model(self.trainer, self.model, self.datamodule, settings, scorer)
-        if method == "none":
-            return None, costs
-        key = "statistics+heads" if settings.prunes_heads else "statistics"
-        if key not in self._shared:
-            start = time.perf_counter()
-            statistics = activation_statistics_of(
-                self.trainer, self.model, self.datamodule, True, settings.prunes_heads
-            )
-            self._shared[key] = (statistics, time.perf_counter() - start)
-        self.statistics_seconds = self._shared[key][1]
-        return self._shared[key][0].reconstruction(method, settings.damping), costs
-
-    def _settings(self, scorer: str, **options: Any) -> tuple[FitFreeSettings, Any]:
-        settings = FitFreeSettings.with_defaults(
-            **{**self.options, "scorer": scorer, **options}, output_dir=str(RUNS / self.experiment / "analysis")
-        )
-        return settings, check_request(settings)
+    def _settings(self, scorer: str, **options: Any) -> FitFreeSettings:
+        output_dir = str(RUNS / self.experiment / "analysis")
+        return FitFreeSettings(**{**self.options, "scorer": scorer, **options, "output_dir": output_dir})
 
     def scores(self, scorer: str, **options: Any) -> list[Tensor]:
         """fit-free's unit scores for ``scorer`` (from its score cache when this request was scored before), for
         analyses that prune otherwise than a sweep does (e.g. with another task's scores)."""
-        settings, impl = self._settings(scorer, **options)
-        method = check_against_model(self.trainer, self.model, self.datamodule, settings, impl)[0]
+        setup = set_up_run(self.trainer, self.model, self.datamodule, self._settings(scorer, **options))
         # the statistics only where refit-aware scoring weighs their residuals (not for bias compensation)
-        repair = self.reconstruction(settings, impl)[0] if refit_aware_scoring(settings, method, impl) else None
-        return selection_scores(self.trainer, self.model, self.datamodule, settings, impl, repair).layers
+        repair = self._repair(setup) if setup.refit_aware else None
+        return score_units(self.trainer, self.model, self.datamodule, setup, repair).layers
 
-    def repair(self, scorer: str, **options: Any) -> Reconstruction | None:
+    def repair(self, scorer: str, **options: Any) -> Repair | None:
         """The repair fit-free would apply after ``scorer``'s cut (its statistics shared as in ``sweep``)."""
-        return self.reconstruction(*self._settings(scorer, **options))[0]
+        return self._repair(set_up_run(self.trainer, self.model, self.datamodule, self._settings(scorer, **options)))
 
-    def pruned_metrics(self, kept: list[Tensor], repair: Reconstruction | None) -> dict[str, float]:
+    def _repair(self, setup: RunSetup) -> Repair | None:
+        return collect_statistics(self.trainer, self.model, self.datamodule, setup, self.memo).repair
+
+    def pruned_metrics(self, kept: list[Tensor], repair: Repair | None) -> dict[str, float]:
         """``evaluate``'s metrics of the model with only ``kept`` FFN neurons (repaired by ``repair``); the model is
         dense again afterwards."""
-        dense = snapshot_units(self.model.net)
-        try:
-            prune_model(self.model.net, kept, repair)
+        widths = [layer.size for layer in self.model.net.ffn_layers()]
+        with pruned(self.model.net, Cut(1.0 - sum(map(len, kept)) / sum(widths), kept), repair):
             return test_metrics(self.trainer, self.model, self.datamodule)
-        finally:
-            restore_units(self.model.net, dense)
 
     def sweep(self, scorer: str, **options: Any) -> dict[str, Any]:
-        """The pruned metrics per sparsity (or for the ``target_speedup``) of ``scorer`` (fit-free ``options`` over
-        this bench's), and timings."""
+        """``run_fit_free`` of ``scorer`` (fit-free ``options`` over this bench's) without the dense evaluation and
+        without saving models: the run's settings, each point's ``metrics.json`` row (with the head count kept),
+        and seconds per stage."""
         options = {**self.options, "scorer": scorer, **options}
         path = RUNS / self.experiment / f"sweep-{cell_key(self.model, self.data, options)}.json"
         if path.exists():
             return json.loads(path.read_text())
-        settings = FitFreeSettings.with_defaults(**options, output_dir=str(path.with_suffix("")))
-        impl = check_request(settings)
-        repair, costs = self.reconstruction(settings, impl)  # before scoring, as in fit-free
-        start = time.perf_counter()
-        scores = selection_scores(self.trainer, self.model, self.datamodule, settings, impl, repair)
-        statistics_seconds = self.statistics_seconds if repair is not None else 0.0
-        seconds = {"score": time.perf_counter() - start, "statistics": statistics_seconds}
-        points = prune_and_evaluate(self.trainer, self.model, self.datamodule, settings, scores, repair, seconds, costs)
-        heads = self.model.net.attention_layers()
+        settings = FitFreeSettings(
+            **{"evaluate_dense": False, "save_models": "none", **options},
+            output_dir=str(path.with_suffix("")),
+            overwrite=True,
+        )
+        with restored(self.model.net):
+            run = run_fit_free(self.trainer, self.model, self.datamodule, settings, self.memo)
+        outcome, heads = run.outcome, self.model.net.attention_layers()
         result = {
             "scorer": scorer,
             "options": options,
             "scope": settings.scope,
-            "reconstruct": repair.method if repair is not None else "none",
-            "refit_aware": scores.refit_aware,
-            "calibration_examples": len(self.datamodule.calibration_examples_list()) if repair is not None else 0,
-            "examples_scored": scores.examples,
-            "dense_flops": costs.total if costs is not None else None,
+            "reconstruct": outcome.setup.repair,
+            "refit_aware": outcome.scores.refit_aware,
+            "calibration_examples": len(outcome.setup.calibration),
+            "examples_scored": outcome.scores.examples,
             "points": [
                 {
-                    "sparsity": p.sparsity,
-                    "metrics": p.metrics,
-                    "selection_metrics": p.selection_metrics,
-                    "flops": p.flops,
-                    "heads_kept": None if p.kept_heads is None else sum(
-                        len(k) * layer.queries_per_group for k, layer in zip(p.kept_heads, heads, strict=True)
+                    **point_row(point, outcome.dense, outcome.choice),
+                    "heads_kept": None if point.cut.kept_heads is None else sum(
+                        len(k) * layer.queries_per_group for k, layer in zip(point.cut.kept_heads, heads, strict=True)
                     ),
                 }
-                for p in points
+                for point in outcome.choice.points
             ],
-            "seconds": seconds,
+            "seconds": {**run.summary["seconds"], "statistics": outcome.statistics.seconds or 0.0},
         }  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:
@@ -254,7 +226,7 @@ def speedup_row(result: dict[str, Any], task: str, metric: str, dense: float, **
     return {
         "task": task, "scorer": result["scorer"], "units": "heads+ffn" if options.get("heads", True) else "ffn",
         **extra, "target": options["target_speedup"],
-        "flop_speedup": round(result["dense_flops"] / point["flops"], 4),
+        "flop_speedup": round(point["flop_speedup"], 4),
         "ffn_sparsity": round(point["sparsity"], 4), "heads_kept": point["heads_kept"],
         "metric": metric, "dense": round(dense, 5), "pruned": round(point["metrics"][metric], 5),
         "retained": round(point["metrics"][metric] / dense, 5), "score_seconds": round(result["seconds"]["score"], 1),

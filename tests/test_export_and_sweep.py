@@ -23,7 +23,8 @@ from lightning_prune import load_pruned_model
 from lightning_prune.cli import PruneCLI, main
 from lightning_prune.data import TaskDataModule
 from lightning_prune.entry import COMMANDS, HELP
-from lightning_prune.tasks import HUB_OFFLINE_VARIABLES, PROXY_VARIABLES, get_task
+from lightning_prune.tasks import get_task
+from lightning_prune.tasks.splits import HUB_OFFLINE_VARIABLES, PROXY_VARIABLES
 from lightning_prune.testing import sentiment_rows
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
@@ -192,9 +193,8 @@ def test_selection_examples_are_disjoint_from_scoring_and_evaluation(glue_dir):
 
 def test_calibration_examples_extend_the_scoring_examples_apart_from_the_selection(glue_dir):
     data = TaskDataModule("sst2", str(glue_dir), num_examples=8, selection_examples=10, calibration_examples=30)
-    data.selection_in_use = True  # a max_drop run
     scoring = [e.index for e in data.score_examples()]
-    calibration = [e.index for e in data.calibration_examples_list()]
+    calibration = [e.index for e in data.calibration_examples_list(avoid_selection=True)]  # a max_drop run
     selection = {e.index for e in data.selection_examples_list()}
     assert calibration[:8] == scoring and len(set(calibration)) == 30 and not selection & set(calibration)
     # Without calibration examples the selection draw is what it always was.
@@ -209,9 +209,7 @@ def test_calibration_examples_extend_the_scoring_examples_apart_from_the_selecti
     rows = len(TaskDataModule("sst2", str(glue_dir)).score_examples())
     many = TaskDataModule("sst2", str(glue_dir), num_examples=8, selection_examples=10, calibration_examples=10**6)
     assert len(many.calibration_examples_list()) == rows  # no max_drop run: nothing held apart
-    many = TaskDataModule("sst2", str(glue_dir), num_examples=8, selection_examples=10, calibration_examples=10**6)
-    many.selection_in_use = True
-    assert len(many.calibration_examples_list()) == rows - 10
+    assert len(many.calibration_examples_list(avoid_selection=True)) == rows - 10
 
 
 def test_eval_seed_keeps_the_evaluation_examples_of_other_scoring_draws(glue_dir):

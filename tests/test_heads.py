@@ -16,7 +16,7 @@ from lightning_prune.adapters import load_model
 from lightning_prune.export import save_model_folder
 from lightning_prune.pruning import prune_model, restore_units, snapshot_units
 from lightning_prune.pruning.budget import count_flops, unit_costs
-from lightning_prune.pruning.selection import select_for_flops
+from lightning_prune.pruning.keep import keep_for_flops
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, get_task, load_split
 
@@ -100,16 +100,16 @@ def test_flop_budget_selection():
     scores = [torch.tensor([1.0, 2.0, 3.0, 4.0]), torch.tensor([5.0, 0.1])]
     costs, floors, kinds = [1.0, 10.0], [1, 1], ["ffn", "attention"]
     # global: lowest score per FLOP first: head 1 (0.01/FLOP) goes before any neuron
-    kept = select_for_flops(scores, costs, 10.0, "global", floors, kinds)
+    kept = keep_for_flops(scores, costs, 10.0, "global", floors, kinds)
     assert [k.tolist() for k in kept] == [[0, 1, 2, 3], [0]]
-    kept = select_for_flops(scores, costs, 12.0, "global", floors, kinds)
+    kept = keep_for_flops(scores, costs, 12.0, "global", floors, kinds)
     assert [k.tolist() for k in kept] == [[2, 3], [0]]
     # layer: FFN layers lose the same fraction, attention layers the same number of heads; the highest kept score
-    kept = select_for_flops(scores, costs, 2.0, "layer", floors, kinds)
+    kept = keep_for_flops(scores, costs, 2.0, "layer", floors, kinds)
     assert [k.tolist() for k in kept] == [[0, 1, 2, 3], [0]]  # the worthless head beats two neurons
-    kept = select_for_flops([scores[0], torch.tensor([5.0, 4.0])], costs, 2.0, "layer", floors, kinds)
+    kept = keep_for_flops([scores[0], torch.tensor([5.0, 4.0])], costs, 2.0, "layer", floors, kinds)
     assert [k.tolist() for k in kept] == [[2, 3], [0, 1]]  # a useful head: two neurons go instead
-    assert select_for_flops(scores, costs, 14.0, "global", floors, kinds) is None  # floors leave 13 removable
+    assert keep_for_flops(scores, costs, 14.0, "global", floors, kinds) is None  # floors leave 13 removable
 
 
 def test_target_speedup_on_bert_removes_heads_and_saves_a_loadable_model(bert_dir, glue_dir, tmp_path, capsys, caplog):

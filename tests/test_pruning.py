@@ -14,14 +14,14 @@ from lightning_prune.export import save_model_folder
 from lightning_prune.pruning import (
     PLAN_FILE,
     ActivationStatistics,
-    Reconstruction,
+    Repair,
     activation_statistics,
+    keep_neurons,
     prune_model,
-    select_neurons,
     slice_ffn,
 )
-from lightning_prune.pruning.reconstruction import GRAM_DTYPE
-from lightning_prune.pruning.selection import round_widths
+from lightning_prune.pruning.keep import round_widths
+from lightning_prune.pruning.repair import GRAM_DTYPE
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
 
@@ -41,7 +41,7 @@ def test_sparsity_zero_keeps_outputs_identical(model_dir, glue_dir, task):
     batch = _batch(model, glue_dir, task)
     before = _outputs(model, batch)
     scores = create_scorer("magnitude")(model, None)
-    prune_model(model, select_neurons(scores, 0.0))
+    prune_model(model, keep_neurons(scores, 0.0))
     after = _outputs(model, batch)
     assert torch.equal(before[0], after[0]) and torch.equal(before[1], after[1])
 
@@ -49,7 +49,7 @@ def test_sparsity_zero_keeps_outputs_identical(model_dir, glue_dir, task):
 def test_sliced_model_equals_masked_model(model_dir, glue_dir):
     model = load_model(model_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
-    kept = select_neurons(create_scorer("random", {"seed": 1})(model, None), 0.6)
+    kept = keep_neurons(create_scorer("random", {"seed": 1})(model, None), 0.6)
     layers = model.ffn_layers()
     masks = {layer.name: torch.zeros(layer.size).index_fill(0, k, 1.0) for layer, k in zip(layers, kept, strict=True)}
     with model.hook_activations(model.ffn_layers(), lambda layer, a: a * masks[layer.name]):
@@ -65,7 +65,7 @@ def test_gated_t5_slices_both_up_projections(t5_gated_dir):
     model = load_model(t5_gated_dir, TASKS["sst2"])
     layer = model.ffn_layers()[0]
     assert layer.up == ("wi_0", "wi_1")
-    prune_model(model, select_neurons(create_scorer("magnitude")(model, None), 0.5))
+    prune_model(model, keep_neurons(create_scorer("magnitude")(model, None), 0.5))
     assert [p.out_features for p in layer.up_projs] == [20, 20] and layer.down_proj.in_features == 20
 
 
@@ -77,7 +77,7 @@ def test_t5_covers_encoder_and_decoder(t5_dir):
 def test_save_load_round_trip(model_dir, glue_dir, tmp_path):
     model = load_model(model_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
-    prune_model(model, select_neurons(create_scorer("random")(model, None), 0.7, scope="global"))
+    prune_model(model, keep_neurons(create_scorer("random")(model, None), 0.7, scope="global"))
     save_model_folder(model, tmp_path)
     loaded = load_model(tmp_path, TASKS["sst2"])
     assert [layer.size for layer in loaded.ffn_layers()] == [layer.size for layer in model.ffn_layers()]
@@ -92,7 +92,7 @@ def test_save_load_round_trip(model_dir, glue_dir, tmp_path):
 def test_plan_from_another_model_is_refused(bert_dir, t5_dir, tmp_path):
     t5 = load_model(t5_dir, TASKS["sst2"])
     bert = load_model(bert_dir, TASKS["sst2"])
-    plan = prune_model(t5, select_neurons(create_scorer("random")(t5, None), 0.5))
+    plan = prune_model(t5, keep_neurons(create_scorer("random")(t5, None), 0.5))
     save_model_folder(bert, tmp_path)
     (tmp_path / PLAN_FILE).write_text(json.dumps(plan))
     with pytest.raises(UsageError, match="plan belongs to another model"):
@@ -101,13 +101,13 @@ def test_plan_from_another_model_is_refused(bert_dir, t5_dir, tmp_path):
 
 def test_layer_selection_keeps_top_scores_per_layer():
     scores = [torch.tensor([0.1, 0.9, 0.5, 0.3]), torch.tensor([4.0, 1.0, 2.0, 3.0])]
-    kept = select_neurons(scores, 0.5)
+    kept = keep_neurons(scores, 0.5)
     assert [k.tolist() for k in kept] == [[1, 2], [0, 3]]
 
 
 def test_global_selection_ranks_model_wide_with_a_floor():
     scores = [torch.tensor([0.1, 0.2, 0.3, 0.4]), torch.tensor([4.0, 1.0, 2.0, 3.0])]
-    kept = select_neurons(scores, 0.5, scope="global", min_keep=1)
+    kept = keep_neurons(scores, 0.5, scope="global", min_keep=1)
     assert [k.tolist() for k in kept] == [[3], [0, 2, 3]]  # layer 0 keeps only its floor
 
 
@@ -120,7 +120,7 @@ def test_rounded_widths_drop_the_lowest_kept_scores_and_respect_the_floor():
 
 
 def test_ties_are_broken_by_index():
-    kept = select_neurons([torch.ones(6)], 0.5)
+    kept = keep_neurons([torch.ones(6)], 0.5)
     assert kept[0].tolist() == [0, 1, 2]
 
 
@@ -129,7 +129,7 @@ def test_ties_are_broken_by_index():
 )
 def test_bad_selection_settings(sparsity, scope, min_keep):
     with pytest.raises(UsageError):
-        select_neurons([torch.ones(4)], sparsity, scope, min_keep)
+        keep_neurons([torch.ones(4)], sparsity, scope, min_keep)
 
 
 def _make_constant(model, neurons: list[torch.Tensor], values: list[torch.Tensor]) -> None:
@@ -152,7 +152,7 @@ def test_bias_compensation_is_exact_for_constant_neurons(bert_dir, glue_dir):
         torch.tensor(sorted(set(range(layer.size)) - set(r.tolist())))
         for layer, r in zip(model.ffn_layers(), removed, strict=True)
     ]
-    bias = activation_statistics(model, [batch]).reconstruction("bias")
+    bias = activation_statistics(model, [batch]).repair("bias")
     plain = copy.deepcopy(model)
     prune_model(plain, kept)
     plan = prune_model(model, kept, bias)
@@ -189,8 +189,8 @@ def test_activation_means_count_words_not_special_tokens(bert_dir, glue_dir):
 def test_compensated_model_saves_and_loads(bert_dir, glue_dir, tmp_path):
     model = load_model(bert_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
-    kept = select_neurons(create_scorer("random", {"seed": 2})(model, None), 0.5)
-    prune_model(model, kept, activation_statistics(model, [batch]).reconstruction("bias"))
+    kept = keep_neurons(create_scorer("random", {"seed": 2})(model, None), 0.5)
+    prune_model(model, kept, activation_statistics(model, [batch]).repair("bias"))
     save_model_folder(model, tmp_path)
     expected, got = _outputs(model, batch), _outputs(load_model(tmp_path, TASKS["sst2"]), batch)
     assert torch.equal(expected[0], got[0]) and torch.equal(expected[1], got[1])
@@ -199,8 +199,8 @@ def test_compensated_model_saves_and_loads(bert_dir, glue_dir, tmp_path):
 def test_layers_without_a_down_bias_are_cut_plainly(t5_dir, glue_dir):
     model = load_model(t5_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
-    kept = select_neurons(create_scorer("random")(model, None), 0.5)
-    plan = prune_model(model, kept, activation_statistics(model, [batch]).reconstruction("bias"))
+    kept = keep_neurons(create_scorer("random")(model, None), 0.5)
+    plan = prune_model(model, kept, activation_statistics(model, [batch]).repair("bias"))
     assert not any(entry["reconstruction"] for entry in plan["layers"])
     layer = model.ffn_layers()[0]
     with pytest.raises(ValueError, match="repaired down projection of shape"):
@@ -235,7 +235,7 @@ def test_least_squares_reproduces_the_dense_layer_when_the_kept_neurons_span_the
     statistics = activation_statistics(model, [batch], second_moments=True)
     plain = copy.deepcopy(model)
     prune_model(plain, kept)
-    plan = prune_model(model, kept, statistics.reconstruction("least_squares", damping=1e-10))
+    plan = prune_model(model, kept, statistics.repair("least_squares", damping=1e-10))
     assert all(entry["reconstruction"] == ["least_squares"] for entry in plan["layers"])
     with torch.no_grad():
         torch.testing.assert_close(model.target_log_prob(batch, batch["labels"]), dense, rtol=1e-4, atol=1e-4)
@@ -249,7 +249,7 @@ def test_least_squares_changes_nothing_when_nothing_is_pruned(llama_dir, glue_di
         dense = model.target_log_prob(batch, batch["labels"])
     statistics = activation_statistics(model, [batch], second_moments=True)
     kept = [torch.arange(layer.size) for layer in model.ffn_layers()]
-    prune_model(model, kept, statistics.reconstruction("least_squares"))
+    prune_model(model, kept, statistics.repair("least_squares"))
     with torch.no_grad():
         torch.testing.assert_close(model.target_log_prob(batch, batch["labels"]), dense)
 
@@ -294,7 +294,7 @@ def test_residuals_are_each_neurons_least_squares_residual_on_the_others(bias):
     tokens = tokens + 0.5
     tokens = torch.cat([tokens, tokens[:, :1]], dim=1)  # neuron 6 copies neuron 0
     layer = SimpleNamespace(name="ffn", down_proj=torch.nn.Linear(7, 3, bias=bias))
-    repair = Reconstruction("least_squares", [tokens.mean(0)], [tokens.T @ tokens], 1e-9, torch.tensor([400.0]))
+    repair = Repair("least_squares", [tokens.mean(0)], [tokens.T @ tokens], 1e-9, torch.tensor([400.0]))
     residuals = repair.residuals([layer])["ffn"](tokens).double()
     for neuron in range(5):
         others = torch.cat([tokens[:, :neuron], tokens[:, neuron + 1 :]], dim=1)
@@ -308,6 +308,6 @@ def test_residuals_are_each_neurons_least_squares_residual_on_the_others(bias):
 def test_bias_reconstruction_needs_no_second_moments_and_least_squares_does(bert_dir):
     model = load_model(bert_dir, TASKS["sst2"])
     means = [torch.zeros(layer.size) for layer in model.ffn_layers()]
-    assert Reconstruction("bias", means).applies_to(model.ffn_layers()[0])
+    assert Repair("bias", means).applies_to(model.ffn_layers()[0])
     with pytest.raises(ValueError, match="second moments"):
-        Reconstruction("least_squares", means)
+        Repair("least_squares", means)

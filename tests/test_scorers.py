@@ -239,6 +239,7 @@ def test_refit_aware_scoring_weighs_what_residuals_give(request, glue_dir, fixtu
         (lambda a: a, 1.0),
         (lambda a: 2 * a, 2.0 if name in ("attribution", "activation") else 4.0),
     ):
-        scorer.residuals = {layer.name: residual for layer in model.ffn_layers()}
-        for index, (got, want) in enumerate(zip(scorer.score_units(model, batch, layers), plain, strict=True)):
+        refit_aware = scorer.with_residuals({layer.name: residual for layer in model.ffn_layers()})
+        assert scorer.residuals is None  # the run's scorer stays as it is
+        for index, (got, want) in enumerate(zip(refit_aware.score_units(model, batch, layers), plain, strict=True)):
             torch.testing.assert_close(got, want * (factor if index < ffn else 1.0), rtol=1e-4, atol=1e-7)

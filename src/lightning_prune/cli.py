@@ -20,12 +20,14 @@ from lightning.fabric.utilities.exceptions import MisconfigurationException
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from lightning_prune.commands import USAGE
-from lightning_prune.commands.evaluate import check_output_file, evaluate, user_inputs
-from lightning_prune.commands.fit_free import FitFreeSettings, check_request, fit_free
+from lightning_prune.commands.evaluate import check_output_file, evaluate
+from lightning_prune.commands.fit_free import fit_free
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import Terminated, UsageError
 from lightning_prune.lora import check_adapter_folder, require_peft
 from lightning_prune.modules import StopOnSigterm, TaskModel
+from lightning_prune.pipeline import FitFreeSettings
+from lightning_prune.pipeline.check import check_request, user_inputs
 from lightning_prune.scorers import accepted_options
 from lightning_prune.tasks import require_hub
 
@@ -149,7 +151,7 @@ class PruneCLI(LightningCLI):
         if self.subcommand == "fit-free":
             if _given(self.command_line, "--scorer") and not _given(self.command_line, "--scorer_options"):
                 c.scorer_options = self._options_of_new_scorer(c.scorer, c.scorer_options)
-            check_request(FitFreeSettings.of(c), inputs)
+            check_request(FitFreeSettings.from_namespace(c), inputs)
         elif c.output_file is not None:
             check_output_file(c.output_file, c.overwrite, inputs)
         reads_scoring_data = self.subcommand == "fit-free" or data.demonstrations

@@ -1,4 +1,5 @@
-"""The task's data as a LightningDataModule: scoring examples (predict) and evaluation examples (test).
+"""The task's data as a LightningDataModule: scoring examples (predict) and evaluation examples (test), and the
+other draws a run needs (calibration, selection examples), each served by ``ExampleSet``.
 
 Under DDP every example is seen by exactly one process: the samplers never pad with duplicates, so
 summed scores and synced metrics equal a single-process run.
@@ -8,19 +9,15 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
-from typing import Literal
 
 from jsonargparse.typing import NonNegativeInt, PositiveInt
-from lightning import LightningDataModule
+from lightning import LightningDataModule, Trainer
 from lightning.pytorch.overrides.distributed import UnrepeatedDistributedSampler
 from torch.utils.data import DataLoader
 
 from lightning_prune.adapters.base import Batch, PrunableModel
 from lightning_prune.errors import UsageError
 from lightning_prune.tasks import Example, TaskSpec, check_data_file, get_task, load_split, read_tsv
-
-TestSet = Literal["eval", "selection"]  # what ``trainer.test`` runs on
-PredictSet = Literal["score", "calibration"]  # what ``trainer.predict`` runs on
 
 
 def _draw(total: int, count: int | None, seed: int, what: str) -> list[int]:
@@ -38,7 +35,9 @@ def subsample(examples: list[Example], count: int | None, seed: int, what: str) 
 
 
 def _by_length(examples: list[Example]) -> list[Example]:
-    """Shortest first, by characters: a cheap stand-in for token counts."""
+    """Shortest first, by characters: a cheap stand-in for token counts. What ``trainer.predict`` runs on is
+    bucketed so: similar lengths share a batch, so little compute goes to padding; scores and statistics are sums,
+    so the order does not matter (beyond float rounding, which is still deterministic)."""
     return sorted(examples, key=lambda e: sum(len(t) for t in e.texts))
 
 
@@ -111,9 +110,6 @@ class TaskDataModule(LightningDataModule):
             if file is not None:
                 check_data_file(file, name)
         self._cache: dict[str, list[Example]] = {}
-        self.test_set: TestSet = "eval"
-        self.predict_set: PredictSet = "score"
-        self.selection_in_use = False  # set by a ``max_drop`` run: the calibration examples then avoid them
 
     def _examples(self, file: str | None, split: str) -> list[Example]:
         return read_tsv(file, self.spec) if file is not None else load_split(self.spec, split, self.hparams.data_dir)
@@ -163,7 +159,7 @@ class TaskDataModule(LightningDataModule):
 
     def _selection_draw(self) -> list[Example]:
         """The selection examples a ``max_drop`` run draws from the scoring source: the same draw whatever the
-        calibration examples are (these avoid it only when ``selection_in_use``)."""
+        calibration examples are (these avoid it only when asked to)."""
         if "selection_draw" not in self._cache:
             h = self.hparams
             rest = self._unscored()
@@ -172,31 +168,30 @@ class TaskDataModule(LightningDataModule):
             )
         return self._cache["selection_draw"]
 
-    def _calibration_extra(self) -> list[Example]:
+    def _calibration_extra(self, avoid_selection: bool) -> list[Example]:
         """What the statistics add to the scoring examples: a draw of the rest of the scoring source (apart from
-        the selection examples when they are in use), as many as there are up to ``calibration_examples``."""
-        if "calibration_extra" not in self._cache:
-            h = self.hparams
-            wanted = (h.calibration_examples or 0) - len(self.score_examples())
-            extra: list[Example] = []
-            if wanted > 0:
-                apart = self.selection_in_use and h.selection_file is None
-                held = {id(e) for e in self._selection_draw()} if apart else set()
-                rest = [e for e in self._unscored() if id(e) not in held]
-                extra = subsample(rest, min(wanted, len(rest)), h.seed, "calibration_examples") if rest else []
-            self._cache["calibration_extra"] = extra
-        return self._cache["calibration_extra"]
+        the selection examples with ``avoid_selection``), as many as there are up to ``calibration_examples``."""
+        h = self.hparams
+        wanted = (h.calibration_examples or 0) - len(self.score_examples())
+        if wanted <= 0:
+            return []
+        apart = avoid_selection and h.selection_file is None
+        held = {id(e) for e in self._selection_draw()} if apart else set()
+        rest = [e for e in self._unscored() if id(e) not in held]
+        return subsample(rest, min(wanted, len(rest)), h.seed, "calibration_examples") if rest else []
 
-    def calibration_examples_list(self) -> list[Example]:
-        """The examples the reconstruction statistics come from (see ``calibration_examples``)."""
-        if "calibration" not in self._cache:
+    def calibration_examples_list(self, avoid_selection: bool = False) -> list[Example]:
+        """The examples the repair statistics come from (see ``calibration_examples``); with ``avoid_selection``
+        (a ``max_drop`` run) none of the selection examples drawn from the scoring source."""
+        key = f"calibration-{avoid_selection}"
+        if key not in self._cache:
             h = self.hparams
             scored = self.score_examples()
             if h.calibration_examples is not None and h.calibration_examples < len(scored):
-                self._cache["calibration"] = subsample(scored, h.calibration_examples, h.seed, "calibration_examples")
+                self._cache[key] = subsample(scored, h.calibration_examples, h.seed, "calibration_examples")
             else:
-                self._cache["calibration"] = scored + self._calibration_extra()
-        return self._cache["calibration"]
+                self._cache[key] = scored + self._calibration_extra(avoid_selection)
+        return self._cache[key]
 
     def heaviest_score_batch(self, net: PrunableModel) -> Batch:
         """The batch of the longest scoring examples (a full batch, if there are enough): what memory must fit."""
@@ -245,32 +240,50 @@ class TaskDataModule(LightningDataModule):
             self._cache["eval"] = subsample(examples, h.eval_examples, seed, "eval_examples")
         return self._cache["eval"]
 
-    def _loader(self, examples: list[Example]) -> DataLoader:
-        trainer = self.trainer
-        sampler = None
-        if trainer is not None and trainer.world_size > len(examples):
-            raise UsageError(
-                f"{len(examples)} examples cannot be shared by {trainer.world_size} processes: "
-                "use fewer devices or more examples"
-            )
-        if trainer is not None and trainer.world_size > 1:
-            sampler = UnrepeatedDistributedSampler(
-                examples, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
-            )
-        return DataLoader(
-            examples,  # type: ignore[arg-type]
-            batch_size=self.hparams.batch_size,
-            sampler=sampler,
-            shuffle=False,
-            num_workers=self.hparams.num_workers,
-            collate_fn=trainer.lightning_module.collate,
-        )
+    def serving(self, examples: list[Example]) -> ExampleSet:
+        """``examples`` as a datamodule of their own, batched like this one's: what ``trainer.predict`` or
+        ``trainer.test`` runs on besides the scoring and evaluation examples (calibration, selection)."""
+        return ExampleSet(examples, self.hparams.batch_size, self.hparams.num_workers)
 
     def predict_dataloader(self) -> DataLoader:
-        # Length bucketing: similar lengths share a batch, so little compute goes to padding. Scores are
-        # sums, so the order does not matter (beyond float rounding, which is still deterministic).
-        examples = self.score_examples() if self.predict_set == "score" else self.calibration_examples_list()
-        return self._loader(_by_length(examples))
+        h = self.hparams
+        return _loader(self.trainer, _by_length(self.score_examples()), h.batch_size, h.num_workers)
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader(self.eval_examples() if self.test_set == "eval" else self.selection_examples_list())
+        return _loader(self.trainer, self.eval_examples(), self.hparams.batch_size, self.hparams.num_workers)
+
+
+class ExampleSet(LightningDataModule):
+    """A fixed list of examples for ``trainer.predict`` (shortest first) or ``trainer.test`` (in order)."""
+
+    def __init__(self, examples: list[Example], batch_size: int, num_workers: int = 0) -> None:
+        super().__init__()
+        self.examples, self.batch_size, self.num_workers = examples, batch_size, num_workers
+
+    def predict_dataloader(self) -> DataLoader:
+        return _loader(self.trainer, _by_length(self.examples), self.batch_size, self.num_workers)
+
+    def test_dataloader(self) -> DataLoader:
+        return _loader(self.trainer, self.examples, self.batch_size, self.num_workers)
+
+
+def _loader(trainer: Trainer, examples: list[Example], batch_size: int, num_workers: int) -> DataLoader:
+    """Batches of ``examples`` made by the running module's ``collate``, each example in exactly one process."""
+    sampler = None
+    if trainer is not None and trainer.world_size > len(examples):
+        raise UsageError(
+            f"{len(examples)} examples cannot be shared by {trainer.world_size} processes: "
+            "use fewer devices or more examples"
+        )
+    if trainer is not None and trainer.world_size > 1:
+        sampler = UnrepeatedDistributedSampler(
+            examples, num_replicas=trainer.world_size, rank=trainer.global_rank, shuffle=False
+        )
+    return DataLoader(
+        examples,  # type: ignore[arg-type]
+        batch_size=batch_size,
+        sampler=sampler,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=trainer.lightning_module.collate,
+    )

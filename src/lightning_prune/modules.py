@@ -209,7 +209,7 @@ def _describe_progress(trainer, text: str) -> None:
 class ActivationStatisticsModule(LightningModule):
     """Content-token activation statistics of every FFN neuron (and with ``heads`` every head output) over
     ``trainer.predict`` batches, summed over processes: what reconstruction repairs a cut with
-    (``lightning_prune.pruning.reconstruction``)."""
+    (``lightning_prune.pruning.repair``)."""
 
     def __init__(self, net: PrunableModel, second_moments: bool = False, heads: bool = False) -> None:
         super().__init__()

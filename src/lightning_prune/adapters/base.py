@@ -7,6 +7,7 @@ interface, so a new architecture needs an adapter and nothing else.
 from __future__ import annotations
 
 import contextlib
+import functools
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ import torch
 from torch import Tensor, nn
 
 from lightning_prune.attention import AttentionLayer
+from lightning_prune.errors import UsageError
 from lightning_prune.ffn import FFNLayer
+from lightning_prune.prompts import Prompt
 from lightning_prune.tasks import TASKS, Example, TaskSpec
 
 Batch = dict[str, Tensor]
@@ -68,6 +71,38 @@ class BlockInput:
         )
 
 
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model is read from: a local folder (or, online, a hub id) with its pruning plan if lightning-prune
+    wrote it, and the LoRA adapter to merge into a dense one."""
+
+    path: str
+    folder: Path
+    plan: dict | None
+    adapter: str | None
+
+    @property
+    def is_folder(self) -> bool:
+        return self.folder.is_dir()
+
+    @functools.cached_property
+    def config(self):
+        """The folder's (or hub id's) ``config.json``, read once."""
+        from transformers import AutoConfig
+
+        try:
+            return AutoConfig.from_pretrained(self.path)
+        except (OSError, ValueError) as error:
+            raise UsageError(
+                f"could not read a model config from {self.path!r} ({type(error).__name__}): give a local model "
+                "folder, or a hub id when online"
+            ) from None
+
+
+class UnsupportedArchitecture(UsageError):
+    """A model no adapter handles: ``load_model`` adds the supported architectures to the message."""
+
+
 class PrunableModel(nn.Module, ABC):
     """A model bound to one task, exposing its FFN neurons.
 
@@ -87,9 +122,29 @@ class PrunableModel(nn.Module, ABC):
     head_count_keys: tuple[str, str] | None = None
     # Why this model's heads cannot be removed (None: they can, ``attention_layers`` lists them).
     head_pruning_unsupported: str | None = None
-    # The weights' dtype on disk when loaded (set by ``load_model``; computation runs in float32): what
+    # The weights' dtype on disk when loaded (set by ``load``; computation runs in float32): what
     # ``save`` writes by default, so a pruned model is never larger than its source for lack of precision.
     source_dtype: torch.dtype = torch.float32
+    model_types: tuple[str, ...] = ()  # the config ``model_type``s of the family this adapter loads
+    answers_through_prompt = False  # decoder LMs: a prompt and demonstrations apply
+
+    @classmethod
+    def claims(cls, source: ModelSource) -> bool:
+        """Whether this adapter loads ``source`` (by default: its config's ``model_type`` is one of this family's)."""
+        return source.config.model_type in cls.model_types
+
+    @classmethod
+    @abstractmethod
+    def load(
+        cls,
+        source: ModelSource,
+        task: TaskSpec,
+        max_length: int,
+        prompt: Prompt | None = None,
+        demonstrations: list[Example] | None = None,
+    ) -> PrunableModel:
+        """The model at ``source`` bound to ``task`` (dense weights, or dense shapes a plan then cuts), in float32,
+        with ``source_dtype`` set; ``prompt`` and ``demonstrations`` only where ``answers_through_prompt``."""
 
     def __init__(self, task: TaskSpec, tokenizer, max_length: int) -> None:
         super().__init__()

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel
+from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, ModelSource, PrunableModel
+from lightning_prune.adapters.hf import load_hf, load_tokenizer, stored_dtype
 from lightning_prune.attention import AttentionLayer
 from lightning_prune.cache import examples_fingerprint
 from lightning_prune.errors import UsageError
@@ -39,6 +40,8 @@ class CausalLMClassifier(PrunableModel):
 
     ffn_width_key = "intermediate_size"
     head_count_keys = ("num_attention_heads", "num_key_value_heads")  # the config's head_dim keeps the head size
+    model_types = CAUSAL_LM_MODEL_TYPES
+    answers_through_prompt = True
 
     def __init__(
         self,
@@ -74,6 +77,23 @@ class CausalLMClassifier(PrunableModel):
             mask[row, : len(word_ids)] = 1
         self.register_buffer("candidate_ids", candidates, persistent=False)
         self.register_buffer("candidate_mask", mask, persistent=False)
+
+    @classmethod
+    def load(
+        cls,
+        source: ModelSource,
+        task: TaskSpec,
+        max_length: int,
+        prompt: Prompt | None = None,
+        demonstrations: list[Example] | None = None,
+    ) -> CausalLMClassifier:
+        from transformers import AutoModelForCausalLM
+
+        tokenizer = load_tokenizer(source.path)
+        decoder = load_hf(AutoModelForCausalLM, source.path, source.plan, source.adapter)
+        model = cls(decoder, task, tokenizer, max_length, prompt, demonstrations)
+        model.source_dtype = stored_dtype(source.folder, source.config)
+        return model
 
     def _encode(self, text: str) -> list[int]:
         """The tokens of ``text``, without the special tokens the tokenizer adds around a text (BOS)."""

@@ -18,10 +18,20 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, PrunableModel, example_fields
+from lightning_prune.adapters.base import (
+    Batch,
+    BlockInput,
+    FFNLayer,
+    ModelSource,
+    PrunableModel,
+    UnsupportedArchitecture,
+    example_fields,
+)
+from lightning_prune.adapters.hf import load_hf, load_tokenizer, stored_dtype
 from lightning_prune.attention import AttentionLayer
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_path, write_json
+from lightning_prune.prompts import Prompt
 from lightning_prune.tasks import Example, TaskSpec
 
 HEADS_CONFIG = "multitask_heads.json"
@@ -72,6 +82,36 @@ class EncoderWithHeads(PrunableModel):
         self.input_names = [
             n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")
         ]
+
+    @classmethod
+    def claims(cls, source: ModelSource) -> bool:
+        return (source.folder / HEADS_CONFIG).is_file()
+
+    @classmethod
+    def load(
+        cls,
+        source: ModelSource,
+        task: TaskSpec,
+        max_length: int,
+        prompt: Prompt | None = None,
+        demonstrations: list[Example] | None = None,
+    ) -> EncoderWithHeads:
+        """The heads folder's encoder (in the folder, or where ``multitask_heads.json`` points) and ``task``'s
+        head; a pruned folder holds its encoder itself."""
+        from transformers import AutoConfig, AutoModel
+
+        heads_config, head = load_heads(source.folder, task)
+        pruned = source.plan is not None
+        encoder_folder = source.folder if pruned else resolve_encoder_source(source.folder, heads_config)
+        model_type = _model_type(encoder_folder)
+        if model_type not in ENCODER_LAYOUTS:
+            raise UnsupportedArchitecture(f"encoder of {source.path} is {model_type!r}")
+        encoder = load_hf(AutoModel, encoder_folder, source.plan, source.adapter)
+        tokenizer_folder = source.folder if (source.folder / "tokenizer_config.json").is_file() else encoder_folder
+        pooling = heads_config.get("pooling", "mean")
+        model = cls(encoder, head, pooling, task, load_tokenizer(tokenizer_folder), max_length)
+        model.source_dtype = stored_dtype(encoder_folder, AutoConfig.from_pretrained(str(encoder_folder)))
+        return model
 
     @property
     def weights_module(self) -> nn.Module:
@@ -206,3 +246,13 @@ def load_heads(folder: Path, task: TaskSpec) -> tuple[dict, nn.Linear]:
     head = nn.Linear(weight.shape[1], weight.shape[0])
     head.load_state_dict({"weight": weight.float(), "bias": bias.float()})
     return config, head
+
+
+def _model_type(source: Path) -> str:
+    config_path = source / "config.json"
+    if not config_path.is_file():
+        raise UsageError(f"encoder folder {source} has no config.json: the encoder is missing")
+    try:
+        return json.loads(config_path.read_text()).get("model_type", "?")
+    except json.JSONDecodeError as error:
+        raise UsageError(f"{config_path} is not valid JSON ({error}): the model folder is damaged") from None

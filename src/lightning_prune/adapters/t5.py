@@ -10,7 +10,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, FFNLayer, PrunableModel
+from lightning_prune.adapters.base import Batch, FFNLayer, ModelSource, PrunableModel
+from lightning_prune.adapters.hf import load_hf, load_tokenizer, stored_dtype
+from lightning_prune.prompts import Prompt
 from lightning_prune.tasks import Example, TaskSpec
 
 T5_MODEL_TYPES = ("t5", "mt5")
@@ -20,6 +22,7 @@ class T5TextToText(PrunableModel):
     """A seq2seq model answering the bound task with its label words."""
 
     ffn_width_key = "d_ff"  # one width for the encoder and decoder FFNs
+    model_types = T5_MODEL_TYPES
     head_pruning_unsupported = (
         "T5's relative position bias is computed once per stack for every head of every layer, so no layer can "
         "lose heads of its own (transformers 5 dropped T5's pruned_heads)"
@@ -34,6 +37,22 @@ class T5TextToText(PrunableModel):
         # Padding of the candidate targets is excluded from every sum; the mask keeps it explicit.
         self.register_buffer("candidate_ids", targets["input_ids"], persistent=False)
         self.register_buffer("candidate_mask", targets["attention_mask"], persistent=False)
+
+    @classmethod
+    def load(
+        cls,
+        source: ModelSource,
+        task: TaskSpec,
+        max_length: int,
+        prompt: Prompt | None = None,
+        demonstrations: list[Example] | None = None,
+    ) -> T5TextToText:
+        from transformers import AutoModelForSeq2SeqLM
+
+        seq2seq = load_hf(AutoModelForSeq2SeqLM, source.path, source.plan, source.adapter)
+        model = cls(seq2seq, task, load_tokenizer(source.path), max_length)
+        model.source_dtype = stored_dtype(source.folder, source.config)
+        return model
 
     @property
     def weights_module(self) -> nn.Module:

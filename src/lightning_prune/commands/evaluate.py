@@ -9,26 +9,14 @@ from typing import Any
 from lightning import Trainer
 from lightning.pytorch.utilities import rank_zero_info
 
-from lightning_prune.adapters import model_inputs
-from lightning_prune.data import TaskDataModule, TestSet
+from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.io import check_output_location, check_writable, write_errors_reported, write_json
 from lightning_prune.modules import TaskModel
+from lightning_prune.pipeline.check import user_inputs
+from lightning_prune.pipeline.evaluate import test_metrics
 
 RESULT_FORMAT = "lightning-prune/evaluation"  # marks a result file evaluate wrote: only such a file is overwritten
-
-
-def user_inputs(
-    model_path: str,
-    data_dir: str | None,
-    score_file: str | None,
-    eval_file: str | None,
-    selection_file: str | None = None,
-    adapter: str | None = None,
-) -> dict[str, Path | str | None]:
-    """Everything a run reads, by description: no output may be, lie inside or contain any of them."""
-    files = {"score_file": score_file, "eval_file": eval_file, "selection_file": selection_file}
-    return {**model_inputs(model_path, adapter), "data_dir": data_dir, **files}
 
 
 MAX_RESULT_BYTES = 1 << 24  # an evaluation result is a few kB: a larger file is not one
@@ -63,18 +51,6 @@ def check_output_file(output_file: str, overwrite: bool, inputs: dict[str, Path 
                 "result files: choose another file"
             )
     check_writable(path, "output_file", in_parent=True)
-
-
-def test_metrics(
-    trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, examples: TestSet = "eval"
-) -> dict[str, float]:
-    """The task's metrics on the evaluation (or the selection) examples, synced across processes."""
-    datamodule.test_set = examples
-    try:
-        results = trainer.test(model, datamodule=datamodule, verbose=False)
-    finally:
-        datamodule.test_set = "eval"
-    return {name: float(value) for name, value in results[0].items()}
 
 
 def evaluate(

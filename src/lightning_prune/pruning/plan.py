@@ -3,7 +3,9 @@ loaded."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,7 +18,8 @@ from lightning_prune.pruning.slicing import slice_units
 
 if TYPE_CHECKING:
     from lightning_prune.adapters.base import PrunableModel, UnitLayer
-    from lightning_prune.pruning.reconstruction import Reconstruction
+    from lightning_prune.pruning.keep import Cut
+    from lightning_prune.pruning.repair import Repair
 
 PLAN_FILE = "pruning_plan.json"
 PADDING_KEYS = ("padded_width", "padded_heads")  # how a folder stored its layers, not part of the model's plan
@@ -31,10 +34,10 @@ def _prune_layers(
     layers: list[UnitLayer],
     kept: list[Tensor],
     previous: list[dict] | None,
-    reconstruction: Reconstruction | None,
+    repair: Repair | None,
     offset: int,
 ) -> list[dict]:
-    """Slice ``layers`` to their ``kept`` units (repairing their down projections with ``reconstruction``, whose
+    """Slice ``layers`` to their ``kept`` units (repairing their down projections with ``repair``, whose
     statistics for layer i sit at ``offset + i``) and return their plan entries, composed with ``previous``."""
     entries = []
     for index, (layer, keep) in enumerate(zip(layers, kept, strict=True)):
@@ -42,9 +45,9 @@ def _prune_layers(
         if previous is not None:
             dense_size = previous[index]["dense_size"]
             original = torch.tensor(previous[index]["kept"], dtype=torch.long)[keep.cpu().long()]
-        repaired = reconstruction is not None and reconstruction.applies_to(layer)
+        repaired = repair is not None and repair.applies_to(layer)
         columns = layer.columns(keep)
-        down = reconstruction.down_projection(offset + index, layer, columns) if repaired and reconstruction else None
+        down = repair.down_projection(offset + index, layer, columns) if repaired and repair else None
         slice_units(layer, keep, down)
         earlier = _repairs(previous[index]) if previous is not None else []
         entries.append(
@@ -53,7 +56,7 @@ def _prune_layers(
                 "dense_size": dense_size,
                 "kept": original.tolist(),
                 # every repair this layer went through, pruning after pruning
-                "reconstruction": [*earlier, reconstruction.method] if repaired and reconstruction else earlier,
+                "reconstruction": [*earlier, repair.method] if repaired and repair else earlier,
             }
         )
     return entries
@@ -62,7 +65,7 @@ def _prune_layers(
 def prune_model(
     model: PrunableModel,
     kept: list[Tensor],
-    reconstruction: Reconstruction | None = None,
+    repair: Repair | None = None,
     kept_heads: list[Tensor] | None = None,
 ) -> dict:
     """Slice every FFN layer of ``model`` to its ``kept`` neurons (and, with ``kept_heads``, every attention layer
@@ -70,17 +73,17 @@ def prune_model(
 
     A model that is already pruned (loaded with a plan) is pruned further: the new plan's kept indices
     refer to the original dense model, so it rebuilds from the same dense config as the first one.
-    With a ``reconstruction`` (statistics of the FFN layers, then of the attention layers when heads go), each
+    With a ``repair`` (statistics of the FFN layers, then of the attention layers when heads go), each
     layer it applies to gets its down (output) projection repaired (bias compensation, or a least-squares refit);
     the plan records which. Only weight and bias values change, which the saved weights hold: loading needs
     nothing more.
     """
     plan = model.pruning_plan
     layers = model.ffn_layers()
-    entries = _prune_layers(layers, kept, plan["layers"] if plan else None, reconstruction, 0)
+    entries = _prune_layers(layers, kept, plan["layers"] if plan else None, repair, 0)
     attention = list(plan.get("attention", [])) if plan else []
     if kept_heads is not None:
-        attention = _prune_layers(model.attention_layers(), kept_heads, attention or None, reconstruction, len(layers))
+        attention = _prune_layers(model.attention_layers(), kept_heads, attention or None, repair, len(layers))
     model.pruning_plan = {
         "format": "lightning-prune/pruning-plan",
         "version": 3,
@@ -115,6 +118,24 @@ def restore_units(model: PrunableModel, snapshot: UnitSnapshot) -> None:
         for path, module in modules.items():
             layer.block.set_submodule(path, module)
     model.pruning_plan = snapshot.plan
+
+
+@contextlib.contextmanager
+def restored(model: PrunableModel) -> Iterator[None]:
+    """Whatever the block cuts of ``model``, it is put back as it was afterwards, also when the block fails."""
+    snapshot = snapshot_units(model)
+    try:
+        yield
+    finally:
+        restore_units(model, snapshot)
+
+
+@contextlib.contextmanager
+def pruned(model: PrunableModel, cut: Cut, repair: Repair | None = None) -> Iterator[dict]:
+    """``model`` cut to ``cut`` (repaired by ``repair``) inside the block, yielding the plan, and put back
+    afterwards (``restored``): every point of a sweep prunes the same model."""
+    with restored(model):
+        yield prune_model(model, cut.kept, repair, cut.kept_heads)
 
 
 def read_plan(folder: Path) -> dict | None:

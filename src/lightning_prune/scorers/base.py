@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from torch import Tensor
 
 from lightning_prune.adapters.base import Batch, PrunableModel, UnitLayer
+
+if TYPE_CHECKING:
+    from typing_extensions import Self
 
 
 class NeuronScorer(ABC):
@@ -26,7 +30,7 @@ class NeuronScorer(ABC):
     scores_heads: ClassVar[bool] = False  # True: ``score_units`` also scores attention head groups (``UnitScorer``)
     # True: the scorer weighs each unit by ``weighed_activations`` (refit-aware scoring can apply)
     scores_residuals: ClassVar[bool] = False
-    # Set by fit-free under refit-aware scoring: per FFN layer name, the map from activations to what the
+    # Under refit-aware scoring (``with_residuals``): per FFN layer name, the map from activations to what the
     # least-squares refit cannot restore of them (``lightning_prune.pruning.Residual``).
     residuals: Mapping[str, Callable[[Tensor], Tensor]] | None = None
 
@@ -43,6 +47,12 @@ class NeuronScorer(ABC):
         """One float tensor per layer of ``layers`` (FFN layers, then attention layers), of shape ``[layer.size]``:
         neuron scores, and head-group scores. Only scorers with ``scores_heads`` are asked (``UnitScorer``)."""
         raise NotImplementedError(f"{type(self).__name__} scores FFN neurons only")
+
+    def with_residuals(self, residuals: Mapping[str, Callable[[Tensor], Tensor]]) -> Self:
+        """A copy of this scorer that weighs neurons by ``residuals`` (refit-aware scoring); this one is unchanged."""
+        scorer = copy.copy(self)
+        scorer.residuals = residuals
+        return scorer
 
     def weighed_activations(self, layer: UnitLayer, activations: Tensor) -> Tensor:
         """The activations a unit is weighed by (not those the model computes with): as they are, or under

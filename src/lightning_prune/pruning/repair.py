@@ -30,8 +30,8 @@ from torch import Tensor
 if TYPE_CHECKING:
     from lightning_prune.adapters.base import Batch, PrunableModel, UnitLayer
 
-Repair = Literal["none", "bias", "least_squares"]  # what a run applies
-Reconstruct = Literal["auto", "none", "bias", "least_squares"]  # what a user asks for
+RepairMethod = Literal["none", "bias", "least_squares"]  # what a run applies
+Reconstruct = Literal["auto", "none", "bias", "least_squares"]  # what a user asks for (``--reconstruct``)
 DEFAULT_DAMPING = 0.01
 GRAM_DTYPE = torch.float32
 
@@ -89,13 +89,13 @@ class ActivationStatistics:
         """Mean activation per neuron and layer (zero for a layer that saw no content token)."""
         return [s / max(float(n), 1.0) for s, n in zip(self.sums, self.tokens, strict=True)]
 
-    def reconstruction(self, method: Repair, damping: float = DEFAULT_DAMPING) -> Reconstruction | None:
+    def repair(self, method: RepairMethod, damping: float = DEFAULT_DAMPING) -> Repair | None:
         """How to repair the cut with these statistics (None: a plain cut). The second-moment sums are shared,
         not copied: each layer's is normalised when its refit is solved."""
         if method == "none":
             return None
         tokens = self.tokens if self.grams is not None else None
-        return Reconstruction(method, self.means(), self.grams, damping, tokens)
+        return Repair(method, self.means(), self.grams, damping, tokens)
 
 
 def activation_statistics(
@@ -110,7 +110,7 @@ def activation_statistics(
 
 
 @dataclass
-class Reconstruction:
+class Repair:
     """A repair method and the per-layer statistics it needs: for ``least_squares`` the ``second_moments``
     ``E[a aᵀ]`` — or their sums over ``tokens`` content tokens per layer, so that statistics need no normalised
     copy — in any float dtype (each layer's is solved in float64)."""
@@ -188,14 +188,14 @@ class Residuals(Mapping[str, "Residual"]):
     """Per FFN layer name, its ``Residual``, each computed when first used: scores served from the cache never
     need them."""
 
-    def __init__(self, reconstruction: Reconstruction, layers: list[UnitLayer]) -> None:
-        self._reconstruction = reconstruction
+    def __init__(self, repair: Repair, layers: list[UnitLayer]) -> None:
+        self._repair = repair
         self._layers = {layer.name: (index, layer) for index, layer in enumerate(layers)}
         self._computed: dict[str, Residual] = {}
 
     def __getitem__(self, name: str) -> Residual:
         if name not in self._computed:
-            self._computed[name] = self._reconstruction.residual(*self._layers[name])
+            self._computed[name] = self._repair.residual(*self._layers[name])
         return self._computed[name]
 
     def __iter__(self) -> Iterator[str]:

@@ -1,9 +1,10 @@
 """The pruning policy: which neurons (and head groups) to keep, given their scores and a sparsity or a FLOP
-budget."""
+budget. What one budget keeps is a ``Cut``; cutting it out is ``slicing``'s job, not this module's."""
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -12,6 +13,26 @@ from torch import Tensor
 from lightning_prune.errors import UsageError
 
 Scope = Literal["layer", "global"]
+
+
+@dataclass(frozen=True)
+class Cut:
+    """The units one budget keeps: neurons per FFN layer and, where heads go, head groups per attention layer."""
+
+    sparsity: float  # the FFN sparsity asked for, or the one a FLOP target reached
+    kept: list[Tensor]
+    kept_heads: list[Tensor] | None = None
+    target_speedup: float | None = None  # the FLOP budget the cut was chosen for
+
+    @property
+    def label(self) -> str:
+        """How the cut is named: its sparsity, or its FLOP target (``1.6x``)."""
+        return f"{self.sparsity:g}" if self.target_speedup is None else f"{self.target_speedup:g}x"
+
+    def achieved_sparsity(self, widths: list[int]) -> float:
+        """The share of the FFN neurons (of layers ``widths`` wide) removed: below ``sparsity`` where ``min_keep``
+        kept more."""
+        return 1.0 - sum(len(k) for k in self.kept) / sum(widths)
 
 
 def _top(scores: Tensor, count: int) -> Tensor:
@@ -40,7 +61,7 @@ def round_widths(scores: list[Tensor], kept: list[Tensor], multiple: int, min_ke
     return rounded
 
 
-def select_neurons(scores: list[Tensor], sparsity: float, scope: Scope = "layer", min_keep: int = 1) -> list[Tensor]:
+def keep_neurons(scores: list[Tensor], sparsity: float, scope: Scope = "layer", min_keep: int = 1) -> list[Tensor]:
     """Kept neuron indices per layer.
 
     ``layer``: every layer loses the same fraction. ``global``: the lowest-scored neurons of the whole model
@@ -77,7 +98,7 @@ def select_neurons(scores: list[Tensor], sparsity: float, scope: Scope = "layer"
     return [torch.cat([k, indices[owners == layer]]).sort().values for layer, k in enumerate(kept)]
 
 
-def select_for_flops(
+def keep_for_flops(
     scores: list[Tensor],
     costs: list[float],
     remove: float,

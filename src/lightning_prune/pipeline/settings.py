@@ -1,0 +1,132 @@
+"""fit-free's options, declared once: the command line (``commands.fit_free``) forwards its keyword arguments here,
+so this class's fields, defaults and docstring are the options, their defaults and their ``--help``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+from typing import Any, Literal
+
+from jsonargparse.typing import PositiveFloat, PositiveInt
+
+from lightning_prune.modules import LabelSource
+from lightning_prune.pruning import Reconstruct, Scope
+from lightning_prune.pruning.repair import DEFAULT_DAMPING
+
+DEFAULT_SPARSITY = 0.5
+
+
+def swept_values(value: float | list[float]) -> list[float]:
+    """One sparsity (or FLOP target) or several, sorted and without repeats."""
+    return sorted(set(value)) if isinstance(value, list) else [value]
+
+
+@dataclass(frozen=True)
+class FitFreeSettings:
+    """fit-free's options, as one value every stage reads.
+
+    Args:
+        scorer: a registered scorer (``lightning-prune scorers`` lists them): attribution, activation,
+            magnitude, random, or a plugin's.
+        scorer_options: the scorer's own settings, e.g. ``{"steps": 20, "mode": "joint"}`` for attribution.
+            They belong to the scorer: a ``--scorer`` given on the command line drops options (from a config)
+            that the new scorer does not take.
+        labels: ``gold`` labels (supervised) or ``pseudo``: the model's own predictions (unsupervised).
+        sparsity: fraction of FFN neurons to remove, in [0, 1) (default 0.5 unless ``target_speedup`` is given);
+            or several (``0.1,0.3,0.5``): a sweep that scores and evaluates the dense model once, then prunes and
+            evaluates each, writing sweep.csv, sweep.md and sweep.png.
+        target_speedup: instead of a sparsity, how many times fewer FLOPs the pruned model needs on the task's
+            inputs (e.g. 1.6): attention head groups and FFN neurons are removed together, by score per FLOP
+            (``global`` scope) or by the same share in every layer (``layer``), counted with
+            ``torch.utils.flop_counter`` on the first evaluation examples; metrics.json reports the FLOPs. Several
+            (``1.3,1.6,2``): a sweep over FLOP budgets, like a sparsity sweep (``max_drop`` chooses among them).
+        heads: with ``target_speedup``, also remove attention head groups (a key/value head and the query heads
+            sharing it); false: FFN neurons only.
+        max_drop: choose the highest swept sparsity (or FLOP target) whose primary metric on the selection examples (see
+            ``--data.selection_examples``, held apart from the evaluation examples) is at most this much below
+            the dense model's, e.g. 0.01; it is saved as ``model/``.
+        save_models: ``auto``: the one point's model, or the ``max_drop`` choice of a sweep (none without it);
+            ``all``: also every swept point as ``model-<sparsity>/`` (``model-<target>x/``); ``none``: no model.
+        scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide: uneven
+            widths; see benchmarks/results/allocation.md for when it helps).
+        min_keep: neurons every layer keeps at least.
+        width_multiple: round every layer's kept FFN width down to a multiple of this (e.g. 8 or 64: matrix kernels
+            run faster on such widths; the lowest-scored kept neurons go); 1: no rounding.
+        save_dtype: dtype of the saved weights; ``auto`` keeps the dtype the model had on disk (float16 in,
+            float16 out; computation always runs in float32).
+        pad_uneven_ffn: when layers keep different widths (global scope), pad each to the widest with
+            all-zero neurons (exact; the file grows) so plain Hugging Face ``from_pretrained`` loads it;
+            otherwise the weights are saved at their exact widths, loadable by lightning-prune only.
+        output_dir: receives metrics.json, scores.safetensors, the pruned model and config.yaml, all at once;
+            never an input, nor inside or above one.
+        overwrite: replace an ``output_dir`` that holds an earlier run (only a folder lightning-prune wrote).
+        evaluate_dense: also evaluate the model before pruning.
+        cache_dir: where scores are kept under a key of everything that produced them (model weights,
+            task, scoring examples, batch size, scorer and options, labels, precision); default
+            ``$XDG_CACHE_HOME/lightning-prune/scores``.
+        reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
+            per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
+        checkpoint_every: batches between two saves of the scoring progress.
+        reconstruct: how each layer's down projection is repaired after the cut, from activation statistics
+            over the calibration examples (``--data.calibration_examples``; no optimizer step): ``auto``:
+            ``bias`` where the FFN has a down bias (encoders), ``least_squares`` elsewhere (decoder LMs, T5);
+            ``bias`` replaces every removed neuron by its mean activation, folded into the down bias (as FLAP;
+            without a down bias the cut is plain); ``least_squares`` refits the kept neurons' down weights
+            (and bias) to reproduce the dense layer's output (as K-prune; needs d_ff² statistics per layer);
+            ``none``: a plain cut.
+        damping: ``least_squares`` ridge, as a fraction of the kept activations' mean second moment: larger
+            stays closer to the plain cut.
+        refit_aware: score what the ``least_squares`` refit cannot restore: each neuron is weighed by its residual
+            (its activation minus what the layer's other neurons predict of it, from the same statistics) instead
+            of its activation, so neurons the refit can stand in for go first; with Wanda this is the optimal
+            brain surgeon's criterion. Default (unset): wherever the refit runs and the scorer weighs activations
+            (attribution, fisher, wanda, activation); false: score the activations.
+    """
+
+    scorer: str = "attribution"
+    scorer_options: dict[str, Any] | None = None
+    labels: LabelSource = "gold"
+    sparsity: float | list[float] | None = None
+    target_speedup: float | list[float] | None = None
+    heads: bool = True
+    max_drop: float | None = None
+    save_models: Literal["auto", "all", "none"] = "auto"
+    scope: Scope = "layer"
+    min_keep: int = 1
+    width_multiple: PositiveInt = 1
+    save_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    pad_uneven_ffn: bool = False
+    output_dir: str = "runs/fit-free"
+    overwrite: bool = False
+    evaluate_dense: bool = True
+    cache_dir: str | None = None
+    reuse_scores: bool = True
+    checkpoint_every: PositiveInt = 10
+    reconstruct: Reconstruct = "auto"
+    damping: PositiveFloat = DEFAULT_DAMPING
+    refit_aware: bool | None = None
+
+    @classmethod
+    def from_namespace(cls, options: Any) -> FitFreeSettings:
+        """The settings a parsed command line (or any mapping holding every option) gives."""
+        return cls(**{f.name: options[f.name] for f in fields(cls)})
+
+    @property
+    def sparsities(self) -> list[float]:
+        """The FFN sparsities of a sparsity run (none for a ``target_speedup`` run)."""
+        if self.target_speedup is not None:
+            return []
+        return swept_values(DEFAULT_SPARSITY if self.sparsity is None else self.sparsity)
+
+    @property
+    def targets(self) -> list[float]:
+        """The FLOP budgets of a ``target_speedup`` run, lowest first (none for a sparsity run)."""
+        return [] if self.target_speedup is None else swept_values(self.target_speedup)
+
+    @property
+    def points(self) -> int:
+        """How many pruned models the run evaluates: one per sparsity or per target."""
+        return len(self.targets or self.sparsities)
+
+    @property
+    def prunes_heads(self) -> bool:
+        return self.target_speedup is not None and self.heads
