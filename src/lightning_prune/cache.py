@@ -111,7 +111,7 @@ def tensors_digest(tensors: dict[str, Tensor]) -> str:
     for name in sorted(tensors):
         data = tensors[name].detach().to("cpu").contiguous()
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: a 0-d tensor has no byte view
     return digest.hexdigest()
 
 

@@ -265,10 +265,11 @@ def check_renameable(path: str | Path, what: str) -> None:
     """An output is written next to ``path`` and renamed into place: refuse, before the work, a ``path`` that is a
     mount point (a container's ``-v host:/out``: it cannot be renamed) or a folder where nothing can be renamed."""
     final = Path(path).expanduser()
-    if final.exists() and os.path.ismount(final):
+    if final.exists() and os.path.ismount(final.resolve()):  # resolved: a symlinked output is replaced at its target
+        inside = f"give a path inside it, e.g. {final / 'run'}" if final.is_dir() else "mount its folder instead"
         raise UsageError(
             f"{what} {path} is a mount point: outputs are written beside it and renamed into place, which a mount "
-            f"point cannot be; give a path inside it, e.g. {final / 'run'}"
+            f"point cannot be; {inside}"
         )
     parent = final.resolve().parent
     while not parent.exists():

@@ -10,6 +10,7 @@ import torch
 from lightning import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.utils.data import BatchSampler
 from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters import Batch, FFNLayer, PrunableModel, load_model, position_limit
@@ -141,14 +142,22 @@ class ScoringModule(LightningModule):
         layers = self.net.unit_layers(self.hparams.heads)
         resumed = None
         if self.cache is not None and self.hparams.resume:
-            batch_sizes = [len(indices) for indices in self.trainer.predict_dataloaders.batch_sampler]
-            resumed = self.cache.load_progress(*self._shard(), [layer.size for layer in layers], batch_sizes)
-            if self.cache.rejected:
-                rank_zero_info(f"note: score cache: {'; '.join(self.cache.rejected)}: scoring those batches again")
+            noted = len(self.cache.rejected)  # the finished entry's rejection was reported already
+            resumed = self.cache.load_progress(*self._shard(), [layer.size for layer in layers], self._batch_sizes())
+            if self.cache.rejected[noted:]:
+                rejected = "; ".join(self.cache.rejected[noted:])
+                rank_zero_info(f"note: score cache: {rejected}: scoring those batches again")
         fresh = Progress([torch.zeros(layer.size, dtype=torch.float64) for layer in layers], 0.0, 0)
         self.progress = resumed if resumed is not None else fresh
         self.resumed_batches = self.progress.batches
         self._pass_counter = self._count_passes(self.net.ffn_layers()[-1]) if layers else None
+
+    def _batch_sizes(self) -> list[int]:
+        """The examples in each batch of this process's shard. Drawn from a new batch sampler over the loader's
+        sampler: the loader's own (Lightning's index-capturing wrapper) shares one iterator with the running loop,
+        and iterating it here would leave the loop no batch at all."""
+        batches = self.trainer.predict_dataloaders.batch_sampler
+        return [len(indices) for indices in BatchSampler(batches.sampler, batches.batch_size, batches.drop_last)]
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
         if batch_idx < self.progress.batches:  # done before an interruption

@@ -10,25 +10,43 @@ every output is written atomically, so nothing half-written remains.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 
 from lightning_prune.errors import Terminated
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-def _stop(signum: int, _frame: object) -> None:
-    raise Terminated(signal.Signals(signum).name)
+def _stopper(owner: int) -> Callable[[int, object], None]:
+    """The handler: ``Terminated`` in process ``owner``. A forked child (a DataLoader worker, which Ctrl-C reaches
+    too) inherits it, and ends as it would without it: a KeyboardInterrupt that PyTorch's worker loop swallows, or
+    the signal's default action; not a traceback per worker."""
+
+    def stop(signum: int, _frame: object) -> None:
+        if os.getpid() == owner:
+            raise Terminated(signal.Signals(signum).name)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        signal.signal(signum, signal.SIG_DFL)
+        os.kill(os.getpid(), signum)
+
+    return stop
 
 
 @contextlib.contextmanager
 def stopping_on_signals() -> Iterator[None]:
     """SIGTERM and SIGINT raise ``Terminated`` inside the block (main thread only); the handlers before it are put
     back after it. Lightning adds its own SIGTERM handler during a run and calls this one after it."""
+    if threading.current_thread() is not threading.main_thread():  # signal.signal would raise ValueError there
+        yield
+        return
     previous = {number: signal.getsignal(number) for number in STOP_SIGNALS}
+    stop = _stopper(os.getpid())
     for number in STOP_SIGNALS:
-        signal.signal(number, _stop)
+        signal.signal(number, stop)
     try:
         yield
     finally:
