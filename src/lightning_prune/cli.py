@@ -206,9 +206,10 @@ def normalize_arguments(argv: list[str]) -> list[str]:
 
 
 def _drop_noise(record: logging.LogRecord) -> bool:
-    """Lightning's "💡 Tip: install litlogger ..." and "Seed set to 0" (the seed is in config.yaml; an error after
-    it would no longer be the one line it should be)."""
-    return not str(record.msg).startswith(("💡 Tip", "Seed set to"))
+    """Lightning's "💡 Tip: install litlogger ...", "Seed set to 0" (the seed is in config.yaml; an error after it
+    would no longer be the one line it should be) and "Received SIGTERM" (the stop's own line says it)."""
+    message = str(record.msg)
+    return not (message.startswith(("💡 Tip", "Seed set to")) or "Received SIGTERM" in message)
 
 
 EXIT_NOTHING_CHOSEN = 3  # a --max_drop sweep that saved no model: finished, but without what was asked for
@@ -219,8 +220,8 @@ def _stopped(signal_name: str) -> None:
     number = getattr(signal, signal_name, signal.SIGINT)
     how = "SIGINT (Ctrl-C)" if number == signal.SIGINT else signal_name
     print(
-        f"lightning-prune: stopped by {how}; nothing was written. Scoring progress is saved: run the same command "
-        "again to resume",
+        f"lightning-prune: stopped by {how}; nothing was written. Run the same command again: scoring resumes from "
+        "its saved progress",
         file=sys.stderr,
     )
     sys.exit(128 + number)
@@ -260,6 +261,7 @@ def main(args: list[str] | None = None) -> None:
         "lightning.pytorch.utilities.rank_zero",
         "lightning.fabric.utilities.rank_zero",
         "lightning.fabric.utilities.seed",
+        "lightning.pytorch.trainer.connectors.signal_connector",
     ):
         logging.getLogger(name).addFilter(_drop_noise)
     help_all = "--help-all" in argv

@@ -85,7 +85,7 @@ def remove_stale_siblings(final: Path, protected: Protected | None = None) -> No
     folder that a killed sweep left behind."""
     for leftover in sorted(final.parent.glob(f".{final.name}.*-*")):
         kind, _, pid = leftover.name.rpartition("-")
-        if not (kind.endswith((".tmp", ".old")) and pid.isdigit()) or _pid_alive(int(pid)):
+        if not (kind.endswith((".tmp", ".old", ".probe", ".probe2")) and pid.isdigit()) or _pid_alive(int(pid)):
             continue
         if _touches(leftover, protected):
             continue
@@ -274,9 +274,9 @@ def check_renameable(path: str | Path, what: str) -> None:
     parent = final.resolve().parent
     while not parent.exists():
         parent = parent.parent
-    try:
-        probe = Path(tempfile.mkdtemp(prefix=f".{final.name}.probe-", dir=parent))
-        renamed = probe.with_name(probe.name + "-renamed")
+    probe, renamed = (_temporary_name(parent / final.name, kind) for kind in ("probe", "probe2"))
+    try:  # named like a temporary: a run killed in between leaves what the next one cleans up
+        probe.mkdir()
         try:
             os.replace(probe, renamed)
         finally:
