@@ -22,6 +22,7 @@ from torch import Tensor
 from lightning_prune.cli import TRAINER_DEFAULTS, PruneTrainer
 from lightning_prune.commands.fit_free import fit_free
 from lightning_prune.data import TaskDataModule
+from lightning_prune.errors import NothingChosen
 from lightning_prune.fingerprint import code_fingerprint
 from lightning_prune.io import atomic_path
 from lightning_prune.modules import TaskModel
@@ -94,14 +95,17 @@ def run_cell(experiment: str, model: TaskModel, data: dict[str, Any], **options:
     if (output_dir / METRICS_FILE).exists():
         return json.loads((output_dir / METRICS_FILE).read_text())
     with restored(model.net):
-        return fit_free(
-            trainer(),
-            model,
-            TaskDataModule(**data),
-            **{"save_models": "none", "evaluate_dense": False, **options},
-            output_dir=str(output_dir),
-            overwrite=True,
-        )
+        try:
+            return fit_free(
+                trainer(),
+                model,
+                TaskDataModule(**data),
+                **{"save_models": "none", "evaluate_dense": False, **options},
+                output_dir=str(output_dir),
+                overwrite=True,
+            )
+        except NothingChosen as nothing:  # a --max_drop sweep that chose no point: its measurements stand
+            return nothing.summary
 
 
 def dense_metrics(experiment: str, model: TaskModel, data: dict[str, Any]) -> dict[str, float]:
@@ -200,7 +204,7 @@ class TaskBench:
             "scope": settings.scope,
             "reconstruct": outcome.setup.repair,
             "refit_aware": outcome.scores.refit_aware,
-            "calibration_examples": len(outcome.setup.calibration),
+            "calibration_examples": outcome.statistics.examples,
             "examples_scored": outcome.scores.examples,
             "points": [
                 {

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_input_safety import COMMITTED_MODEL, QUIET, Inputs, assert_refused
 
@@ -89,26 +90,72 @@ def test_other_scorer_code_gets_another_key(inputs, monkeypatch):
     assert first["score_key"] != second["score_key"] and not second["scores_from_cache"]
 
 
-def _damage_cache(key: str, change) -> Path:
+def _entry(key: str) -> Path:
     from lightning_prune.cache import cache_root
 
-    entry = cache_root() / f"{key}.safetensors"
-    save_file(change(load_file(str(entry))), str(entry))
-    return entry
+    return cache_root() / f"{key}.safetensors"
 
 
-@pytest.mark.parametrize(
-    ("damage", "note"),
-    [
-        (lambda t: {**t, "layer0": torch.ones(10)}, "has scores of another shape"),
-        (lambda t: {**t, "layer1": torch.full_like(t["layer1"], float("nan"))}, "holds NaN or infinite scores"),
-        (lambda t: {**t, "examples": torch.tensor(2)}, "sums 2 examples, not 48"),
-        (lambda t: {k: v for k, v in t.items() if k != "layer1"}, "lacks entries"),
-    ],
-)
-def test_a_damaged_cache_entry_is_recomputed_with_a_note(inputs, damage, note):
+def _rewrite_entry(entry: Path, change, request=None) -> None:
+    """Save ``change`` of the entry's tensors as a well-formed entry: its checksum valid, its request kept (or
+    ``request(original)``), so only the fit checks can find what is wrong."""
+    from lightning_prune.cache import tensors_digest
+
+    with safe_open(str(entry), "pt") as handle:
+        metadata = handle.metadata()
+    tensors = change(load_file(str(entry)))
+    answered = metadata["request"] if request is None else request(metadata["request"])
+    save_file(tensors, str(entry), metadata={"request": answered, "sha256": tensors_digest(tensors)})
+
+
+def _flip_last_byte(entry: Path) -> None:
+    data = bytearray(entry.read_bytes())
+    data[-1] ^= 0x01  # a byte of the last tensor's data: the file stays readable
+    entry.write_bytes(bytes(data))
+
+
+def _another_request(request: str) -> str:
+    return json.dumps({**json.loads(request), "batch_size": 4}, sort_keys=True)
+
+
+def _symlink_to_a_copy(entry: Path) -> None:
+    """The very same (valid) entry, but through a link: entries are never read through links."""
+    copy = entry.with_name("elsewhere.bin")
+    entry.rename(copy)
+    entry.symlink_to(copy)
+
+
+DAMAGES = {
+    "a layer of another shape": (
+        lambda e: _rewrite_entry(e, lambda t: {**t, "layer0": torch.ones(10)}),
+        "has scores of another shape",
+    ),
+    "NaN scores": (
+        lambda e: _rewrite_entry(e, lambda t: {**t, "layer1": torch.full_like(t["layer1"], float("nan"))}),
+        "holds NaN or infinite scores",
+    ),
+    "another example count": (
+        lambda e: _rewrite_entry(e, lambda t: {**t, "examples": torch.tensor(2)}),
+        "sums 2 examples, not 48",
+    ),
+    "a missing layer": (
+        lambda e: _rewrite_entry(e, lambda t: {k: v for k, v in t.items() if k != "layer1"}),
+        "lacks entries",
+    ),
+    "a changed byte": (_flip_last_byte, "was changed after it was written (checksum)"),
+    "another request's entry": (
+        lambda e: _rewrite_entry(e, lambda t: t, request=_another_request),
+        "answers another request",
+    ),
+    "a symlink": (_symlink_to_a_copy, "is a symlink"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGES))
+def test_a_damaged_cache_entry_is_recomputed_with_a_note(inputs, damage):
+    change, note = DAMAGES[damage]
     first = _fit_free_json(fit_free_args(inputs.model, inputs.glue, inputs.root / "a", *QUIET))
-    _damage_cache(first["score_key"], damage)
+    change(_entry(first["score_key"]))
     second = _fit_free_json(fit_free_args(inputs.model, inputs.glue, inputs.root / "b", *QUIET))
     assert note in second["cache_entries_rejected"][0]
     assert not second["scores_from_cache"] and second["examples_scored"] == 48
@@ -116,6 +163,10 @@ def test_a_damaged_cache_entry_is_recomputed_with_a_note(inputs, damage, note):
     a = load_file(str(inputs.root / "a" / "scores.safetensors"))
     b = load_file(str(inputs.root / "b" / "scores.safetensors"))
     assert all(torch.equal(a[k], b[k]) for k in a)
+    entry = _entry(first["score_key"])
+    assert entry.is_file() and not entry.is_symlink()  # recomputed and written in its place
+    third = _fit_free_json(fit_free_args(inputs.model, inputs.glue, inputs.root / "c", *QUIET))
+    assert third["scores_from_cache"] and third["cache_entries_rejected"] == []
 
 
 # -- a tokenizer that is not the model's -------------------------------------------------------------------------
@@ -264,8 +315,9 @@ def _run(args: list[str], env: dict[str, str], **faults: str) -> subprocess.Comp
 
 @pytest.mark.parametrize("fault", ["SIGTERM", "SIGKILL"])
 def test_a_run_stopped_while_scoring_writes_nothing_and_resumes_to_identical_scores(inputs, faulty_env, fault):
-    """SIGTERM (docker stop, schedulers) stops after the batch it arrived in and saves progress; SIGKILL keeps the
-    progress of the batches before it. Either way the rerun resumes and ends with an uninterrupted run's scores."""
+    """SIGTERM (docker stop, schedulers) stops within the batch it arrived in, drops that batch and saves the
+    progress of the batches before it; SIGKILL keeps the progress saved before it. Either way the rerun resumes
+    after batch 2 and ends with an uninterrupted run's scores."""
     args = fit_free_args(inputs.model, inputs.glue, inputs.out, "--scorer", "faulty", "--data.batch_size", "4",
                          "--checkpoint_every", "1", "--cache_dir", str(inputs.cache), *QUIET)  # fmt: skip
     stopped = _run(args, faulty_env, FAULT_AT="3", FAULT_SIGNAL=fault)
@@ -278,7 +330,7 @@ def test_a_run_stopped_while_scoring_writes_nothing_and_resumes_to_identical_sco
     resumed = _run(args, faulty_env)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     summary = json.loads((inputs.out / "metrics.json").read_text())
-    assert summary["batches_resumed"] == (3 if fault == "SIGTERM" else 2)
+    assert summary["batches_resumed"] == 2
     fresh = inputs.root / "fresh"
     fresh_args = [*args[: args.index("--cache_dir")], "--cache_dir", str(inputs.root / "other-cache")]
     fresh_args[fresh_args.index("--output_dir") + 1] = str(fresh)

@@ -161,11 +161,15 @@ def test_existing_output_dir_is_not_overwritten_unless_asked(bert_dir, glue_dir,
     out = tmp_path / "run"
     random = ["--scorer", "random", "--scorer_options", "{}"]
     main(fit_free_args(bert_dir, glue_dir, out, *random))
-    (out / "keep.txt").write_text("earlier run")
     code, _, err = run_cli(fit_free_args(bert_dir, glue_dir, out), capsys)
     assert code == 2 and "already holds files" in err
+    (out / "keep.txt").write_text("my notes")  # a file the run did not write: --overwrite leaves the folder alone
+    code, _, err = run_cli(fit_free_args(bert_dir, glue_dir, out, "--overwrite", "true", *random), capsys)
+    assert code == 2 and "holds what lightning-prune did not write (keep.txt)" in err
+    assert (out / "keep.txt").read_text() == "my notes"
+    (out / "keep.txt").unlink()
     main(fit_free_args(bert_dir, glue_dir, out, "--overwrite", "true", *random, "--sparsity", "0.25"))
-    assert json.loads((out / "metrics.json").read_text())["sparsity"] == 0.25 and not (out / "keep.txt").exists()
+    assert json.loads((out / "metrics.json").read_text())["sparsity"] == 0.25
 
 
 def test_summary_line_without_a_dense_evaluation(bert_dir, glue_dir, tmp_path, caplog):

@@ -262,12 +262,16 @@ def test_statistics_of_two_shards_add_up_to_one_run(llama_dir, glue_dir):
     whole = activation_statistics(model, batches, second_moments=True)
     first, second = (activation_statistics(model, part, second_moments=True) for part in (batches[:1], batches[1:]))
     merged = ActivationStatistics(model.ffn_layers(), second_moments=True)
-    # what each process holds, in the order ``reduce`` hands its sums over (means' sums and counts, then grams)
-    held = zip(*([torch.cat([*shard.sums, shard.tokens]), *shard.grams] for shard in (first, second)), strict=True)
+    # what each process holds, in the order ``reduce`` hands its sums over (means' sums, token and example counts,
+    # then grams)
+    held = zip(*([torch.cat([*shard.sums, shard.tokens, shard.examples]), *shard.grams] for shard in (first, second)),
+               strict=True)  # fmt: skip
     merged.reduce(lambda part: part + sum(next(held)))
-    merged_sums, whole_sums = [*merged.sums, merged.tokens, *merged.grams], [*whole.sums, whole.tokens, *whole.grams]
+    merged_sums = [*merged.sums, merged.tokens, merged.examples, *merged.grams]
+    whole_sums = [*whole.sums, whole.tokens, whole.examples, *whole.grams]
     for got, want in zip(merged_sums, whole_sums, strict=True):
         torch.testing.assert_close(got, want)
+    assert int(merged.examples) == 12  # what metrics.json reports as calibration_examples
 
 
 def test_float32_second_moment_sums_stay_within_1e5_of_float64_over_half_a_million_tokens():

@@ -4,6 +4,10 @@ A finished scoring run is stored as ``<key>.safetensors``; while scoring, each p
 sums every few batches as ``<key>.rank<r>-of-<w>.partial.safetensors``. A re-run with the same key reuses
 the finished scores, or resumes each process after its last saved batch (batches are deterministic), so
 a run killed mid-scoring finishes with the scores an uninterrupted run gives.
+
+Every entry carries the full request it answers and a checksum of its tensors: an entry whose request is not
+this run's, whose tensors were changed, that is a symlink, or that does not fit the model is rejected (the run
+says so) and recomputed. Entries are written over a symlink of their name, never through it (caches are shared).
 """
 
 from __future__ import annotations
@@ -16,11 +20,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
-from lightning_prune.io import atomic_path
+from lightning_prune.io import atomic_path, write_errors_reported
 from lightning_prune.tasks import Example
 
 if TYPE_CHECKING:
@@ -40,7 +44,7 @@ def model_fingerprint(module: nn.Module) -> str:
     for name, tensor in sorted(module.state_dict().items()):
         data = tensor.detach().to("cpu").contiguous()
         digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
-        digest.update(data.view(torch.uint8).numpy().tobytes() if data.numel() else b"")
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b"")  # 0-d too
     return digest.hexdigest()
 
 
@@ -92,8 +96,23 @@ def score_request(
     }
 
 
+def canonical_request(request: dict[str, Any]) -> str:
+    """The request as the one JSON text that keys and identifies its entries."""
+    return json.dumps(request, sort_keys=True, default=str)
+
+
 def score_key(request: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(request, sort_keys=True, default=str).encode()).hexdigest()[:32]
+    return hashlib.sha256(canonical_request(request).encode()).hexdigest()[:32]
+
+
+def tensors_digest(tensors: dict[str, Tensor]) -> str:
+    """Hash of named tensors (name, dtype, shape, bytes): an entry's checksum."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        data = tensors[name].detach().to("cpu").contiguous()
+        digest.update(f"{name}|{data.dtype}|{tuple(data.shape)}".encode())
+        digest.update(data.reshape(-1).view(torch.uint8).numpy().tobytes())  # reshape: a 0-d tensor has no byte view
+    return digest.hexdigest()
 
 
 @dataclass
@@ -122,22 +141,34 @@ class ScoreCache:
         return self.root / f"{self.key}.rank{rank}-of-{world_size}.partial.safetensors"
 
     def _read(self, path: Path) -> dict[str, Tensor] | None:
+        """The entry at ``path`` if it answers this request unchanged; None (and why, in ``rejected``) otherwise."""
+        if path.is_symlink():
+            self.rejected.append(f"{path.name} is a symlink (entries are never read through links)")
+            return None
         if not path.is_file():
             return None
         try:
-            return load_file(str(path))
+            with safe_open(str(path), "pt") as handle:
+                metadata = handle.metadata() or {}
+            tensors = load_file(str(path))
         except (SafetensorError, OSError):  # a damaged cache entry is recomputed, never trusted
             self.rejected.append(f"{path.name} is unreadable")
             return None
+        if metadata.get("request") != canonical_request(self.request):
+            self.rejected.append(f"{path.name} answers another request")
+            return None
+        if metadata.get("sha256") != tensors_digest(tensors):
+            self.rejected.append(f"{path.name} was changed after it was written (checksum)")
+            return None
+        return tensors
 
     def _write(self, path: Path, tensors: dict[str, Tensor]) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            save_file(
-                {k: v.contiguous() for k, v in tensors.items()},
-                str(tmp),
-                metadata={"request": json.dumps(self.request, default=str)},
-            )
+        tensors = {k: v.contiguous() for k, v in tensors.items()}
+        metadata = {"request": canonical_request(self.request), "sha256": tensors_digest(tensors)}
+        with write_errors_reported("the score cache", self.root):
+            self.root.mkdir(parents=True, exist_ok=True)
+            with atomic_path(path, follow_symlinks=False) as tmp:
+                save_file(tensors, str(tmp), metadata=metadata)
 
     def _layers(self, path: Path, sizes: list[int], extras: tuple[str, ...]) -> tuple[list[Tensor], dict] | None:
         """The per-layer tensors and extras of the entry at ``path``, or None for a missing one or one that does
@@ -173,12 +204,21 @@ class ScoreCache:
         tensors = {f"layer{i}": s for i, s in enumerate(scores)}
         self._write(self.final_path, {**tensors, "examples": torch.tensor(examples)})
 
-    def load_progress(self, rank: int, world_size: int, sizes: list[int]) -> Progress | None:
-        found = self._layers(self.partial_path(rank, world_size), sizes, ("examples", "batches"))
+    def load_progress(self, rank: int, world_size: int, sizes: list[int], batch_sizes: list[int]) -> Progress | None:
+        """This process's saved partial sums, if they fit its shard: at most as many batches as it has
+        (``batch_sizes``: the examples in each), and exactly the examples those batches hold."""
+        path = self.partial_path(rank, world_size)
+        found = self._layers(path, sizes, ("examples", "batches"))
         if found is None:
             return None
         layers, tensors = found
-        return Progress(layers, float(tensors["examples"]), int(tensors["batches"]))
+        batches, examples = int(tensors["batches"]), float(tensors["examples"])
+        if not 0 <= batches <= len(batch_sizes) or examples != sum(batch_sizes[:batches]):
+            self.rejected.append(
+                f"{path.name} claims {examples:g} examples in {batches} batches, which this shard does not have"
+            )
+            return None
+        return Progress(layers, examples, batches)
 
     def save_progress(self, rank: int, world_size: int, progress: Progress) -> None:
         tensors = {f"layer{i}": s for i, s in enumerate(progress.sums)}

@@ -23,12 +23,13 @@ from lightning_prune.commands import USAGE
 from lightning_prune.commands.evaluate import check_output_file, evaluate
 from lightning_prune.commands.fit_free import fit_free
 from lightning_prune.data import TaskDataModule
-from lightning_prune.errors import Terminated, UsageError
+from lightning_prune.errors import NothingChosen, Terminated, UsageError
 from lightning_prune.lora import check_adapter_folder, require_peft
-from lightning_prune.modules import StopOnSigterm, TaskModel
+from lightning_prune.modules import StopOnSignal, TaskModel
 from lightning_prune.pipeline import FitFreeSettings
 from lightning_prune.pipeline.check import check_request, user_inputs
 from lightning_prune.scorers import accepted_options
+from lightning_prune.signals import stopping_on_signals
 from lightning_prune.tasks import require_hub
 
 TRAINER_DEFAULTS: dict[str, Any] = {
@@ -38,7 +39,7 @@ TRAINER_DEFAULTS: dict[str, Any] = {
     "enable_model_summary": False,
     "use_distributed_sampler": False,  # TaskDataModule shards without duplicates itself
     "devices": 1,
-    "callbacks": [StopOnSigterm()],  # LightningCLI adds them to the user's callbacks
+    "callbacks": [StopOnSignal()],  # LightningCLI adds them to the user's callbacks
 }
 
 
@@ -204,21 +205,31 @@ def normalize_arguments(argv: list[str]) -> list[str]:
     return out
 
 
-def _drop_advertisements(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("💡 Tip")
+def _drop_noise(record: logging.LogRecord) -> bool:
+    """Lightning's "💡 Tip: install litlogger ...", "Seed set to 0" (the seed is in config.yaml; an error after it
+    would no longer be the one line it should be) and "Received SIGTERM" (the stop's own line says it)."""
+    message = str(record.msg)
+    return not (message.startswith(("💡 Tip", "Seed set to")) or "Received SIGTERM" in message)
 
 
-def main(args: list[str] | None = None) -> None:
-    argv = normalize_arguments(sys.argv[1:] if args is None else args)
-    # Scoring returns nothing from predict_step on purpose; Lightning's own pytree deprecation is not ours.
-    warnings.filterwarnings("ignore", message=r".*predict returned None.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
-    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")  # argv normalized
-    for name in ("lightning.pytorch.utilities.rank_zero", "lightning.fabric.utilities.rank_zero"):
-        logging.getLogger(name).addFilter(_drop_advertisements)  # Lightning's "💡 Tip: install litlogger ..."
-    help_all = "--help-all" in argv
-    argv = ["--help" if arg == "--help-all" else arg for arg in argv]
-    try:
+EXIT_NOTHING_CHOSEN = 3  # a --max_drop sweep that saved no model: finished, but without what was asked for
+
+
+def _stopped(signal_name: str) -> None:
+    """The one line and exit code of a run stopped by a signal."""
+    number = getattr(signal, signal_name, signal.SIGINT)
+    how = "SIGINT (Ctrl-C)" if number == signal.SIGINT else signal_name
+    print(
+        f"lightning-prune: stopped by {how}; nothing was written. Run the same command again: scoring resumes from "
+        "its saved progress",
+        file=sys.stderr,
+    )
+    sys.exit(128 + number)
+
+
+def _run_cli(argv: list[str], help_all: bool) -> None:
+    """The LightningCLI over ``argv``, with SIGTERM and Ctrl-C stopping it within moments (``signals``)."""
+    with stopping_on_signals():
         PruneCLI(
             TaskModel,
             TaskDataModule,
@@ -238,13 +249,31 @@ def main(args: list[str] | None = None) -> None:
             fold_trainer_help=not help_all,
             command_line=argv,
         )
-    except Terminated:
-        print(
-            "lightning-prune: stopped by SIGTERM; nothing was written. Scoring progress is saved: run the same "
-            "command again to resume",
-            file=sys.stderr,
-        )
-        sys.exit(128 + signal.SIGTERM)
+
+
+def main(args: list[str] | None = None) -> None:
+    argv = normalize_arguments(sys.argv[1:] if args is None else args)
+    # Scoring returns nothing from predict_step on purpose; Lightning's own pytree deprecation is not ours.
+    warnings.filterwarnings("ignore", message=r".*predict returned None.*")
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\).*")
+    warnings.filterwarnings("ignore", message=r".*LightningCLI's args parameter is intended.*")  # argv normalized
+    for name in (
+        "lightning.pytorch.utilities.rank_zero",
+        "lightning.fabric.utilities.rank_zero",
+        "lightning.fabric.utilities.seed",
+        "lightning.pytorch.trainer.connectors.signal_connector",
+    ):
+        logging.getLogger(name).addFilter(_drop_noise)
+    help_all = "--help-all" in argv
+    argv = ["--help" if arg == "--help-all" else arg for arg in argv]
+    try:
+        _run_cli(argv, help_all)
+    except Terminated as stop:
+        _stopped(str(stop))
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were in place
+        _stopped("SIGINT")
+    except NothingChosen:
+        sys.exit(EXIT_NOTHING_CHOSEN)
     except ValueError as error:  # UsageError, also raised inside a jsonargparse link (data -> model.demonstrations)
         usage = error if isinstance(error, UsageError) else error.__cause__
         if not isinstance(usage, UsageError):

@@ -207,7 +207,7 @@ class TaskDataModule(LightningDataModule):
         if "selection" in self._cache:
             return self._cache["selection"]
         if h.selection_file is not None:
-            self._cache["selection"] = read_tsv(h.selection_file, self.spec)
+            self._cache["selection"] = self._measurable(read_tsv(h.selection_file, self.spec), "selection")
             return self._cache["selection"]
         score_source = h.score_file or h.score_split
         eval_source = h.eval_file or h.eval_split
@@ -228,7 +228,7 @@ class TaskDataModule(LightningDataModule):
                 "every scoring example is used for scoring, none is left to choose the sparsity on: "
                 "set --data.num_examples, or give --data.selection_file"
             )
-        self._cache["selection"] = self._selection_draw()
+        self._cache["selection"] = self._measurable(self._selection_draw(), "selection")
         return self._cache["selection"]
 
     def eval_examples(self) -> list[Example]:
@@ -237,8 +237,17 @@ class TaskDataModule(LightningDataModule):
         if "eval" not in self._cache:
             examples = self._examples(h.eval_file, h.eval_split)
             seed = h.seed if h.eval_seed is None else h.eval_seed
-            self._cache["eval"] = subsample(examples, h.eval_examples, seed, "eval_examples")
+            self._cache["eval"] = self._measurable(subsample(examples, h.eval_examples, seed, "eval_examples"), "eval")
         return self._cache["eval"]
+
+    def _measurable(self, examples: list[Example], what: str) -> list[Example]:
+        """``examples``, if the task's metrics are defined on that many: a correlation needs two."""
+        if self.spec.is_regression and len(examples) < 2:
+            raise UsageError(
+                f"{len(examples)} {what} example(s): task {self.spec.name}'s {self.spec.primary_metric} is a "
+                "correlation, undefined on fewer than 2 examples; give more"
+            )
+        return examples
 
     def serving(self, examples: list[Example]) -> ExampleSet:
         """``examples`` as a datamodule of their own, batched like this one's: what ``trainer.predict`` or

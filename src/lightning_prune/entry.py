@@ -79,13 +79,29 @@ def _help_cache_file(argv: list[str]) -> Path:
     return root / f"{digest}.txt"
 
 
+HELP_HEADER = "lightning-prune help sha256="  # the first line of a cached help text: the checksum of the rest
+
+
+def _cached_help(cached: Path) -> str | None:
+    """The help text cached at ``cached``, if that is a regular file whose text matches its checksum (a pipe in its
+    place would block, a changed file print garbage)."""
+    if cached.is_symlink() or not cached.is_file() or cached.stat().st_size > 1 << 20:
+        return None
+    with contextlib.suppress(OSError, UnicodeDecodeError):
+        header, _, text = cached.read_text(encoding="utf-8").partition("\n")
+        if header == HELP_HEADER + hashlib.sha256(text.encode()).hexdigest():
+            return text
+    return None
+
+
 def command_help(argv: list[str]) -> None:
     """``lightning-prune <command> --help``: from the cache, or rendered by the LightningCLI and then cached."""
     from lightning_prune.io import atomic_path
 
     cached = _help_cache_file(argv)
-    with contextlib.suppress(OSError):
-        print(cached.read_text(encoding="utf-8"), end="")
+    text = _cached_help(cached)
+    if text is not None:
+        print(text, end="")
         return
     from lightning_prune.cli import main as cli_main
 
@@ -98,8 +114,9 @@ def command_help(argv: list[str]) -> None:
     print(rendered.getvalue(), end="")
     if code not in (0, None):
         sys.exit(code)
-    with contextlib.suppress(OSError), atomic_path(cached) as tmp:  # an unwritable cache only costs speed
-        tmp.write_text(rendered.getvalue(), encoding="utf-8")
+    text = rendered.getvalue()
+    with contextlib.suppress(OSError), atomic_path(cached, follow_symlinks=False) as tmp:  # unwritable: only slower
+        tmp.write_text(f"{HELP_HEADER}{hashlib.sha256(text.encode()).hexdigest()}\n{text}", encoding="utf-8")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -119,6 +136,14 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] in (["fit-free"], ["evaluate"]) and argv[1:] in HELP_FLAGS:
         command_help(argv)
         return
+    command = next((arg for arg in argv if not arg.startswith("-")), None)
+    if command is not None and command not in COMMANDS and "--config" not in argv and "-c" not in argv:
+        print(
+            f"lightning-prune: error: unknown command {command!r}: choose one of {', '.join(COMMANDS)} "
+            "(lightning-prune --help)",
+            file=sys.stderr,
+        )
+        sys.exit(2)
     from lightning_prune.cli import main as cli_main
 
     cli_main(argv)

@@ -12,7 +12,10 @@ part of it would silently give a different model.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -69,6 +72,15 @@ def _adapter_weights(weights: Path) -> dict:
         raise UsageError(f"adapter weights {weights} are damaged ({error}): restore them") from None
 
 
+@contextlib.contextmanager
+def _quiet_hub_lookups() -> Iterator[None]:
+    """peft looks the base model's config up on the hub (to tell whether the vocabulary changed): offline, that is
+    only alarming noise ("Unable to fetch remote file ... Name or service not known")."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*(Unable to fetch remote file|Could not find a config file).*")
+        yield
+
+
 def merge_lora(model: nn.Module, adapter: str | Path, where: str) -> nn.Module:
     """``model`` with the LoRA adapter's weights merged in (a plain model again: no LoRA modules left).
 
@@ -79,14 +91,17 @@ def merge_lora(model: nn.Module, adapter: str | Path, where: str) -> nn.Module:
 
     stored = _adapter_weights(weights)
     try:
-        peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
+        with _quiet_hub_lookups():
+            peft_model = PeftModel.from_pretrained(model, str(folder), is_trainable=False)
     except (ValueError, RuntimeError, KeyError, TypeError) as error:  # modules it targets missing, shapes, ...
-        first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()] or [type(error).__name__]
+        detail = next((line for line in lines if line.startswith("size mismatch")), lines[0])  # not the preamble
         raise UsageError(
-            f"LoRA adapter {adapter} does not fit the model {where} ({first_line[:300]}): give the base model it "
+            f"LoRA adapter {adapter} does not fit the model {where} ({detail[:300]}): give the base model it "
             "was trained on"
         ) from None
-    expected = get_peft_model_state_dict(peft_model)
+    with _quiet_hub_lookups():
+        expected = get_peft_model_state_dict(peft_model)
     missing, unexpected = sorted(set(expected) - set(stored)), sorted(set(stored) - set(expected))
     wrong = sorted(k for k in set(expected) & set(stored) if tuple(expected[k].shape) != tuple(stored[k].shape))
     if missing or unexpected or wrong:

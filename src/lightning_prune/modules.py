@@ -8,7 +8,9 @@ from typing import Literal
 
 import torch
 from lightning import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_info
 from torch import Tensor
+from torch.utils.data import BatchSampler
 from torch.utils.hooks import RemovableHandle
 
 from lightning_prune.adapters import Batch, FFNLayer, PrunableModel, load_model, position_limit
@@ -138,12 +140,24 @@ class ScoringModule(LightningModule):
 
     def on_predict_epoch_start(self) -> None:
         layers = self.net.unit_layers(self.hparams.heads)
-        resume = self.cache is not None and self.hparams.resume
-        resumed = self.cache.load_progress(*self._shard(), [layer.size for layer in layers]) if resume else None
+        resumed = None
+        if self.cache is not None and self.hparams.resume:
+            noted = len(self.cache.rejected)  # the finished entry's rejection was reported already
+            resumed = self.cache.load_progress(*self._shard(), [layer.size for layer in layers], self._batch_sizes())
+            if self.cache.rejected[noted:]:
+                rejected = "; ".join(self.cache.rejected[noted:])
+                rank_zero_info(f"note: score cache: {rejected}: scoring those batches again")
         fresh = Progress([torch.zeros(layer.size, dtype=torch.float64) for layer in layers], 0.0, 0)
         self.progress = resumed if resumed is not None else fresh
         self.resumed_batches = self.progress.batches
         self._pass_counter = self._count_passes(self.net.ffn_layers()[-1]) if layers else None
+
+    def _batch_sizes(self) -> list[int]:
+        """The examples in each batch of this process's shard. Drawn from a new batch sampler over the loader's
+        sampler: the loader's own (Lightning's index-capturing wrapper) shares one iterator with the running loop,
+        and iterating it here would leave the loop no batch at all."""
+        batches = self.trainer.predict_dataloaders.batch_sampler
+        return [len(indices) for indices in BatchSampler(batches.sampler, batches.batch_size, batches.drop_last)]
 
     def predict_step(self, batch: Batch, batch_idx: int) -> None:
         if batch_idx < self.progress.batches:  # done before an interruption
@@ -151,9 +165,9 @@ class ScoringModule(LightningModule):
         checked = score_batch(
             self.net, self.scorer, self.hparams.scorer_name, batch, self.hparams.labels, self.hparams.heads
         )
-        self.progress.sums = [total + score for total, score in zip(self.progress.sums, checked, strict=True)]
-        self.progress.examples += batch["labels"].shape[0]
-        self.progress.batches = batch_idx + 1
+        sums = [total + score for total, score in zip(self.progress.sums, checked, strict=True)]
+        # one assignment: a stop (SIGTERM, Ctrl-C) raised between two statements never leaves half a batch counted
+        self.progress = Progress(sums, self.progress.examples + batch["labels"].shape[0], batch_idx + 1)
         if self.progress.batches % self.hparams.checkpoint_every == 0:
             self.save_progress()
 
@@ -226,18 +240,21 @@ class ActivationStatisticsModule(LightningModule):
         self.statistics.reduce(lambda part: self.trainer.strategy.reduce(part.to(self.device), reduce_op="sum"))
 
 
-class StopOnSigterm(Callback):
-    """Stop after the current batch when SIGTERM arrived (Lightning only notes it outside training), saving the
-    scoring progress first: ``docker stop`` or a scheduler's kill then ends the run promptly, and resumably."""
+class StopOnSignal(Callback):
+    """A stop (``Terminated``: SIGTERM or Ctrl-C, raised mid-batch by ``signals.stopping_on_signals``) saves the
+    scoring progress of the batches before it, so the same command resumes. Without those handlers (a script using
+    the Python API), Lightning only notes SIGTERM, and the run stops after the batch it is on."""
 
-    def _check(self, trainer: Trainer, module: LightningModule) -> None:
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        if isinstance(exception, Terminated) and isinstance(pl_module, ScoringModule):
+            pl_module.save_progress()
+
+    def _check(self, trainer: Trainer) -> None:
         if trainer.received_sigterm:
-            if isinstance(module, ScoringModule):
-                module.save_progress()
             raise Terminated("SIGTERM")
 
     def on_predict_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
-        self._check(trainer, pl_module)
+        self._check(trainer)
 
     def on_test_batch_end(self, trainer: Trainer, pl_module: LightningModule, *args) -> None:
-        self._check(trainer, pl_module)
+        self._check(trainer)

@@ -19,19 +19,23 @@ from __future__ import annotations
 import copy
 import hashlib
 import importlib
+import json
 import os
+import struct
+import sys
 from importlib.metadata import PackageNotFoundError, distribution
 from pathlib import Path
 
 import torch
 
 from lightning_prune.errors import UsageError
-from lightning_prune.io import atomic_directory, exclusive_lock
+from lightning_prune.io import atomic_directory, exclusive_lock, write_errors_reported
 
 PACKAGE_PREFIX = "pkg:"
 GGUF_SUFFIX = ".gguf"
 GGUF_EXTRA = ("gguf", "accelerate")
 CONVERSION_VERSION = 1  # part of the cache key: bump when the conversion changes
+CHECKSUMS_FILE = "checksums.json"  # sha256 of every file of a de-quantized folder, checked at every use
 
 
 def gguf_cache_dir() -> Path:
@@ -82,15 +86,48 @@ def gguf_cache_folder(file: Path, cache_root: Path | None = None) -> Path:
 
 
 def gguf_folder(file: Path, cache_root: Path | None = None) -> Path:
-    """The de-quantized model folder of GGUF ``file``, converted on first use (see module doc)."""
+    """The de-quantized model folder of GGUF ``file``, converted on first use (see module doc); a cached folder
+    whose files no longer match the checksums written with them (edited, truncated, missing) is converted again."""
     if not file.is_file():
         raise UsageError(f"GGUF file {file} does not exist: check the path")
     require_gguf_extra()
     folder = gguf_cache_folder(file, cache_root)
     with exclusive_lock(folder.with_name(folder.name + ".lock")):
-        if not (folder / "config.json").is_file():
-            _convert_gguf(file, folder)
+        problem = _cached_copy_problem(folder)
+        if problem is not None:
+            if problem != "missing":
+                print(f"lightning-prune: note: the de-quantized copy of {file} {problem}: converting it again",
+                      file=sys.stderr)  # fmt: skip
+            with write_errors_reported("the GGUF cache", folder.parent):
+                _convert_gguf(file, folder)
     return folder
+
+
+def _file_digests(folder: Path) -> dict[str, str]:
+    """sha256 of every file of ``folder`` but the checksum list and hidden files (the run marker), by name."""
+    digests = {}
+    for path in sorted(p for p in folder.iterdir() if p.is_file() and p.name != CHECKSUMS_FILE and p.name[0] != "."):
+        digest = hashlib.sha256()
+        with path.open("rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 24), b""):
+                digest.update(chunk)
+        digests[path.name] = digest.hexdigest()
+    return digests
+
+
+def _cached_copy_problem(folder: Path) -> str | None:
+    """What is wrong with a cached de-quantized folder ("missing" if there is none), None if it is intact."""
+    if folder.is_symlink() or not folder.is_dir():
+        return "missing" if not folder.is_symlink() else "is a symlink"
+    try:
+        recorded = json.loads((folder / CHECKSUMS_FILE).read_text())
+    except (OSError, ValueError):
+        return "has no checksums"
+    if not isinstance(recorded, dict) or recorded.get("source") != folder.name:
+        return "was converted from another file"
+    if _file_digests(folder) != recorded.get("files"):
+        return "was changed, truncated or lost files since it was written (checksums differ)"
+    return None
 
 
 def _convert_gguf(file: Path, folder: Path) -> None:
@@ -100,18 +137,24 @@ def _convert_gguf(file: Path, folder: Path) -> None:
     try:
         loaded = AutoModelForCausalLM.from_pretrained(str(file.parent), gguf_file=file.name, dtype=torch.float32)
         tokenizer = AutoTokenizer.from_pretrained(str(file.parent), gguf_file=file.name)
-    except (OSError, ValueError, KeyError, RuntimeError) as error:  # not GGUF, an architecture transformers lacks, ...
+    except (OSError, ValueError, KeyError, RuntimeError, struct.error, IndexError) as error:
+        # not GGUF, truncated, an architecture transformers lacks, ...
         first_line = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise UsageError(f"could not read GGUF file {file}: {first_line}") from None
+        raise UsageError(
+            f"could not read GGUF file {file} ({type(error).__name__}: {first_line[:200]}): it is damaged, truncated "
+            "or not a model transformers reads; download it again"
+        ) from None
     config = copy.deepcopy(loaded.config)
     if hasattr(config, "quantization_config"):
         del config.quantization_config  # a GGUF-quantized model cannot be saved; its de-quantized copy can
     plain = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
     plain.load_state_dict(loaded.state_dict())
     plain.generation_config = loaded.generation_config
-    with atomic_directory(folder, overwrite=True) as tmp:
+    with atomic_directory(folder, cache_entry=True) as tmp:
         plain.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
+        recorded = {"source": folder.name, "files": _file_digests(tmp)}  # the name: the GGUF file's hash
+        (tmp / CHECKSUMS_FILE).write_text(json.dumps(recorded, indent=1) + "\n")
 
 
 def source_inputs(path: str) -> dict[str, Path] | None:

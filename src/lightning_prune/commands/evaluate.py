@@ -11,7 +11,13 @@ from lightning.pytorch.utilities import rank_zero_info
 
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
-from lightning_prune.io import check_output_location, check_writable, write_errors_reported, write_json
+from lightning_prune.io import (
+    check_output_location,
+    check_renameable,
+    check_writable,
+    write_errors_reported,
+    write_json,
+)
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.check import user_inputs
 from lightning_prune.pipeline.evaluate import test_metrics
@@ -51,6 +57,7 @@ def check_output_file(output_file: str, overwrite: bool, inputs: dict[str, Path 
                 "result files: choose another file"
             )
     check_writable(path, "output_file", in_parent=True)
+    check_renameable(path, "output_file")
 
 
 def evaluate(

@@ -3,6 +3,7 @@ model. Each raises ``UsageError`` with one line; none changes anything."""
 
 from __future__ import annotations
 
+import math
 import re
 from pathlib import Path
 
@@ -13,7 +14,13 @@ from lightning_prune.adapters import model_inputs
 from lightning_prune.cache import cache_root
 from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
-from lightning_prune.io import Protected, check_output_location, check_replaceable, check_writable
+from lightning_prune.io import (
+    Protected,
+    check_output_location,
+    check_renameable,
+    check_replaceable,
+    check_writable,
+)
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.settings import FitFreeSettings
 from lightning_prune.pruning import ActivationStatistics, Reconstruct, RepairMethod, keep_neurons
@@ -54,8 +61,12 @@ def check_request(settings: FitFreeSettings, inputs: Protected | None = None) ->
         raise UsageError("sparsity is an empty list: give one fraction of FFN neurons to remove, or several")
     for value in s.sparsities or [0.0]:
         keep_neurons([], value, s.scope, s.min_keep)  # validates sparsity, scope and min_keep
-    if s.max_drop is not None and s.max_drop < 0:
-        raise UsageError(f"max_drop {s.max_drop} is negative: give the largest tolerated metric drop, e.g. 0.01")
+    if s.max_drop is not None and not (math.isfinite(s.max_drop) and s.max_drop >= 0):
+        raise UsageError(
+            f"max_drop {s.max_drop} is not a drop: give the largest tolerated metric drop, a number from 0, e.g. 0.01"
+        )
+    if not math.isfinite(s.damping):
+        raise UsageError(f"damping {s.damping} is not a finite number: give a small fraction, e.g. 0.01 (the default)")
     scorer = create_scorer(s.scorer, s.scorer_options)
     check_refit_aware(s, s.reconstruct, scorer)  # "auto" is resolved, and checked again, with the model
     if s.prunes_heads and not scorer.scores_heads:
@@ -69,6 +80,7 @@ def check_request(settings: FitFreeSettings, inputs: Protected | None = None) ->
     check_output_location(s.output_dir, "output_dir", {**inputs, "the score cache": cache})
     check_replaceable(Path(s.output_dir), s.overwrite)
     check_writable(s.output_dir, "output_dir", in_parent=True)
+    check_renameable(s.output_dir, "output_dir")
     if cache is not None:
         check_output_location(cache, "cache_dir", inputs, may_contain_inputs=True)
         check_writable(cache, "cache_dir")
@@ -131,13 +143,18 @@ def available_memory(trainer: Trainer) -> int | None:
     return int(found.group(1)) * 1024 if found else None
 
 
-def check_min_keep(model: TaskModel, settings: FitFreeSettings) -> None:
-    """``min_keep`` must leave something to prune in the widest FFN layer."""
+def check_widths(model: TaskModel, settings: FitFreeSettings) -> None:
+    """``min_keep`` and ``width_multiple`` must leave something to prune in the widest FFN layer."""
     widest = max(layer.size for layer in model.net.ffn_layers())
     if max(settings.sparsities, default=1.0) > 0 and settings.min_keep >= widest:
         raise UsageError(
             f"min_keep {settings.min_keep} is at least the width of every FFN layer (the widest has {widest} "
             "neurons): nothing would be pruned; choose a smaller min_keep"
+        )
+    if settings.width_multiple >= widest:
+        raise UsageError(
+            f"width_multiple {settings.width_multiple} is at least the width of every FFN layer (the widest has "
+            f"{widest} neurons): every layer would keep all of them; choose a divisor of the width, e.g. 64"
         )
 
 

@@ -25,8 +25,8 @@ class FitFreeSettings:
     """fit-free's options, as one value every stage reads.
 
     Args:
-        scorer: a registered scorer (``lightning-prune scorers`` lists them): attribution, activation,
-            magnitude, random, or a plugin's.
+        scorer: a registered scorer (``lightning-prune scorers`` lists them): attribution (the paper's),
+            activation, magnitude, wanda, random, or a plugin's (e.g. fisher).
         scorer_options: the scorer's own settings, e.g. ``{"steps": 20, "mode": "joint"}`` for attribution.
             They belong to the scorer: a ``--scorer`` given on the command line drops options (from a config)
             that the new scorer does not take.

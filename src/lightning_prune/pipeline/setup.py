@@ -14,11 +14,11 @@ from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.check import (
-    check_min_keep,
     check_refit_aware,
     check_request,
     check_scorer_fits,
     check_statistics_memory,
+    check_widths,
     refit_aware_scoring,
     run_inputs,
 )
@@ -52,7 +52,7 @@ def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, s
     here, before minutes of scoring."""
     inputs = run_inputs(model, datamodule)
     scorer = check_request(settings, inputs)
-    check_min_keep(model, settings)
+    check_widths(model, settings)
     repair = resolve_repair(settings.reconstruct, model.net)
     check_refit_aware(settings, repair, scorer)
     check_scorer_fits(trainer, model, datamodule, settings, scorer)

@@ -19,10 +19,12 @@ from lightning_prune.tasks import Example
 
 @dataclass(frozen=True)
 class RepairStatistics:
-    """The run's repair (None: a plain cut) and the seconds its statistics took (None: none were collected)."""
+    """The run's repair (None: a plain cut), the examples its statistics saw and the seconds they took (None: none
+    were collected)."""
 
     repair: Repair | None
-    seconds: float | None
+    examples: int = 0
+    seconds: float | None = None
 
 
 class StatisticsMemo:
@@ -51,7 +53,7 @@ def activation_statistics_of(
     processes): forward passes, no labels beyond the answer a decoder LM is fed."""
     collecting = ActivationStatisticsModule(model.net, second_moments, heads)
     trainer.predict(collecting, datamodule=datamodule.serving(examples), return_predictions=False)
-    rank_zero_info(f"reconstruction statistics from {len(examples)} examples")
+    rank_zero_info(f"reconstruction statistics from {int(collecting.statistics.examples)} examples")
     return collecting.statistics
 
 
@@ -66,17 +68,18 @@ def collect_statistics(
     statistics; none for a plain cut. With a ``memo``, statistics an earlier run of this process collected on the
     same model and examples are used again."""
     if setup.repair == "none":
-        return RepairStatistics(None, None)
+        return RepairStatistics(None)
     heads, damping = setup.settings.prunes_heads, setup.settings.damping
     if memo is None:
         start = time.perf_counter()
         second_moments = setup.repair == "least_squares"
         statistics = activation_statistics_of(trainer, model, datamodule, setup.calibration, second_moments, heads)
-        return RepairStatistics(statistics.repair(setup.repair, damping), time.perf_counter() - start)
+        seconds = time.perf_counter() - start
+        return RepairStatistics(statistics.repair(setup.repair, damping), int(statistics.examples), seconds)
     key = memo.key(model, setup.calibration, heads)
     if memo.get(key) is None:
         start = time.perf_counter()
         statistics = activation_statistics_of(trainer, model, datamodule, setup.calibration, True, heads)
         memo.put(key, statistics, time.perf_counter() - start)
     statistics, seconds = memo.get(key)  # type: ignore[misc]
-    return RepairStatistics(statistics.repair(setup.repair, damping), seconds)
+    return RepairStatistics(statistics.repair(setup.repair, damping), int(statistics.examples), seconds)

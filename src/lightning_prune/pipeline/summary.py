@@ -71,7 +71,7 @@ def summarize_run(trainer: Trainer, model: TaskModel, outcome: Outcome) -> dict[
         "parameters": {"dense": dense.parameters, "pruned": chosen.parameters if chosen else None},
         "reconstruct": setup.repair,  # what applied: "auto" resolved, "none" where "bias" found no down bias
         "refit_aware": scores.refit_aware,
-        "calibration_examples": len(setup.calibration),
+        "calibration_examples": outcome.statistics.examples,  # as many as a --trainer limit let through
         "ffn_neurons": {
             name: {"dense": size, "kept": len(chosen.cut.kept[i]) if chosen else None}
             for i, (name, size) in enumerate(dense.neurons.items())
@@ -182,9 +182,8 @@ def _reached(summary: dict[str, Any]) -> str:
             + f": {flops['speedup']:.2f}x fewer FLOPs (target {summary['target_speedup']:g})"
         )
     if abs(achieved - asked) > 0.005:
-        why = (
-            "min_keep kept more" if achieved < asked else f"widths rounded to multiples of {summary['width_multiple']}"
-        )
+        multiple = summary["width_multiple"]
+        why = f"widths rounded to multiples of {multiple}" if multiple > 1 else "min_keep kept more"
         return f"{achieved:.3f} (asked {asked}; {why})"
     return f"{asked}"
 

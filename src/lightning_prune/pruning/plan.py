@@ -161,10 +161,21 @@ def _slice_to_plan(layers: list[UnitLayer], entries: list[dict], saved: int | No
         kept = torch.tensor(entry["kept"], dtype=torch.long)
         if layer.size == (saved or kept.numel()):
             continue  # built at the saved width already: the saved config holds it
-        if entry["dense_size"] != layer.size or kept.numel() == 0 or int(kept.max()) >= layer.size:
+        if entry["dense_size"] != layer.size:
             raise UsageError(
                 f"{source / PLAN_FILE}: layer {layer.name} has {layer.size} {layer.unit_name}, the plan expects "
                 f"{entry['dense_size']}: the plan belongs to another model"
+            )
+        if (
+            kept.numel() == 0
+            or int(kept.min()) < 0
+            or int(kept.max()) >= layer.size
+            or kept.unique().numel() < len(kept)
+        ):
+            raise UsageError(
+                f"{source / PLAN_FILE}: layer {layer.name} keeps {kept.numel()} of its {layer.size} {layer.unit_name} "
+                f"by indices that do not fit it (from {int(kept.min()) if kept.numel() else '-'} to "
+                f"{int(kept.max()) if kept.numel() else '-'}, or repeated): the plan is damaged; prune again"
             )
         slice_units(layer, kept)
 

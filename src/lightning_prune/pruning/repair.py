@@ -49,6 +49,7 @@ class ActivationStatistics:
         self.sums = [torch.zeros(width, dtype=torch.float64) for width in widths]
         self.grams = [torch.zeros(width, width, dtype=GRAM_DTYPE) for width in widths] if second_moments else None
         self.tokens = torch.zeros(len(layers), dtype=torch.float64)
+        self.examples = torch.zeros(1, dtype=torch.float64)  # what the statistics saw (a Trainer limit may cut it)
 
     @staticmethod
     def bytes_needed(layers: list[UnitLayer], second_moments: bool) -> int:
@@ -75,13 +76,15 @@ class ActivationStatistics:
 
         with torch.no_grad(), model.hook_activations(layers, record):
             model.target_log_prob(batch, batch["labels"])
+        self.examples += batch["labels"].shape[0]
 
     def reduce(self, reduce: Callable[[Tensor], Tensor]) -> None:
         """Replace every sum by ``reduce`` of it (under DDP: its sum over all processes): the means' sums and the
         token counts as one float64 tensor, then each layer's second-moment sum on its own (no copy of them all)."""
         sizes = [s.numel() for s in self.sums]
-        *sums, tokens = torch.split(reduce(torch.cat([*self.sums, self.tokens])).cpu(), [*sizes, self.tokens.numel()])
-        self.sums, self.tokens = list(sums), tokens
+        flat = reduce(torch.cat([*self.sums, self.tokens, self.examples])).cpu()
+        *sums, tokens, examples = torch.split(flat, [*sizes, self.tokens.numel(), 1])
+        self.sums, self.tokens, self.examples = list(sums), tokens, examples
         if self.grams is not None:
             self.grams = [reduce(gram).cpu() for gram in self.grams]
 

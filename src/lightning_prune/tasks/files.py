@@ -17,6 +17,8 @@ def check_data_file(path: str | Path, what: str = "data file") -> Path:
     path = Path(path)
     if path.is_dir():
         raise UsageError(f"{what} {path} is a folder, not a file: give the TSV file itself")
+    if path.exists() and not path.is_file():  # reading a pipe would hang, /dev/zero fill the memory
+        raise UsageError(f"{what} {path} is not a regular file (a device, pipe or socket): give the TSV file itself")
     if not path.is_file():
         raise UsageError(f"{what} {path} does not exist: check the path (or data_dir)")
     return path
