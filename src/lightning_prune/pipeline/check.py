@@ -18,6 +18,7 @@ from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.settings import FitFreeSettings
 from lightning_prune.pruning import ActivationStatistics, Reconstruct, RepairMethod, keep_neurons
 from lightning_prune.scorers import NeuronScorer, create_scorer
+from lightning_prune.tasks import read_texts
 
 
 def user_inputs(
@@ -56,6 +57,10 @@ def check_request(settings: FitFreeSettings, inputs: Protected | None = None) ->
         keep_neurons([], value, s.scope, s.min_keep)  # validates sparsity, scope and min_keep
     if s.max_drop is not None and s.max_drop < 0:
         raise UsageError(f"max_drop {s.max_drop} is negative: give the largest tolerated metric drop, e.g. 0.01")
+    if s.vocabulary_texts is not None:
+        if s.vocabulary != "task":
+            raise UsageError("vocabulary_texts adds texts to a task vocabulary: add --vocabulary task, or drop it")
+        read_texts(s.vocabulary_texts, "vocabulary_texts")
     scorer = create_scorer(s.scorer, s.scorer_options)
     check_refit_aware(s, s.reconstruct, scorer)  # "auto" is resolved, and checked again, with the model
     if s.prunes_heads and not scorer.scores_heads:
@@ -64,7 +69,7 @@ def check_request(settings: FitFreeSettings, inputs: Protected | None = None) ->
             "choose a scorer with head scores (attribution, fisher, wanda, activation, magnitude, random) or "
             "--heads false"
         )
-    inputs = dict(inputs or {})
+    inputs = {**(inputs or {}), "vocabulary_texts": s.vocabulary_texts}
     cache = cache_root(s.cache_dir) if scorer.needs_data else None
     check_output_location(s.output_dir, "output_dir", {**inputs, "the score cache": cache})
     check_replaceable(Path(s.output_dir), s.overwrite)

@@ -80,6 +80,14 @@ class FitFreeSettings:
             of its activation, so neurons the refit can stand in for go first; with Wanda this is the optimal
             brain surgeon's criterion. Default (unset): wherever the refit runs and the scorer weighs activations
             (attribution, fisher, wanda, activation); false: score the activations.
+        vocabulary: ``task``: also cut the embedding matrix and the output head down to the tokens the task uses
+            (every token of its scoring source, calibration and selection examples as the model reads them: prompt,
+            chat template, demonstrations and label words included; each word's Capitalized and UPPER forms; every
+            special and added token; the tokenizer's base alphabet, so that any text still encodes, in shorter
+            pieces where its words were not seen); the saved tokenizer is trimmed to match. ``full``: keep the
+            vocabulary.
+        vocabulary_texts: with ``vocabulary task``, a text file (UTF-8, one text per line) whose tokens are kept
+            too: the traffic the pruned model will serve.
     """
 
     scorer: str = "attribution"
@@ -104,6 +112,8 @@ class FitFreeSettings:
     reconstruct: Reconstruct = "auto"
     damping: PositiveFloat = DEFAULT_DAMPING
     refit_aware: bool | None = None
+    vocabulary: Literal["full", "task"] = "full"
+    vocabulary_texts: str | None = None
 
     @classmethod
     def from_namespace(cls, options: Any) -> FitFreeSettings:

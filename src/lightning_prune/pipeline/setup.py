@@ -26,7 +26,8 @@ from lightning_prune.pipeline.settings import FitFreeSettings
 from lightning_prune.pruning import Reconstruct, RepairMethod
 from lightning_prune.pruning.budget import UnitCosts, unit_costs
 from lightning_prune.scorers import NeuronScorer
-from lightning_prune.tasks import Example
+from lightning_prune.tasks import Example, read_texts
+from lightning_prune.vocabulary import VocabularyCut, plan_vocabulary
 
 FLOP_COUNT_EXAMPLES = 64  # evaluation examples whose FLOPs price the units for --target_speedup
 
@@ -45,12 +46,13 @@ class RunSetup:
     selection_source: str | None
     flop_batches: list[Batch]  # what ``target_speedup`` counts FLOPs on (none for a sparsity run)
     costs: UnitCosts | None  # each unit's FLOPs on them
+    vocabulary: VocabularyCut | None = None  # the task's tokens (``--vocabulary task``)
 
 
 def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> RunSetup:
     """Check the request, then the request against the model, and read every data source once: bad input fails
     here, before minutes of scoring."""
-    inputs = run_inputs(model, datamodule)
+    inputs = {**run_inputs(model, datamodule), "vocabulary_texts": settings.vocabulary_texts}
     scorer = check_request(settings, inputs)
     check_min_keep(model, settings)
     repair = resolve_repair(settings.reconstruct, model.net)
@@ -65,7 +67,20 @@ def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, s
     datamodule.eval_examples()
     selection = datamodule.selection_examples_list() if held_apart else None
     source = datamodule.selection_source() if held_apart else None
-    return RunSetup(settings, scorer, inputs, repair, refit_aware, calibration, selection, source, flop_batches, costs)
+    vocabulary = task_vocabulary(model, datamodule, settings) if settings.vocabulary == "task" else None
+    return RunSetup(
+        settings, scorer, inputs, repair, refit_aware, calibration, selection, source, flop_batches, costs, vocabulary
+    )
+
+
+def task_vocabulary(model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> VocabularyCut:
+    """The tokens the task keeps (``--vocabulary task``): of every text the model reads for the scoring source and
+    ``vocabulary_texts``; measured on the evaluation examples' texts."""
+    texts = model.net.vocabulary_texts(datamodule.vocabulary_examples())
+    if settings.vocabulary_texts is not None:
+        texts += read_texts(settings.vocabulary_texts, "vocabulary_texts")
+    evaluation = [text for example in datamodule.eval_examples() for text in example.texts]
+    return plan_vocabulary(model.net, texts, evaluation)
 
 
 def resolve_repair(reconstruct: Reconstruct, net: PrunableModel) -> RepairMethod:

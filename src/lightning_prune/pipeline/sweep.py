@@ -48,9 +48,14 @@ class Sweep:
     selection_seconds: float | None
 
 
-def plan_cuts(net: PrunableModel, settings: FitFreeSettings, scores: Scores, costs: UnitCosts | None) -> list[Cut]:
+def plan_cuts(net: PrunableModel, setup: RunSetup, scores: Scores) -> list[Cut]:
     """The cut of every point: one per swept sparsity, or one per FLOP target (heads and neurons by score per FLOP,
-    or the same share in every layer)."""
+    or the same share in every layer); each with the run's vocabulary cut, if any."""
+    cuts = _unit_cuts(net, setup.settings, scores, setup.costs)
+    return [replace(cut, vocabulary=setup.vocabulary) for cut in cuts]
+
+
+def _unit_cuts(net: PrunableModel, settings: FitFreeSettings, scores: Scores, costs: UnitCosts | None) -> list[Cut]:
     ffn_count = len(net.ffn_layers())
     ffn_scores = scores.layers[:ffn_count]
 
@@ -92,7 +97,7 @@ def measure_cuts(
     ``max_drop``), and put it back: every point prunes the same dense model, without reloading it."""
     metric = model.spec.primary_metric
     points, seconds = [], {"prune": 0.0, "evaluate": 0.0, "selection": 0.0}
-    for cut in plan_cuts(model.net, setup.settings, scores, setup.costs):
+    for cut in plan_cuts(model.net, setup, scores):
         start = time.perf_counter()
         with pruned(model.net, cut, repair):
             seconds["prune"] += time.perf_counter() - start
