@@ -44,7 +44,7 @@ class RunSetup:
     calibration: list[Example]  # the repair statistics' examples (none for a plain cut)
     selection: list[Example] | None  # ``max_drop``'s held-apart examples
     selection_source: str | None
-    flop_batches: list[Batch]  # what ``target_speedup`` counts FLOPs on (none for a sparsity run)
+    flop_examples: list[Example]  # what ``target_speedup`` counts FLOPs on (none for a sparsity run)
     costs: UnitCosts | None  # each unit's FLOPs on them
     vocabulary: VocabularyCut | None = None  # the task's tokens (``--vocabulary task``)
 
@@ -58,8 +58,9 @@ def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, s
     repair = resolve_repair(settings.reconstruct, model.net)
     check_refit_aware(settings, repair, scorer)
     check_scorer_fits(trainer, model, datamodule, settings, scorer)
-    flop_batches = count_batches(model, datamodule) if settings.target_speedup is not None else []
-    costs = price_units(model.net, settings, flop_batches) if flop_batches else None
+    flop_examples = datamodule.eval_examples()[:FLOP_COUNT_EXAMPLES] if settings.target_speedup is not None else []
+    batch_size = datamodule.hparams.batch_size
+    costs = price_units(model.net, settings, flop_batches(model, flop_examples, batch_size)) if flop_examples else None
     refit_aware = refit_aware_scoring(settings, repair, scorer)
     check_statistics_memory(trainer, model, settings, repair, refit_aware)
     held_apart = settings.max_drop is not None
@@ -69,7 +70,7 @@ def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, s
     source = datamodule.selection_source() if held_apart else None
     vocabulary = task_vocabulary(model, datamodule, settings) if settings.vocabulary == "task" else None
     return RunSetup(
-        settings, scorer, inputs, repair, refit_aware, calibration, selection, source, flop_batches, costs, vocabulary
+        settings, scorer, inputs, repair, refit_aware, calibration, selection, source, flop_examples, costs, vocabulary
     )
 
 
@@ -94,11 +95,10 @@ def resolve_repair(reconstruct: Reconstruct, net: PrunableModel) -> RepairMethod
     return reconstruct
 
 
-def count_batches(model: TaskModel, datamodule: TaskDataModule) -> list[Batch]:
-    """The batches FLOPs are counted on: the first ``FLOP_COUNT_EXAMPLES`` evaluation examples, as evaluated."""
-    examples = datamodule.eval_examples()[:FLOP_COUNT_EXAMPLES]
-    size = datamodule.hparams.batch_size
-    return [model.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
+def flop_batches(model: TaskModel, examples: list[Example], batch_size: int) -> list[Batch]:
+    """The batches FLOPs are counted on (the first ``FLOP_COUNT_EXAMPLES`` evaluation examples, as evaluated), made
+    with the model's tokenizer of the moment (a vocabulary cut renumbers the tokens)."""
+    return [model.collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
 
 
 def unit_floors(net: PrunableModel, settings: FitFreeSettings) -> list[int]:

@@ -10,7 +10,7 @@ from lightning import Trainer
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.evaluate import DenseResult
 from lightning_prune.pipeline.score import Scores
-from lightning_prune.pipeline.setup import FLOP_COUNT_EXAMPLES, RunSetup
+from lightning_prune.pipeline.setup import RunSetup
 from lightning_prune.pipeline.statistics import RepairStatistics
 from lightning_prune.pipeline.sweep import Choice, Sweep, SweepPoint
 from lightning_prune.vocabulary import VocabularyCut
@@ -113,7 +113,7 @@ def _budget_summary(model: TaskModel, outcome: Outcome) -> dict[str, Any]:
     if chosen is not None and chosen.flops is not None:
         assert dense.flops is not None
         part["flops"] = {
-            "examples": min(FLOP_COUNT_EXAMPLES, sum(len(b["labels"]) for b in outcome.setup.flop_batches)),
+            "examples": len(outcome.setup.flop_examples),
             "dense": dense.flops,
             "pruned": chosen.flops,
             "speedup": dense.flops / chosen.flops,

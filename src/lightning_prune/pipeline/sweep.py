@@ -107,7 +107,8 @@ def measure_cuts(
             start = time.perf_counter()
             selected = test_metrics(trainer, model, datamodule.serving(setup.selection)) if setup.selection else None
             seconds["selection"] += time.perf_counter() - start
-            point = SweepPoint(cut, model.net.num_parameters(), metrics, selected, measured_flops(model, setup))
+            flops = measured_flops(model, setup, datamodule.hparams.batch_size)
+            point = SweepPoint(cut, model.net.num_parameters(), metrics, selected, flops)
         points.append(point)
         if setup.settings.points > 1:
             rank_zero_info(_progress_line(point, metric))
