@@ -119,6 +119,11 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] in (["fit-free"], ["evaluate"]) and argv[1:] in HELP_FLAGS:
         command_help(argv)
         return
+    if argv[:1] == ["export"]:
+        from lightning_prune.commands.export import main as export_main
+
+        export_main(argv[1:])
+        return
     from lightning_prune.cli import main as cli_main
 
     cli_main(argv)

@@ -18,6 +18,7 @@ from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.settings import FitFreeSettings
 from lightning_prune.pruning import ActivationStatistics, Reconstruct, RepairMethod, keep_neurons
 from lightning_prune.scorers import NeuronScorer, create_scorer
+from lightning_prune.sources import require_gguf_extra
 from lightning_prune.tasks import read_texts
 
 
@@ -61,6 +62,8 @@ def check_request(settings: FitFreeSettings, inputs: Protected | None = None) ->
         if s.vocabulary != "task":
             raise UsageError("vocabulary_texts adds texts to a task vocabulary: add --vocabulary task, or drop it")
         read_texts(s.vocabulary_texts, "vocabulary_texts")
+    if s.export_gguf is not None:
+        _check_export_request(s)
     scorer = create_scorer(s.scorer, s.scorer_options)
     check_refit_aware(s, s.reconstruct, scorer)  # "auto" is resolved, and checked again, with the model
     if s.prunes_heads and not scorer.scores_heads:
@@ -95,6 +98,31 @@ def _check_speedup_request(s: FitFreeSettings) -> None:
             f"target_speedup {min(s.targets)} is not above 1: give how many times fewer FLOPs the pruned model "
             "should need, e.g. 1.6"
         )
+
+
+def _check_export_request(s: FitFreeSettings) -> None:
+    """``export_gguf`` writes the saved ``model/``, with the optional ``gguf`` package."""
+    if s.save_models == "none" or (s.points > 1 and s.max_drop is None):
+        raise UsageError(
+            "export_gguf writes the saved model/ as model.gguf, and this run saves none: drop --save_models none, "
+            "or choose one sparsity (or a --max_drop sweep)"
+        )
+    require_gguf_extra()
+
+
+def check_exportable(model: TaskModel, settings: FitFreeSettings) -> None:
+    """``export_gguf`` needs a decoder LM whose family llama.cpp builds at the widths this run may give it."""
+    if settings.export_gguf is None:
+        return
+    if not model.net.answers_through_prompt:
+        raise UsageError(
+            f"export_gguf writes decoder LMs for llama.cpp; {model.net.architecture} models are not run there: "
+            "drop --export_gguf"
+        )
+    from lightning_prune.export.gguf import check_exportable as check_family
+
+    uneven = settings.scope == "global" or settings.prunes_heads
+    check_family(model.net.architecture, uneven, settings.pad_uneven_ffn)
 
 
 def refit_aware_scoring(settings: FitFreeSettings, repair: RepairMethod, scorer: NeuronScorer) -> bool:

@@ -88,6 +88,9 @@ class FitFreeSettings:
             vocabulary.
         vocabulary_texts: with ``vocabulary task``, a text file (UTF-8, one text per line) whose tokens are kept
             too: the traffic the pruned model will serve.
+        export_gguf: decoder LMs: also write the saved model as ``model.gguf`` beside ``model/``, in this dtype
+            (f16, q8_0, f32), for llama.cpp (``lightning-prune export`` does the same for any folder); uneven
+            layer widths of Llama-family models become llama.cpp's ``deci`` architecture.
     """
 
     scorer: str = "attribution"
@@ -114,6 +117,7 @@ class FitFreeSettings:
     refit_aware: bool | None = None
     vocabulary: Literal["full", "task"] = "full"
     vocabulary_texts: str | None = None
+    export_gguf: Literal["f16", "q8_0", "f32"] | None = None
 
     @classmethod
     def from_namespace(cls, options: Any) -> FitFreeSettings:

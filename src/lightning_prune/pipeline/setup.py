@@ -14,6 +14,7 @@ from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.check import (
+    check_exportable,
     check_min_keep,
     check_refit_aware,
     check_request,
@@ -55,6 +56,7 @@ def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, s
     inputs = {**run_inputs(model, datamodule), "vocabulary_texts": settings.vocabulary_texts}
     scorer = check_request(settings, inputs)
     check_min_keep(model, settings)
+    check_exportable(model, settings)
     repair = resolve_repair(settings.reconstruct, model.net)
     check_refit_aware(settings, repair, scorer)
     check_scorer_fits(trainer, model, datamodule, settings, scorer)
