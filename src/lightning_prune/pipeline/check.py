@@ -56,6 +56,8 @@ def check_request(settings: FitFreeSettings, inputs: Protected | None = None) ->
         raise UsageError("sparsity is an empty list: give one fraction of FFN neurons to remove, or several")
     for value in s.sparsities or [0.0]:
         keep_neurons([], value, s.scope, s.min_keep)  # validates sparsity, scope and min_keep
+    if s.keep_rule == "obs" and s.target_speedup is not None:
+        raise UsageError("keep_rule obs removes FFN neurons by sparsity: use --sparsity, or --keep_rule scores")
     if s.max_drop is not None and s.max_drop < 0:
         raise UsageError(f"max_drop {s.max_drop} is negative: give the largest tolerated metric drop, e.g. 0.01")
     if s.vocabulary_texts is not None:
@@ -123,6 +125,15 @@ def check_exportable(model: TaskModel, settings: FitFreeSettings) -> None:
 
     uneven = settings.scope == "global" or settings.prunes_heads
     check_family(model.net.architecture, uneven, settings.pad_uneven_ffn)
+
+
+def check_keep_rule(settings: FitFreeSettings, repair: RepairMethod) -> None:
+    """``keep_rule obs`` orders removals by what the least-squares refit leaves: it needs that refit."""
+    if settings.keep_rule == "obs" and repair != "least_squares":
+        raise UsageError(
+            f"keep_rule obs orders removals by what the least-squares refit leaves, and this run's reconstruction is "
+            f"{repair!r}: add --reconstruct least_squares, or use --keep_rule scores"
+        )
 
 
 def refit_aware_scoring(settings: FitFreeSettings, repair: RepairMethod, scorer: NeuronScorer) -> bool:

@@ -48,6 +48,10 @@ class FitFreeSettings:
             ``all``: also every swept point as ``model-<sparsity>/`` (``model-<target>x/``); ``none``: no model.
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide: uneven
             widths; see benchmarks/results/allocation.md for when it helps).
+        keep_rule: how the kept neurons follow from the scores: ``scores``, the best-scored ones; ``obs``, removed
+            one at a time by what the least-squares refit leaves of each (greedy structured optimal brain surgeon,
+            as ZipLM: after each removal the refit of the others and their precision are updated), the task's
+            scores deciding what that costs (``--reconstruct least_squares``; FFN neurons, sparsities only).
         min_keep: neurons every layer keeps at least.
         width_multiple: round every layer's kept FFN width down to a multiple of this (e.g. 8 or 64: matrix kernels
             run faster on such widths; the lowest-scored kept neurons go); 1: no rounding.
@@ -102,6 +106,7 @@ class FitFreeSettings:
     max_drop: float | None = None
     save_models: Literal["auto", "all", "none"] = "auto"
     scope: Scope = "layer"
+    keep_rule: Literal["scores", "obs"] = "scores"
     min_keep: int = 1
     width_multiple: PositiveInt = 1
     save_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

@@ -15,6 +15,7 @@ from lightning_prune.errors import UsageError
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.check import (
     check_exportable,
+    check_keep_rule,
     check_min_keep,
     check_refit_aware,
     check_request,
@@ -59,6 +60,7 @@ def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, s
     check_exportable(model, settings)
     repair = resolve_repair(settings.reconstruct, model.net)
     check_refit_aware(settings, repair, scorer)
+    check_keep_rule(settings, repair)
     check_scorer_fits(trainer, model, datamodule, settings, scorer)
     flop_examples = datamodule.eval_examples()[:FLOP_COUNT_EXAMPLES] if settings.target_speedup is not None else []
     batch_size = datamodule.hparams.batch_size
