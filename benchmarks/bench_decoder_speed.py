@@ -5,9 +5,10 @@ SmolLM2 (LoRA merged), dense vs FFN-pruned, each saved by fit-free's writer and 
 For FFN sparsity 0.227 / 0.3 / 0.5 / 0.7 (every layer; magnitude scores: speed does not depend on which neurons go),
 0.3 with every layer's kept width rounded down to a multiple of 8 (``0.3/8``: ``--width_multiple 8``), and
 0.3 / 0.5 with one of the three head groups (a key/value head and its 3 query heads) removed from every layer
-(``heads 2/3 + 0.3``: the shapes ``--target_speedup`` gives with layer scope), and 0.5 with one ranking over the
+(``heads 2/3 + 0.3``: the shapes ``--target_speedup`` gives with layer scope), 0.5 with one ranking over the
 model and every layer keeping at least a quarter of its neurons (``0.5 global/0.25``: ``--scope global --min_keep
-384``; uneven widths, so loaded by ``lightning_prune.load_pruned_model``), in one process:
+384``; uneven widths, so loaded by ``lightning_prune.load_pruned_model``), and 0.5 with SST-2's task vocabulary
+(``0.5 + task vocabulary``: ``--vocabulary task``, the tokens of SST-2's training prompts), in one process:
 
 - prefill latency at batch 1: ms per SST-2 prompt (the task's rendered prompt, dynamic length);
 - greedy generation, 64 new tokens (``min_new_tokens`` = 64), batch 1 and batch 8 (left-padded): tokens/s;
@@ -40,14 +41,16 @@ from lightning_prune.pruning import Cut, keep_neurons, pruned
 from lightning_prune.pruning.keep import round_widths
 from lightning_prune.scorers import create_scorer
 from lightning_prune.tasks import TASKS, load_split
+from lightning_prune.vocabulary import plan_vocabulary
 
 # name: (FFN sparsity, kept widths rounded down to a multiple of, head groups removed per layer, per-layer floor of
-# a global ranking or 0 for the same fraction from every layer). "0.227": the shape ``--target_speedup 1.2`` gave
-# Fisher on SST-2 (every head kept; multitask_lm_speedup.md), which keeps 0.985.
+# a global ranking or 0 for the same fraction from every layer, task vocabulary). "0.227": the shape
+# ``--target_speedup 1.2`` gave Fisher on SST-2 (every head kept; multitask_lm_speedup.md), which keeps 0.985.
 VARIANTS = {
-    "0.227": (0.2272, 1, 0, 0), "0.3": (0.3, 1, 0, 0), "0.3/8": (0.3, 8, 0, 0), "0.5": (0.5, 1, 0, 0),
-    "0.5 global/0.25": (0.5, 1, 0, 384), "0.7": (0.7, 1, 0, 0), "heads 2/3 + 0.3": (0.3, 1, 1, 0),
-    "heads 2/3 + 0.5": (0.5, 1, 1, 0),
+    "0.227": (0.2272, 1, 0, 0, False), "0.3": (0.3, 1, 0, 0, False), "0.3/8": (0.3, 8, 0, 0, False),
+    "0.5": (0.5, 1, 0, 0, False), "0.5 global/0.25": (0.5, 1, 0, 384, False), "0.7": (0.7, 1, 0, 0, False),
+    "heads 2/3 + 0.3": (0.3, 1, 1, 0, False), "heads 2/3 + 0.5": (0.5, 1, 1, 0, False),
+    "0.5 + task vocabulary": (0.5, 1, 0, 0, True),
 }  # fmt: skip
 NEW_TOKENS = 64
 
@@ -74,27 +77,25 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=16)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = TASKS["sst2"]
     source = load_model(MULTITASK_LM["path"], spec, MULTITASK_LM["max_length"], adapter=MULTITASK_LM["adapter"])
     examples = load_split(spec, "validation", GLUE)[: max(args.prompts, 8)]
-    tokenizer = source.tokenizer
-    tokenizer.padding_side = "left"
-    prompts = [tokenizer(source.render(e), return_tensors="pt") for e in examples[: args.prompts]]
-    batch8 = tokenizer([source.render(e) for e in examples[:8]], return_tensors="pt", padding=True)
+    texts = [source.render(e) for e in examples]
+    vocabulary = plan_vocabulary(source, source.vocabulary_texts(load_split(spec, "train", GLUE)), [])
     (*scores,) = create_scorer("magnitude").score_units(source, None, source.unit_layers(heads=True))
     scores, head_scores = scores[: len(source.ffn_layers())], scores[len(source.ffn_layers()) :]
-    models, widths = {}, {}
+    models, widths, inputs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
-        for number, (name, (sparsity, multiple, dropped, floor)) in enumerate(
-            {"dense": (0.0, 1, 0, 0), **VARIANTS}.items()
+        for number, (name, (sparsity, multiple, dropped, floor, task_vocabulary)) in enumerate(
+            {"dense": (0.0, 1, 0, 0, False), **VARIANTS}.items()
         ):
             folder = Path(tmp) / f"model-{number}"  # names hold "/"
             scope = {"scope": "global", "min_keep": floor} if floor else {}
             kept = round_widths(scores, keep_neurons(scores, sparsity, **scope), multiple)  # --width_multiple
             heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
-            cut = Cut(sparsity, kept, heads if dropped else None)
+            cut = Cut(sparsity, kept, heads if dropped else None, vocabulary=vocabulary if task_vocabulary else None)
             with pruned(source, cut) if sparsity else contextlib.nullcontext():
                 save_model_folder(source, folder)  # with its plan: load_pruned_model rebuilds uneven widths from it
             if floor:  # uneven widths: plain from_pretrained cannot build them
@@ -102,30 +103,36 @@ def main() -> None:
             else:
                 models[name] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
             widths[name] = [layer.mlp.down_proj.in_features for layer in models[name].model.layers]
+            tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")  # its own ids
+            inputs[name] = (
+                [tokenizer(text, return_tensors="pt") for text in texts[: args.prompts]],
+                tokenizer(texts[:8], return_tensors="pt", padding=True),
+                tokenizer.pad_token_id,
+            )
 
-    def prefill(model) -> None:
+    def prefill(name: str) -> None:
         with torch.inference_mode():
-            for ids in prompts:
-                model(**ids, use_cache=False)
+            for ids in inputs[name][0]:
+                models[name](**ids, use_cache=False)
 
-    def generate(model, inputs) -> None:
+    def generate(name: str, batch) -> None:
         with torch.inference_mode():
-            model.generate(
-                **inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
+            models[name].generate(
+                **batch, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False,
+                pad_token_id=inputs[name][2],
             )  # fmt: skip
 
-    single = prompts[:4]
     measures = {"prefill_ms": {}, "tokens_per_s_b1": {}, "tokens_per_s_b8": {}}
-    for model in models.values():  # warm-up
-        prefill(model)
-        generate(model, single[0])
+    for name in models:  # warm-up
+        prefill(name)
+        generate(name, inputs[name][0][0])
     for _ in range(args.rounds):
-        for name, model in models.items():
-            measures["prefill_ms"].setdefault(name, []).append(1000 * timed(prefill, model) / len(prompts))
-            seconds = sum(timed(generate, model, ids) for ids in single)
-            measures["tokens_per_s_b1"].setdefault(name, []).append(len(single) * NEW_TOKENS / seconds)
-            measures["tokens_per_s_b8"].setdefault(name, []).append(8 * NEW_TOKENS / timed(generate, model, batch8))
+        for name in models:
+            prompts, batch8 = inputs[name][0], inputs[name][1]
+            measures["prefill_ms"].setdefault(name, []).append(1000 * timed(prefill, name) / len(prompts))
+            seconds = sum(timed(generate, name, ids) for ids in prompts[:4])
+            measures["tokens_per_s_b1"].setdefault(name, []).append(4 * NEW_TOKENS / seconds)
+            measures["tokens_per_s_b8"].setdefault(name, []).append(8 * NEW_TOKENS / timed(generate, name, batch8))
     dense_flops = flops_per_token(models["dense"].config, widths["dense"])
     median = {key: {name: statistics.median(v) for name, v in values.items()} for key, values in measures.items()}
     rows = []
@@ -149,12 +156,14 @@ def main() -> None:
         "# Decoder LM speed: dense vs pruned multi-task SmolLM2",
         "",
         f"Saved by fit-free's writer, loaded by plain `AutoModelForCausalLM` (float32), {args.threads} CPU threads, "
-        f"torch {torch.__version__}, median of {args.rounds} alternating rounds. Prefill: {len(prompts)} SST-2 "
+        f"torch {torch.__version__}, median of {args.rounds} alternating rounds. Prefill: {args.prompts} SST-2 "
         f"prompts one by one; generation: {NEW_TOKENS} greedy new tokens, 4 prompts one by one (b=1) and 8 "
         "left-padded prompts together (b=8). FLOP ideal: projections, FFN and output head per token. `0.3/8`: 0.3 "
         "with every kept width rounded down to a multiple of 8. `0.5 global/0.25`: one magnitude ranking over the "
         "model, every layer keeping at least 384 neurons (uneven widths; FFN width column: narrowest–widest layer), "
-        "loaded by `lightning_prune.load_pruned_model`. Written by `benchmarks/bench_decoder_speed.py`.",
+        "loaded by `lightning_prune.load_pruned_model`. `0.5 + task vocabulary`: 0.5 with `--vocabulary task` "
+        f"(SST-2's training prompts: {vocabulary.kept:,} of {vocabulary.total:,} tokens). Written by "
+        "`benchmarks/bench_decoder_speed.py`.",
         "",
         "| model | parameters | FFN width | query heads | prefill ms (b=1) | speedup | tokens/s (b=1) | speedup "
         "| tokens/s (b=8) | speedup | FLOP ideal |",

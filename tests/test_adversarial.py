@@ -265,7 +265,7 @@ def test_width_multiple_rounds_every_kept_width_down(inputs, capsys, caplog):
 
 def test_a_full_disk_is_one_line_and_leaves_nothing(inputs, capsys, monkeypatch):
     """Saving fails with ENOSPC (injected where the weights are written): one line, no output folder."""
-    from lightning_prune import export
+    from lightning_prune.export import folder as export
 
     def full_disk(*args, **kwargs):
         raise OSError(28, "No space left on device")

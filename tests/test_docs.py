@@ -22,7 +22,7 @@ OPTIONS = DOCS / "options.md"
 PACKAGE = ROOT / "src" / "lightning_prune"
 README_MAX_LINES = 200
 HELP_COLUMNS = "120"
-COMMANDS = ("fit-free", "evaluate")
+COMMANDS = ("fit-free", "evaluate", "export")
 # The first fenced block of the README: what a newcomer runs on a fresh machine (quickstart, then the tests).
 FIRST_COMMANDS = [
     "pip install torch==2.13.0 && pip install -e . && lightning-prune fit-free --config configs/quickstart.yaml",
@@ -53,12 +53,15 @@ def _environment(**values: str) -> Iterator[None]:
 
 def command_help(command: str) -> str:
     """``lightning-prune <command> --help`` as a terminal of ``HELP_COLUMNS`` columns shows it (run in-process)."""
-    from lightning_prune.cli import main
+    from lightning_prune.cli import main as cli_main
+    from lightning_prune.commands.export import main as export_main
 
+    main = export_main if command == "export" else cli_main
+    argv = ["--help"] if command == "export" else [command, "--help"]
     out = io.StringIO()
     with _environment(COLUMNS=HELP_COLUMNS), contextlib.redirect_stdout(out):
         try:
-            main([command, "--help"])
+            main(argv)
         except SystemExit as exit_:
             assert exit_.code in (0, None), f"{command} --help exited with {exit_.code}"
     return out.getvalue()

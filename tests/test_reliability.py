@@ -115,7 +115,7 @@ KILL_WHILE_SAVING = """
 import os
 import signal
 
-from lightning_prune import export
+from lightning_prune.export import folder as export
 
 
 def killed(*args, **kwargs):

@@ -141,6 +141,13 @@ class TaskDataModule(LightningDataModule):
         self._pool()
         return self._cache["demonstrations"]
 
+    def vocabulary_examples(self) -> list[Example]:
+        """Every example of the scoring source (the demonstrations too) and of a selection file: whose tokens a task
+        vocabulary keeps (``--vocabulary task``); never the evaluation examples, which measure it."""
+        h = self.hparams
+        selection = read_tsv(h.selection_file, self.spec) if h.selection_file is not None else []
+        return [*self.demonstration_examples(), *self._pool(), *selection]
+
     def score_examples(self) -> list[Example]:
         """The scoring examples (read once; a bad file fails here, before any model work if called early)."""
         h = self.hparams

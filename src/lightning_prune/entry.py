@@ -136,6 +136,11 @@ def main(args: list[str] | None = None) -> None:
     if argv[:1] in (["fit-free"], ["evaluate"]) and argv[1:] in HELP_FLAGS:
         command_help(argv)
         return
+    if argv[:1] == ["export"]:
+        from lightning_prune.commands.export import main as export_main
+
+        export_main(argv[1:])
+        return
     command = next((arg for arg in argv if not arg.startswith("-")), None)
     if command is not None and command not in COMMANDS and "--config" not in argv and "-c" not in argv:
         print(

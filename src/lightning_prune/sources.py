@@ -171,6 +171,12 @@ def source_inputs(path: str) -> dict[str, Path] | None:
     return inputs
 
 
+def gguf_input(path: str) -> Path | None:
+    """The GGUF file a model path names (a ``.gguf`` path or a ``pkg:`` reference to one), None for other paths."""
+    file = resolve_package_file(path) if path.startswith(PACKAGE_PREFIX) else Path(path).expanduser()
+    return file if file.suffix == GGUF_SUFFIX else None
+
+
 def resolve_model_source(path: str) -> str:
     """A model folder or hub id for ``path``: ``pkg:`` references and ``.gguf`` files become folders."""
     if path.startswith(PACKAGE_PREFIX):

@@ -99,11 +99,20 @@ def bert_tokenizer() -> PreTrainedTokenizerFast:
     )
 
 
-def t5_tokenizer() -> PreTrainedTokenizerFast:
-    tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    tok.normalizer = normalizers.Lowercase()
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=["<pad>", "</s>", "<unk>"]))
+def t5_tokenizer(unigram: bool = False) -> PreTrainedTokenizerFast:
+    """A word-level tokenizer, or with ``unigram`` a SentencePiece Unigram one as T5's own."""
+    specials = ["<pad>", "</s>", "<unk>"]
+    if unigram:
+        tok = Tokenizer(models.Unigram())
+        tok.pre_tokenizer = pre_tokenizers.Metaspace()
+        tok.decoder = decoders.Metaspace()
+        tok.train_from_iterator(_corpus(), trainers.UnigramTrainer(vocab_size=300, special_tokens=specials,
+                                                                   unk_token="<unk>"))  # fmt: skip
+    else:
+        tok = Tokenizer(models.WordLevel(unk_token="<unk>"))
+        tok.normalizer = normalizers.Lowercase()
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        tok.train_from_iterator(_corpus(), trainers.WordLevelTrainer(special_tokens=specials))
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
@@ -146,9 +155,9 @@ def build_bert_with_heads(
     return folder
 
 
-def build_t5(folder: Path, gated: bool = False, seed: int = 0) -> Path:
+def build_t5(folder: Path, gated: bool = False, seed: int = 0, unigram: bool = False) -> Path:
     torch.manual_seed(seed)
-    tokenizer = t5_tokenizer()
+    tokenizer = t5_tokenizer(unigram)
     config = T5Config(
         vocab_size=len(tokenizer),
         d_model=32,
@@ -194,13 +203,19 @@ def decoder_tokenizer(word_level: bool = False, sentencepiece: bool = False) -> 
         raise ValueError("word_level and sentencepiece are different tokenizers: choose one")
     specials = ["<pad>", "<s>", "</s>", "<unk>", "<|user|>", "<|assistant|>", "<|end|>"]
     if sentencepiece:
-        tok = Tokenizer(models.BPE(unk_token="<unk>"))
-        tok.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
+        trained = Tokenizer(models.BPE(unk_token="<unk>"))
+        trained.normalizer = normalizers.Sequence([normalizers.Prepend("▁"), normalizers.Replace(" ", "▁")])
         # Trained on words (each "▁" starts one) so that no token spans two, as SentencePiece's pieces; used,
-        # like Llama 2's, without a pre-tokenizer.
-        tok.pre_tokenizer = pre_tokenizers.Split("▁", "merged_with_next")
-        tok.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=600, special_tokens=specials))
-        tok.pre_tokenizer = None
+        # like Llama 2's, without a pre-tokenizer; with its 256 byte-fallback pieces after the special tokens.
+        trained.pre_tokenizer = pre_tokenizers.Split("▁", "merged_with_next")
+        trained.train_from_iterator(_corpus(), trainers.BpeTrainer(vocab_size=600, special_tokens=specials))
+        model = json.loads(trained.to_str())["model"]
+        pieces = sorted(model["vocab"], key=model["vocab"].get)
+        order = [*pieces[: len(specials)], *(f"<0x{b:02X}>" for b in range(256)), *pieces[len(specials) :]]
+        merges = [tuple(m) for m in model["merges"]]
+        tok = Tokenizer(models.BPE({t: i for i, t in enumerate(order)}, merges, unk_token="<unk>", byte_fallback=True))
+        tok.normalizer = trained.normalizer
+        tok.add_special_tokens(specials)
         tok.decoder = decoders.Sequence(
             [decoders.Replace("▁", " "), decoders.ByteFallback(), decoders.Fuse(), decoders.Strip(" ", 1, 0)]
         )

@@ -153,6 +153,17 @@ class PrunableModel(nn.Module, ABC):
         self.source_tokenizer = tokenizer  # the user's, saved with the pruned model
         self.max_length = max_length
 
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Make batches with ``tokenizer`` (the user's, saved with the model) and derive every token id this adapter
+        holds from it (a decoder's label words): adapters call it once their own settings are in place, and a
+        vocabulary cut calls it again with the smaller tokenizer."""
+        self.tokenizer = self.source_tokenizer = tokenizer
+
+    def vocabulary_texts(self, examples: list[Example]) -> list[str]:
+        """The texts the tokenizer reads for ``examples``, as this model reads them (a decoder's whole prompt, a T5
+        task prefix) and its answers: what a task vocabulary keeps the tokens of."""
+        return [text for example in examples for text in example.texts]
+
     @abstractmethod
     def ffn_layers(self) -> list[FFNLayer]:
         """The FFN layers, in network order."""

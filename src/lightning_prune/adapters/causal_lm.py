@@ -58,13 +58,19 @@ class CausalLMClassifier(PrunableModel):
         self.prompt = resolve_prompt(task, prompt)
         if self.prompt.chat and not getattr(tokenizer, "chat_template", None):
             raise UsageError("prompt.chat is true but the model's tokenizer has no chat template: set chat to false")
+        self.demonstrations = list(demonstrations or [])
+        self.context = self._demonstration_context()
+        self.bind_tokenizer(tokenizer)
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Batches come from a copy of ``tokenizer`` padding right and truncating left (see the class doc); the label
+        words' token ids from it."""
+        super().bind_tokenizer(tokenizer)
         self.tokenizer = copy.deepcopy(tokenizer)
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "right"
         self.tokenizer.truncation_side = "left"
-        self.demonstrations = list(demonstrations or [])
-        self.context = self._demonstration_context()
         ids, self.prompt_overlap = self._label_word_ids()
         for i, word in enumerate(self.prompt.label_words):
             if ids[i] in ids[:i]:
@@ -205,6 +211,12 @@ class CausalLMClassifier(PrunableModel):
         if not self.task.is_regression:
             return labels.long()
         return torch.tensor([self.prompt.word_index(v) for v in labels.tolist()], device=labels.device)
+
+    def vocabulary_texts(self, examples: list[Example]) -> list[str]:
+        """Each example's whole prompt (chat template and demonstrations included), and the prompt followed by each
+        label word: the answers' tokens as they follow it."""
+        before = self.render(Example(tuple(self.task.text_fields), 0, -1))
+        return [self.render(e) for e in examples] + [before + word for word in self.prompt.label_words]
 
     def _sequences(self, batch: Batch, words: Tensor) -> dict[str, Tensor]:
         """Each prompt followed by all but the last token of its label word ``words[i]``.

@@ -79,6 +79,11 @@ class EncoderWithHeads(PrunableModel):
         self.encoder = encoder
         self.head = head
         self.pooling = pooling
+        self.bind_tokenizer(tokenizer)
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """The model inputs ``tokenizer`` makes that the encoder takes."""
+        super().bind_tokenizer(tokenizer)
         self.input_names = [
             n for n in tokenizer.model_input_names if n in ("input_ids", "attention_mask", "token_type_ids")
         ]

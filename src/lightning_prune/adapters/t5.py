@@ -32,11 +32,19 @@ class T5TextToText(PrunableModel):
         super().__init__(task, tokenizer, max_length)
         self.architecture = model.config.model_type
         self.model = model
-        words = list(task.t5_label_words)
-        targets = tokenizer(words, padding=True, return_tensors="pt")
+        self.bind_tokenizer(tokenizer)
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """The label words' target tokens from ``tokenizer``."""
+        super().bind_tokenizer(tokenizer)
+        targets = tokenizer(list(self.task.t5_label_words), padding=True, return_tensors="pt")
         # Padding of the candidate targets is excluded from every sum; the mask keeps it explicit.
         self.register_buffer("candidate_ids", targets["input_ids"], persistent=False)
         self.register_buffer("candidate_mask", targets["attention_mask"], persistent=False)
+
+    def vocabulary_texts(self, examples: list[Example]) -> list[str]:
+        """Each example in the T5 format (task prefix, field names) and the label words."""
+        return [self.format(e.texts) for e in examples] + list(self.task.t5_label_words)
 
     @classmethod
     def load(

@@ -80,5 +80,6 @@ def run_fit_free(
         rank_zero_info(report_line(summary, settings.output_dir))
     trainer.strategy.barrier()
     if choice.chosen is not None:
-        prune_model(model.net, choice.chosen.cut.kept, statistics.repair, choice.chosen.cut.kept_heads)
+        cut = choice.chosen.cut
+        prune_model(model.net, cut.kept, statistics.repair, cut.kept_heads, cut.vocabulary)
     return FitFreeRun(summary, outcome)

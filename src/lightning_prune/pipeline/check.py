@@ -25,6 +25,8 @@ from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.settings import FitFreeSettings
 from lightning_prune.pruning import ActivationStatistics, Reconstruct, RepairMethod, keep_neurons
 from lightning_prune.scorers import NeuronScorer, create_scorer
+from lightning_prune.sources import require_gguf_extra
+from lightning_prune.tasks import read_texts
 
 
 def user_inputs(
@@ -61,12 +63,20 @@ def check_request(settings: FitFreeSettings, inputs: Protected | None = None) ->
         raise UsageError("sparsity is an empty list: give one fraction of FFN neurons to remove, or several")
     for value in s.sparsities or [0.0]:
         keep_neurons([], value, s.scope, s.min_keep)  # validates sparsity, scope and min_keep
+    if s.keep_rule == "obs" and s.target_speedup is not None:
+        raise UsageError("keep_rule obs removes FFN neurons by sparsity: use --sparsity, or --keep_rule scores")
     if s.max_drop is not None and not (math.isfinite(s.max_drop) and s.max_drop >= 0):
         raise UsageError(
             f"max_drop {s.max_drop} is not a drop: give the largest tolerated metric drop, a number from 0, e.g. 0.01"
         )
     if not math.isfinite(s.damping):
         raise UsageError(f"damping {s.damping} is not a finite number: give a small fraction, e.g. 0.01 (the default)")
+    if s.vocabulary_texts is not None:
+        if s.vocabulary != "task":
+            raise UsageError("vocabulary_texts adds texts to a task vocabulary: add --vocabulary task, or drop it")
+        read_texts(s.vocabulary_texts, "vocabulary_texts")
+    if s.export_gguf is not None:
+        _check_export_request(s)
     scorer = create_scorer(s.scorer, s.scorer_options)
     check_refit_aware(s, s.reconstruct, scorer)  # "auto" is resolved, and checked again, with the model
     if s.prunes_heads and not scorer.scores_heads:
@@ -75,7 +85,7 @@ def check_request(settings: FitFreeSettings, inputs: Protected | None = None) ->
             "choose a scorer with head scores (attribution, fisher, wanda, activation, magnitude, random) or "
             "--heads false"
         )
-    inputs = dict(inputs or {})
+    inputs = {**(inputs or {}), "vocabulary_texts": s.vocabulary_texts}
     cache = cache_root(s.cache_dir) if scorer.needs_data else None
     check_output_location(s.output_dir, "output_dir", {**inputs, "the score cache": cache})
     check_replaceable(Path(s.output_dir), s.overwrite)
@@ -101,6 +111,40 @@ def _check_speedup_request(s: FitFreeSettings) -> None:
         raise UsageError(
             f"target_speedup {min(s.targets)} is not above 1: give how many times fewer FLOPs the pruned model "
             "should need, e.g. 1.6"
+        )
+
+
+def _check_export_request(s: FitFreeSettings) -> None:
+    """``export_gguf`` writes the saved ``model/``, with the optional ``gguf`` package."""
+    if s.save_models == "none" or (s.points > 1 and s.max_drop is None):
+        raise UsageError(
+            "export_gguf writes the saved model/ as model.gguf, and this run saves none: drop --save_models none, "
+            "or choose one sparsity (or a --max_drop sweep)"
+        )
+    require_gguf_extra()
+
+
+def check_exportable(model: TaskModel, settings: FitFreeSettings) -> None:
+    """``export_gguf`` needs a decoder LM whose family llama.cpp builds at the widths this run may give it."""
+    if settings.export_gguf is None:
+        return
+    if not model.net.answers_through_prompt:
+        raise UsageError(
+            f"export_gguf writes decoder LMs for llama.cpp; {model.net.architecture} models are not run there: "
+            "drop --export_gguf"
+        )
+    from lightning_prune.export.gguf import check_exportable as check_family
+
+    uneven = settings.scope == "global" or settings.prunes_heads
+    check_family(model.net.architecture, uneven, settings.pad_uneven_ffn)
+
+
+def check_keep_rule(settings: FitFreeSettings, repair: RepairMethod) -> None:
+    """``keep_rule obs`` orders removals by what the least-squares refit leaves: it needs that refit."""
+    if settings.keep_rule == "obs" and repair != "least_squares":
+        raise UsageError(
+            f"keep_rule obs orders removals by what the least-squares refit leaves, and this run's reconstruction is "
+            f"{repair!r}: add --reconstruct least_squares, or use --keep_rule scores"
         )
 
 

@@ -10,7 +10,7 @@ from lightning import LightningDataModule, Trainer
 
 from lightning_prune.data import TaskDataModule
 from lightning_prune.modules import TaskModel
-from lightning_prune.pipeline.setup import RunSetup
+from lightning_prune.pipeline.setup import RunSetup, flop_batches
 from lightning_prune.pruning.budget import count_flops
 
 
@@ -52,6 +52,8 @@ def evaluate_dense(trainer: Trainer, model: TaskModel, datamodule: TaskDataModul
     )  # fmt: skip
 
 
-def measured_flops(model: TaskModel, setup: RunSetup) -> float | None:
-    """FLOPs of the model as it is on the FLOP-count batches (``target_speedup`` runs; None otherwise)."""
-    return count_flops(model.net, setup.flop_batches) if setup.costs is not None else None
+def measured_flops(model: TaskModel, setup: RunSetup, batch_size: int) -> float | None:
+    """FLOPs of the model as it is on the FLOP-count examples (``target_speedup`` runs; None otherwise)."""
+    if setup.costs is None:
+        return None
+    return count_flops(model.net, flop_batches(model, setup.flop_examples, batch_size))

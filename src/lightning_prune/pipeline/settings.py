@@ -48,6 +48,10 @@ class FitFreeSettings:
             ``all``: also every swept point as ``model-<sparsity>/`` (``model-<target>x/``); ``none``: no model.
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide: uneven
             widths; see benchmarks/results/allocation.md for when it helps).
+        keep_rule: how the kept neurons follow from the scores: ``scores``, the best-scored ones; ``obs``, removed
+            one at a time by what the least-squares refit leaves of each (greedy structured optimal brain surgeon,
+            as ZipLM: after each removal the refit of the others and their precision are updated), the task's
+            scores deciding what that costs (``--reconstruct least_squares``; FFN neurons, sparsities only).
         min_keep: neurons every layer keeps at least.
         width_multiple: round every layer's kept FFN width down to a multiple of this (e.g. 8 or 64: matrix kernels
             run faster on such widths; the lowest-scored kept neurons go); 1: no rounding.
@@ -80,6 +84,17 @@ class FitFreeSettings:
             of its activation, so neurons the refit can stand in for go first; with Wanda this is the optimal
             brain surgeon's criterion. Default (unset): wherever the refit runs and the scorer weighs activations
             (attribution, fisher, wanda, activation); false: score the activations.
+        vocabulary: ``task``: also cut the embedding matrix and the output head down to the tokens the task uses
+            (every token of its scoring source, calibration and selection examples as the model reads them: prompt,
+            chat template, demonstrations and label words included; each word's Capitalized and UPPER forms; every
+            special and added token; the tokenizer's base alphabet, so that any text still encodes, in shorter
+            pieces where its words were not seen); the saved tokenizer is trimmed to match. ``full``: keep the
+            vocabulary.
+        vocabulary_texts: with ``vocabulary task``, a text file (UTF-8, one text per line) whose tokens are kept
+            too: the traffic the pruned model will serve.
+        export_gguf: decoder LMs: also write the saved model as ``model.gguf`` beside ``model/``, in this dtype
+            (f16, q8_0, f32), for llama.cpp (``lightning-prune export`` does the same for any folder); uneven
+            layer widths of Llama-family models become llama.cpp's ``deci`` architecture.
     """
 
     scorer: str = "attribution"
@@ -91,6 +106,7 @@ class FitFreeSettings:
     max_drop: float | None = None
     save_models: Literal["auto", "all", "none"] = "auto"
     scope: Scope = "layer"
+    keep_rule: Literal["scores", "obs"] = "scores"
     min_keep: int = 1
     width_multiple: PositiveInt = 1
     save_dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -104,6 +120,9 @@ class FitFreeSettings:
     reconstruct: Reconstruct = "auto"
     damping: PositiveFloat = DEFAULT_DAMPING
     refit_aware: bool | None = None
+    vocabulary: Literal["full", "task"] = "full"
+    vocabulary_texts: str | None = None
+    export_gguf: Literal["f16", "q8_0", "f32"] | None = None
 
     @classmethod
     def from_namespace(cls, options: Any) -> FitFreeSettings:

@@ -14,6 +14,8 @@ from lightning_prune.data import TaskDataModule
 from lightning_prune.errors import UsageError
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.check import (
+    check_exportable,
+    check_keep_rule,
     check_refit_aware,
     check_request,
     check_scorer_fits,
@@ -26,7 +28,8 @@ from lightning_prune.pipeline.settings import FitFreeSettings
 from lightning_prune.pruning import Reconstruct, RepairMethod
 from lightning_prune.pruning.budget import UnitCosts, unit_costs
 from lightning_prune.scorers import NeuronScorer
-from lightning_prune.tasks import Example
+from lightning_prune.tasks import Example, read_texts
+from lightning_prune.vocabulary import VocabularyCut, plan_vocabulary
 
 FLOP_COUNT_EXAMPLES = 64  # evaluation examples whose FLOPs price the units for --target_speedup
 
@@ -43,21 +46,25 @@ class RunSetup:
     calibration: list[Example]  # the repair statistics' examples (none for a plain cut)
     selection: list[Example] | None  # ``max_drop``'s held-apart examples
     selection_source: str | None
-    flop_batches: list[Batch]  # what ``target_speedup`` counts FLOPs on (none for a sparsity run)
+    flop_examples: list[Example]  # what ``target_speedup`` counts FLOPs on (none for a sparsity run)
     costs: UnitCosts | None  # each unit's FLOPs on them
+    vocabulary: VocabularyCut | None = None  # the task's tokens (``--vocabulary task``)
 
 
 def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> RunSetup:
     """Check the request, then the request against the model, and read every data source once: bad input fails
     here, before minutes of scoring."""
-    inputs = run_inputs(model, datamodule)
+    inputs = {**run_inputs(model, datamodule), "vocabulary_texts": settings.vocabulary_texts}
     scorer = check_request(settings, inputs)
     check_widths(model, settings)
+    check_exportable(model, settings)
     repair = resolve_repair(settings.reconstruct, model.net)
     check_refit_aware(settings, repair, scorer)
+    check_keep_rule(settings, repair)
     check_scorer_fits(trainer, model, datamodule, settings, scorer)
-    flop_batches = count_batches(model, datamodule) if settings.target_speedup is not None else []
-    costs = price_units(model.net, settings, flop_batches) if flop_batches else None
+    flop_examples = datamodule.eval_examples()[:FLOP_COUNT_EXAMPLES] if settings.target_speedup is not None else []
+    batch_size = datamodule.hparams.batch_size
+    costs = price_units(model.net, settings, flop_batches(model, flop_examples, batch_size)) if flop_examples else None
     refit_aware = refit_aware_scoring(settings, repair, scorer)
     check_statistics_memory(trainer, model, settings, repair, refit_aware)
     held_apart = settings.max_drop is not None
@@ -65,7 +72,20 @@ def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, s
     datamodule.eval_examples()
     selection = datamodule.selection_examples_list() if held_apart else None
     source = datamodule.selection_source() if held_apart else None
-    return RunSetup(settings, scorer, inputs, repair, refit_aware, calibration, selection, source, flop_batches, costs)
+    vocabulary = task_vocabulary(model, datamodule, settings) if settings.vocabulary == "task" else None
+    return RunSetup(
+        settings, scorer, inputs, repair, refit_aware, calibration, selection, source, flop_examples, costs, vocabulary
+    )
+
+
+def task_vocabulary(model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> VocabularyCut:
+    """The tokens the task keeps (``--vocabulary task``): of every text the model reads for the scoring source and
+    ``vocabulary_texts``; measured on the evaluation examples' texts."""
+    texts = model.net.vocabulary_texts(datamodule.vocabulary_examples())
+    if settings.vocabulary_texts is not None:
+        texts += read_texts(settings.vocabulary_texts, "vocabulary_texts")
+    evaluation = [text for example in datamodule.eval_examples() for text in example.texts]
+    return plan_vocabulary(model.net, texts, evaluation)
 
 
 def resolve_repair(reconstruct: Reconstruct, net: PrunableModel) -> RepairMethod:
@@ -79,11 +99,10 @@ def resolve_repair(reconstruct: Reconstruct, net: PrunableModel) -> RepairMethod
     return reconstruct
 
 
-def count_batches(model: TaskModel, datamodule: TaskDataModule) -> list[Batch]:
-    """The batches FLOPs are counted on: the first ``FLOP_COUNT_EXAMPLES`` evaluation examples, as evaluated."""
-    examples = datamodule.eval_examples()[:FLOP_COUNT_EXAMPLES]
-    size = datamodule.hparams.batch_size
-    return [model.collate(examples[i : i + size]) for i in range(0, len(examples), size)]
+def flop_batches(model: TaskModel, examples: list[Example], batch_size: int) -> list[Batch]:
+    """The batches FLOPs are counted on (the first ``FLOP_COUNT_EXAMPLES`` evaluation examples, as evaluated), made
+    with the model's tokenizer of the moment (a vocabulary cut renumbers the tokens)."""
+    return [model.collate(examples[i : i + batch_size]) for i in range(0, len(examples), batch_size)]
 
 
 def unit_floors(net: PrunableModel, settings: FitFreeSettings) -> list[int]:

@@ -10,9 +10,10 @@ from lightning import Trainer
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.evaluate import DenseResult
 from lightning_prune.pipeline.score import Scores
-from lightning_prune.pipeline.setup import FLOP_COUNT_EXAMPLES, RunSetup
+from lightning_prune.pipeline.setup import RunSetup
 from lightning_prune.pipeline.statistics import RepairStatistics
 from lightning_prune.pipeline.sweep import Choice, Sweep, SweepPoint
+from lightning_prune.vocabulary import VocabularyCut
 
 
 @dataclass(frozen=True)
@@ -80,7 +81,25 @@ def summarize_run(trainer: Trainer, model: TaskModel, outcome: Outcome) -> dict[
         "world_size": trainer.world_size,
         "seconds": stage_seconds(outcome),
     }
-    return {**summary, **_budget_summary(model, outcome), **_sweep_summary(outcome, metric)}
+    vocabulary = _vocabulary_summary(outcome.setup.vocabulary)
+    return {**summary, **_budget_summary(model, outcome), **_sweep_summary(outcome, metric), **vocabulary}
+
+
+def _vocabulary_summary(cut: VocabularyCut | None) -> dict[str, Any]:
+    """The task vocabulary's size and what it costs the evaluation texts (``--vocabulary task``)."""
+    if cut is None:
+        return {}
+    part: dict[str, Any] = {"vocabulary": {"tokens": {"dense": cut.total, "kept": cut.kept}}}
+    if cut.evaluation is not None:
+        e = cut.evaluation
+        part["vocabulary"]["evaluation_texts"] = {
+            "texts": e.texts,
+            "tokens": {"full": e.original_tokens, "task": e.trimmed_tokens},
+            "segmented_as_before": e.identical,  # texts whose every token was kept
+            "decoded_as_before": e.same_decode,
+            "unknown_tokens": {"full": e.original_unknown, "task": e.trimmed_unknown},  # WordPiece [UNK]
+        }
+    return part
 
 
 def _budget_summary(model: TaskModel, outcome: Outcome) -> dict[str, Any]:
@@ -94,7 +113,7 @@ def _budget_summary(model: TaskModel, outcome: Outcome) -> dict[str, Any]:
     if chosen is not None and chosen.flops is not None:
         assert dense.flops is not None
         part["flops"] = {
-            "examples": min(FLOP_COUNT_EXAMPLES, sum(len(b["labels"]) for b in outcome.setup.flop_batches)),
+            "examples": len(outcome.setup.flop_examples),
             "dense": dense.flops,
             "pruned": chosen.flops,
             "speedup": dense.flops / chosen.flops,
@@ -162,10 +181,12 @@ def report_line(summary: dict[str, Any], output_dir: str) -> str:
             f"; chosen by max_drop {selection['max_drop']:g}: selection {metric} "
             f"{selection['dense_metrics'][metric]:.4f} -> {selection['chosen_metrics'][metric]:.4f}"
         )
+    tokens = (summary.get("vocabulary") or {}).get("tokens")
+    vocabulary = f", vocabulary {tokens['dense']:,} -> {tokens['kept']:,} tokens" if tokens else ""
     return (
         f"{summary['task']}: {metric} {dense}pruned {pruned:.4f} at FFN sparsity {_reached(summary)} "
         f"({summary['scorer']}, {summary['scope']} scope); parameters {params['dense']:,} -> {params['pruned']:,}"
-        f"{chosen}; wrote {output_dir}{_loading_hint(summary)}"
+        f"{vocabulary}{chosen}; wrote {output_dir}{_loading_hint(summary)}"
     )
 
 

@@ -21,6 +21,7 @@ from lightning_prune.pipeline.setup import RunSetup, unit_floors
 from lightning_prune.pruning import Cut, Repair, keep_neurons, pruned
 from lightning_prune.pruning.budget import UnitCosts
 from lightning_prune.pruning.keep import keep_for_flops, round_widths
+from lightning_prune.pruning.obs import global_removals, kept_after, removal_order
 
 MODEL_DIR = "model"
 
@@ -48,9 +49,49 @@ class Sweep:
     selection_seconds: float | None
 
 
-def plan_cuts(net: PrunableModel, settings: FitFreeSettings, scores: Scores, costs: UnitCosts | None) -> list[Cut]:
+def plan_cuts(net: PrunableModel, setup: RunSetup, scores: Scores, repair: Repair | None = None) -> list[Cut]:
     """The cut of every point: one per swept sparsity, or one per FLOP target (heads and neurons by score per FLOP,
-    or the same share in every layer)."""
+    or the same share in every layer); each with the run's vocabulary cut, if any. ``keep_rule obs``: the
+    sparsities' cuts follow the refit's removal order (``repair``)."""
+    if setup.settings.keep_rule == "obs":
+        assert repair is not None
+        cuts = _obs_cuts(net, setup.settings, scores, repair)
+    else:
+        cuts = _unit_cuts(net, setup.settings, scores, setup.costs)
+    return [replace(cut, vocabulary=setup.vocabulary) for cut in cuts]
+
+
+def _obs_cuts(net: PrunableModel, settings: FitFreeSettings, scores: Scores, repair: Repair) -> list[Cut]:
+    """One greedy removal order per FFN layer (``pruning.obs``), as deep as the highest sparsity needs (with
+    ``global`` scope, down to each layer's floor), cut at each sparsity: per layer, or the cheapest removals
+    model-wide."""
+    layers = net.ffn_layers()
+    sizes = [layer.size for layer in layers]
+    floors = [min(settings.min_keep, n) for n in sizes]
+    keep = [
+        [max(f, round((1.0 - value) * n)) for n, f in zip(sizes, floors, strict=True)] for value in settings.sparsities
+    ]
+    fewest = [min(column) for column in zip(*keep, strict=True)]  # per layer, at the highest sparsity
+    global_scope = settings.scope == "global"
+    deepest = [n - (f if global_scope else k) for n, f, k in zip(sizes, floors, fewest, strict=True)]
+    found = [
+        removal_order(layer.down_proj.weight, repair.precision(i, layer), score, count)
+        for i, (layer, score, count) in enumerate(zip(layers, scores.layers, deepest, strict=True))
+    ]
+    orders, costs = [order for order, _ in found], [cost for _, cost in found]
+    cuts = []
+    for value, kept_per_layer in zip(settings.sparsities, keep, strict=True):
+        if global_scope:
+            total = sum(sizes) - max(sum(floors), round((1.0 - value) * sum(sizes)))
+            removed = global_removals(costs, total)
+        else:
+            removed = [n - k for n, k in zip(sizes, kept_per_layer, strict=True)]
+        kept = kept_after(orders, sizes, removed)
+        cuts.append(Cut(value, round_widths(scores.layers, kept, settings.width_multiple, settings.min_keep)))
+    return cuts
+
+
+def _unit_cuts(net: PrunableModel, settings: FitFreeSettings, scores: Scores, costs: UnitCosts | None) -> list[Cut]:
     ffn_count = len(net.ffn_layers())
     ffn_scores = scores.layers[:ffn_count]
 
@@ -92,7 +133,7 @@ def measure_cuts(
     ``max_drop``), and put it back: every point prunes the same dense model, without reloading it."""
     metric = model.spec.primary_metric
     points, seconds = [], {"prune": 0.0, "evaluate": 0.0, "selection": 0.0}
-    for cut in plan_cuts(model.net, setup.settings, scores, setup.costs):
+    for cut in plan_cuts(model.net, setup, scores, repair):
         start = time.perf_counter()
         with pruned(model.net, cut, repair):
             seconds["prune"] += time.perf_counter() - start
@@ -102,7 +143,8 @@ def measure_cuts(
             start = time.perf_counter()
             selected = test_metrics(trainer, model, datamodule.serving(setup.selection)) if setup.selection else None
             seconds["selection"] += time.perf_counter() - start
-            point = SweepPoint(cut, model.net.num_parameters(), metrics, selected, measured_flops(model, setup))
+            flops = measured_flops(model, setup, datamodule.hparams.batch_size)
+            point = SweepPoint(cut, model.net.num_parameters(), metrics, selected, flops)
         points.append(point)
         if setup.settings.points > 1:
             rank_zero_info(_progress_line(point, metric))

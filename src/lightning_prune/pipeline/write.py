@@ -18,11 +18,13 @@ from lightning_prune.io import atomic_directory, write_errors_reported, write_js
 from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.report import write_sweep_reports
 from lightning_prune.pipeline.summary import Outcome
+from lightning_prune.pipeline.sweep import MODEL_DIR
 from lightning_prune.pruning import pruned
 
 SCORES_FILE = "scores.safetensors"
 METRICS_FILE = "metrics.json"
 CONFIG_FILE = "config.yaml"
+GGUF_FILE = "model.gguf"
 
 
 def write_run(trainer: Trainer, model: TaskModel, outcome: Outcome, summary: dict[str, Any]) -> dict[str, Any]:
@@ -43,6 +45,8 @@ def write_run(trainer: Trainer, model: TaskModel, outcome: Outcome, summary: dic
             with pruned(model.net, point.cut, outcome.statistics.repair):
                 layout = save_model_folder(model.net, tmp / name, dtype, settings.pad_uneven_ffn)
             saved[name] = {"sparsity": point.cut.sparsity, "target_speedup": point.cut.target_speedup, **layout}
+        if settings.export_gguf is not None and MODEL_DIR in saved:
+            saved[MODEL_DIR]["gguf"] = _export_gguf(tmp, model, outcome)
         if len(choice.points) > 1:
             metric = model.spec.primary_metric
             note = write_sweep_reports(tmp, choice, metric, outcome.dense, settings.max_drop)
@@ -73,3 +77,14 @@ def _write_scores(path: Path, model: TaskModel, outcome: Outcome) -> None:
             "layers": json.dumps([layer.name for layer in layers]),
         },
     )
+
+
+def _export_gguf(folder: Path, model: TaskModel, outcome: Outcome) -> dict[str, Any]:
+    """``model/`` as ``model.gguf``, the tokenizer copied from the input GGUF where there is one and the vocabulary
+    was not cut (else converted from the saved ``tokenizer.json``)."""
+    from lightning_prune.export.gguf import export_gguf
+    from lightning_prune.sources import gguf_input
+
+    source = gguf_input(model.hparams.path) if outcome.setup.vocabulary is None else None
+    report = export_gguf(folder / MODEL_DIR, folder / GGUF_FILE, outcome.setup.settings.export_gguf, source)
+    return {"file": GGUF_FILE, "architecture": report.architecture, "dtype": report.dtype, "bytes": report.file_bytes}

@@ -5,12 +5,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import torch
 from torch import Tensor
 
 from lightning_prune.errors import UsageError
+
+if TYPE_CHECKING:
+    from lightning_prune.vocabulary.cut import VocabularyCut
 
 Scope = Literal["layer", "global"]
 
@@ -23,6 +26,7 @@ class Cut:
     kept: list[Tensor]
     kept_heads: list[Tensor] | None = None
     target_speedup: float | None = None  # the FLOP budget the cut was chosen for
+    vocabulary: VocabularyCut | None = None  # the task's tokens (``--vocabulary task``)
 
     @property
     def label(self) -> str:

@@ -15,11 +15,13 @@ from torch import Tensor, nn
 
 from lightning_prune.errors import UsageError
 from lightning_prune.pruning.slicing import slice_units
+from lightning_prune.vocabulary.cut import VocabularyState, cut_vocabulary, restore_vocabulary, vocabulary_state
 
 if TYPE_CHECKING:
     from lightning_prune.adapters.base import PrunableModel, UnitLayer
     from lightning_prune.pruning.keep import Cut
     from lightning_prune.pruning.repair import Repair
+    from lightning_prune.vocabulary.cut import VocabularyCut
 
 PLAN_FILE = "pruning_plan.json"
 PADDING_KEYS = ("padded_width", "padded_heads")  # how a folder stored its layers, not part of the model's plan
@@ -67,6 +69,7 @@ def prune_model(
     kept: list[Tensor],
     repair: Repair | None = None,
     kept_heads: list[Tensor] | None = None,
+    vocabulary: VocabularyCut | None = None,
 ) -> dict:
     """Slice every FFN layer of ``model`` to its ``kept`` neurons (and, with ``kept_heads``, every attention layer
     to its kept head groups); return the plan that rebuilds it.
@@ -84,22 +87,38 @@ def prune_model(
     attention = list(plan.get("attention", [])) if plan else []
     if kept_heads is not None:
         attention = _prune_layers(model.attention_layers(), kept_heads, attention or None, repair, len(layers))
+    tokens = plan.get("vocabulary") if plan else None
+    if vocabulary is not None:
+        tokens = _vocabulary_entry(vocabulary, tokens)
+        cut_vocabulary(model, vocabulary)
     model.pruning_plan = {
         "format": "lightning-prune/pruning-plan",
         "version": 3,
         "architecture": model.architecture,
         "layers": entries,
         **({"attention": attention} if attention else {}),
+        **({"vocabulary": tokens} if tokens else {}),
     }
     return model.pruning_plan
 
 
+def _vocabulary_entry(vocabulary: VocabularyCut, previous: dict | None) -> dict:
+    """The plan's record of a vocabulary cut: the original model's ids of the kept tokens (composed with an earlier
+    cut). Informational: the saved config and tokenizer already hold the smaller vocabulary."""
+    kept = torch.tensor(vocabulary.old_ids, dtype=torch.long)
+    if previous is not None:
+        kept = torch.tensor(previous["kept"], dtype=torch.long)[kept]
+    return {"dense_size": previous["dense_size"] if previous else vocabulary.total, "kept": kept.tolist()}
+
+
 @dataclass
 class UnitSnapshot:
-    """A model's FFN and attention projection modules (per layer, by path) and its pruning plan at one moment."""
+    """A model's FFN and attention projection modules (per layer, by path), its vocabulary and its pruning plan at
+    one moment."""
 
     modules: list[dict[str, nn.Module]]
     plan: dict | None
+    vocabulary: VocabularyState
 
 
 def snapshot_units(model: PrunableModel) -> UnitSnapshot:
@@ -109,7 +128,7 @@ def snapshot_units(model: PrunableModel) -> UnitSnapshot:
     modules = [
         {path: layer.block.get_submodule(path) for path in layer.projections} for layer in model.unit_layers(True)
     ]
-    return UnitSnapshot(modules, model.pruning_plan)
+    return UnitSnapshot(modules, model.pruning_plan, vocabulary_state(model))
 
 
 def restore_units(model: PrunableModel, snapshot: UnitSnapshot) -> None:
@@ -117,6 +136,7 @@ def restore_units(model: PrunableModel, snapshot: UnitSnapshot) -> None:
     for layer, modules in zip(model.unit_layers(True), snapshot.modules, strict=True):
         for path, module in modules.items():
             layer.block.set_submodule(path, module)
+    restore_vocabulary(model, snapshot.vocabulary)
     model.pruning_plan = snapshot.plan
 
 
@@ -135,7 +155,7 @@ def pruned(model: PrunableModel, cut: Cut, repair: Repair | None = None) -> Iter
     """``model`` cut to ``cut`` (repaired by ``repair``) inside the block, yielding the plan, and put back
     afterwards (``restored``): every point of a sweep prunes the same model."""
     with restored(model):
-        yield prune_model(model, cut.kept, repair, cut.kept_heads)
+        yield prune_model(model, cut.kept, repair, cut.kept_heads, cut.vocabulary)
 
 
 def read_plan(folder: Path) -> dict | None:

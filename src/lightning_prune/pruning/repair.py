@@ -176,14 +176,19 @@ class Repair:
             raise ValueError("residuals come from the least_squares refit's second moments")
         return Residuals(self, layers)
 
-    def residual(self, index: int, layer: UnitLayer) -> Residual:
-        """Layer ``index``'s ``Residual``: one float64 inversion of its second moment, damped by the refit's
-        fraction (of the whole layer's mean second moment here; the refit takes the kept neurons')."""
-        centred = layer.down_proj.bias is not None
-        moment = self._moment(index, torch.device("cpu"), centred)
+    def precision(self, index: int, layer: UnitLayer) -> Tensor:
+        """Layer ``index``'s float64 precision: the inverse of its second moment (centred where a bias absorbs the
+        means), damped by the refit's fraction (of the whole layer's mean second moment here; the refit takes the
+        kept neurons')."""
+        moment = self._moment(index, torch.device("cpu"), centred=layer.down_proj.bias is not None)
         damping = self.damping * float(moment.diagonal().mean().clamp(min=1e-12))
-        precision = torch.linalg.inv(moment + damping * torch.eye(len(moment), dtype=moment.dtype))
+        return torch.linalg.inv(moment + damping * torch.eye(len(moment), dtype=moment.dtype))
+
+    def residual(self, index: int, layer: UnitLayer) -> Residual:
+        """Layer ``index``'s ``Residual``: one float64 inversion of its second moment (``precision``)."""
+        precision = self.precision(index, layer)
         transform = (precision / precision.diagonal()).to(torch.float32)  # column j over P_jj
+        centred = layer.down_proj.bias is not None
         return Residual(transform, self.means[index].float() if centred else None)
 
 

@@ -85,3 +85,20 @@ def read_tsv(path: str | Path, spec: TaskSpec) -> list[Example]:
         label = spec.parse_label(row[label_idx], where)
         examples.append(Example(tuple(row[i] for i in text_idx), label, offset))
     return examples
+
+
+def read_texts(path: str | Path, what: str = "text file") -> list[str]:
+    """The non-blank lines of a UTF-8 text file, one text each (a binary or empty file is a one-line error)."""
+    data = check_data_file(path, what).read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"{what} {path} is not UTF-8 text (byte offset {error.start}): give a text file, one text per line"
+        ) from None
+    if "\x00" in text:
+        raise UsageError(f"{what} {path} holds NUL bytes, so it is not a text file: give one text per line")
+    texts = [line for line in text.splitlines() if line.strip()]
+    if not texts:
+        raise UsageError(f"{what} {path} is empty: give one text per line")
+    return texts
