@@ -422,7 +422,7 @@ def test_a_changed_help_cache_is_not_printed(tmp_path, monkeypatch, capsys):
 def test_a_mistyped_command_is_one_line(inputs, capsys):
     args = ["fit-fre", *inputs.fit_free()[1:]]
     line = assert_refused(args, capsys, "unknown command 'fit-fre'", [inputs.model, inputs.glue], absent=inputs.out)
-    assert "fit-free, evaluate, scorers" in line
+    assert "fit-free, evaluate, export, scorers" in line
 
 
 # -- 6. settings and outputs checked before the work ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from lightning_prune.testing import build_bert_with_heads, build_causal_lm, buil
 from lightning_prune.vocabulary import plan_vocabulary
 
 QUIET = ["--trainer.enable_progress_bar", "false"]
+TASK_ONLY = ["--vocabulary", "task", "--vocabulary_frequent", "0"]  # tiny tokenizers: every merge is frequent
 BUILDERS = {  # one model per tokenizer kind: WordPiece, Unigram, byte-level BPE, byte-fallback BPE
     "bert": build_bert_with_heads,
     "t5": lambda folder: build_t5(folder, unigram=True),
@@ -34,14 +35,10 @@ def family(request, tmp_path_factory) -> tuple[str, Path]:
     return request.param, BUILDERS[request.param](tmp_path_factory.mktemp(request.param))
 
 
-def _texts(datamodule: TaskDataModule) -> list[str]:
-    return [text for example in datamodule.eval_examples() for text in example.texts]
-
-
 def test_the_saved_folder_is_plain_and_smaller(family, glue_dir, tmp_path, capsys):
     name, model = family
     out = tmp_path / "run"
-    code, _, err = run_cli(fit_free_args(model, glue_dir, out, "--vocabulary", "task", *QUIET), capsys)
+    code, _, err = run_cli(fit_free_args(model, glue_dir, out, *TASK_ONLY, *QUIET), capsys)
     assert code == 0, err
     summary = json.loads((out / "metrics.json").read_text())
     tokens = summary["vocabulary"]["tokens"]
@@ -64,7 +61,8 @@ def test_answers_are_unchanged_on_texts_made_of_kept_tokens(family, glue_dir):
     _, folder = family
     net = load_model(folder, TASKS["sst2"])
     data = TaskDataModule("sst2", str(glue_dir))
-    cut = plan_vocabulary(net, net.vocabulary_texts(data.vocabulary_examples()), _texts(data))
+    evaluation = net.vocabulary_texts(data.eval_examples())  # as the model reads them
+    cut = plan_vocabulary(net, net.vocabulary_texts(data.vocabulary_examples()), evaluation, frequent=0)
     assert cut.evaluation.identical == cut.evaluation.covered == cut.evaluation.texts
     batch_full = net.collate(data.eval_examples())
     kept = [torch.arange(0, layer.size, 2) for layer in net.ffn_layers()]
@@ -85,13 +83,25 @@ def test_the_cut_is_undone_between_sweep_points(family, glue_dir):
     before = (net.source_tokenizer, net.weights_module.get_input_embeddings(), net.weights_module.config.vocab_size)
     batch = net.collate(data.eval_examples())
     answers = net.predict(batch)
-    cut = plan_vocabulary(net, net.vocabulary_texts(data.vocabulary_examples()), [])
+    cut = plan_vocabulary(net, net.vocabulary_texts(data.vocabulary_examples()), [], frequent=0)
     kept = [torch.arange(layer.size) for layer in net.ffn_layers()]
     with pruned(net, Cut(0.0, kept, vocabulary=cut)):
         assert net.weights_module.config.vocab_size == cut.kept
     after = (net.source_tokenizer, net.weights_module.get_input_embeddings(), net.weights_module.config.vocab_size)
     assert after == before
     assert torch.equal(net.predict(net.collate(data.eval_examples())), answers)
+
+
+def test_the_tokenizers_frequent_tokens_are_kept_whatever_the_task(glue_dir, tmp_path):
+    """Its first merges' tokens stay, so common words of unseen text stay whole."""
+    model = build_causal_lm(tmp_path / "m", "llama")
+    net = load_model(model, TASKS["sst2"])
+    texts = net.vocabulary_texts(TaskDataModule("sst2", str(glue_dir)).vocabulary_examples())
+    task_only, with_frequent = (plan_vocabulary(net, texts, [], frequent=n) for n in (0, 100))
+    assert set(task_only.old_ids) < set(with_frequent.old_ids)
+    merges = json.loads(net.source_tokenizer.backend_tokenizer.to_str())["model"]["merges"][:100]
+    first = {"".join(m.split(" ") if isinstance(m, str) else m) for m in merges}
+    assert {net.source_tokenizer.convert_tokens_to_ids(token) for token in first} <= set(with_frequent.old_ids)
 
 
 def test_vocabulary_texts_keep_a_users_words(glue_dir, tmp_path, capsys):
@@ -102,7 +112,7 @@ def test_vocabulary_texts_keep_a_users_words(glue_dir, tmp_path, capsys):
     outs = {}
     for name, extra in (("plain", []), ("with", ["--vocabulary_texts", str(texts)])):
         outs[name] = tmp_path / name
-        args = fit_free_args(model, glue_dir, outs[name], "--vocabulary", "task", *extra, *QUIET)
+        args = fit_free_args(model, glue_dir, outs[name], *TASK_ONLY, *extra, *QUIET)
         code, _, err = run_cli(args, capsys)
         assert code == 0, err
     assert digest(model, glue_dir, texts) == before
@@ -116,8 +126,8 @@ def test_vocabulary_texts_keep_a_users_words(glue_dir, tmp_path, capsys):
 def test_a_trimmed_model_pruned_again_composes_the_plan(glue_dir, tmp_path, capsys):
     model = build_causal_lm(tmp_path / "m", "llama")
     first, second = tmp_path / "first", tmp_path / "second"
-    assert run_cli(fit_free_args(model, glue_dir, first, "--vocabulary", "task", *QUIET), capsys)[0] == 0
-    again = fit_free_args(first / "model", glue_dir, second, "--vocabulary", "task", "--sparsity", "0.3", *QUIET)
+    assert run_cli(fit_free_args(model, glue_dir, first, *TASK_ONLY, *QUIET), capsys)[0] == 0
+    again = fit_free_args(first / "model", glue_dir, second, *TASK_ONLY, "--sparsity", "0.3", *QUIET)
     code, _, err = run_cli(again, capsys)
     assert code == 0, err
     plans = [json.loads((out / "model" / "pruning_plan.json").read_text()) for out in (first, second)]
@@ -131,8 +141,8 @@ def test_a_trimmed_model_pruned_again_composes_the_plan(glue_dir, tmp_path, caps
 def test_a_speed_budget_with_the_task_vocabulary(glue_dir, tmp_path, capsys):
     model = build_causal_lm(tmp_path / "m", "llama")
     out = tmp_path / "run"
-    args = fit_free_args(model, glue_dir, out, "--vocabulary", "task", "--sparsity", "null", "--target_speedup",
-                         "1.3", "--heads", "false", *QUIET)  # fmt: skip
+    args = fit_free_args(model, glue_dir, out, *TASK_ONLY, "--sparsity", "null", "--target_speedup", "1.3",
+                         "--heads", "false", *QUIET)  # fmt: skip
     code, _, err = run_cli(args, capsys)
     assert code == 0, err
     flops = json.loads((out / "metrics.json").read_text())["flops"]

@@ -13,9 +13,9 @@ from lightning_prune.vocabulary.tokenizer import (
     BYTE_TOKENS,
     VocabularyError,
     base_alphabet,
-    cased_variants,
     close_under_merges,
     compare_encodings,
+    frequent_ids,
     id_map,
     kept_ids_for_texts,
     remap_token_ids,
@@ -342,10 +342,17 @@ def test_bad_kept_sets_refused_with_one_line(originals):
     assert "are not in the tokenizer" in _one_line(error)
 
 
-def test_cased_variants():
-    assert cased_variants(["a film's end"]) == sorted(
-        p + w for w in ("a", "A", "film", "Film", "FILM", "s", "S", "end", "End", "END") for p in ("", " ")
-    )
+def test_frequent_ids_follow_the_tokenizers_own_ranking(originals):
+    """BPE: the results of its first merges; Unigram: its best-scored pieces; WordPiece ranks nothing."""
+    bpe = originals["byte_level_bpe"]
+    vocab = bpe["model"]["vocab"]
+    first = ["".join(m.split(" ") if isinstance(m, str) else m) for m in bpe["model"]["merges"][:5]]
+    assert frequent_ids(bpe, 5) == {vocab[token] for token in first}
+    unigram = originals["unigram"]
+    scores = [score for _, score in unigram["model"]["vocab"]]
+    picked = frequent_ids(unigram, 3)
+    assert len(picked) == 3 and min(scores[i] for i in picked) >= sorted(scores, reverse=True)[2]
+    assert frequent_ids(originals["wordpiece"], 50) == set() and frequent_ids(bpe, 0) == set()
 
 
 def test_padding_id_remapped(originals):

@@ -6,11 +6,12 @@ from __future__ import annotations
 from dataclasses import dataclass, fields
 from typing import Any, Literal
 
-from jsonargparse.typing import PositiveFloat, PositiveInt
+from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
 from lightning_prune.modules import LabelSource
 from lightning_prune.pruning import Reconstruct, Scope
 from lightning_prune.pruning.repair import DEFAULT_DAMPING
+from lightning_prune.vocabulary.cut import FREQUENT_TOKENS
 
 DEFAULT_SPARSITY = 0.5
 
@@ -86,12 +87,14 @@ class FitFreeSettings:
             (attribution, fisher, wanda, activation); false: score the activations.
         vocabulary: ``task``: also cut the embedding matrix and the output head down to the tokens the task uses
             (every token of its scoring source, calibration and selection examples as the model reads them: prompt,
-            chat template, demonstrations and label words included; each word's Capitalized and UPPER forms; every
-            special and added token; the tokenizer's base alphabet, so that any text still encodes, in shorter
-            pieces where its words were not seen); the saved tokenizer is trimmed to match. ``full``: keep the
-            vocabulary.
+            chat template, demonstrations and label words included; the tokenizer's most frequent tokens; every
+            special and added token; its base alphabet, so that any text still encodes, in shorter pieces where its
+            words were not seen); the saved tokenizer is trimmed to match. ``full``: keep the vocabulary.
         vocabulary_texts: with ``vocabulary task``, a text file (UTF-8, one text per line) whose tokens are kept
             too: the traffic the pruned model will serve.
+        vocabulary_frequent: with ``vocabulary task``, how many of the tokenizer's most frequent tokens are kept
+            whatever the task (its first merges for BPE, its best-scored pieces for Unigram; WordPiece has no
+            frequencies), so that common words of unseen text stay whole; 0: only the task's.
         export_gguf: decoder LMs: also write the saved model as ``model.gguf`` beside ``model/``, in this dtype
             (f16, q8_0, f32), for llama.cpp (``lightning-prune export`` does the same for any folder); uneven
             layer widths of Llama-family models become llama.cpp's ``deci`` architecture.
@@ -122,6 +125,7 @@ class FitFreeSettings:
     refit_aware: bool | None = None
     vocabulary: Literal["full", "task"] = "full"
     vocabulary_texts: str | None = None
+    vocabulary_frequent: NonNegativeInt = FREQUENT_TOKENS
     export_gguf: Literal["f16", "q8_0", "f32"] | None = None
 
     @classmethod

@@ -80,12 +80,12 @@ def set_up_run(trainer: Trainer, model: TaskModel, datamodule: TaskDataModule, s
 
 def task_vocabulary(model: TaskModel, datamodule: TaskDataModule, settings: FitFreeSettings) -> VocabularyCut:
     """The tokens the task keeps (``--vocabulary task``): of every text the model reads for the scoring source and
-    ``vocabulary_texts``; measured on the evaluation examples' texts."""
+    ``vocabulary_texts``; measured on the evaluation examples, as the model reads them (a decoder's whole prompt)."""
     texts = model.net.vocabulary_texts(datamodule.vocabulary_examples())
     if settings.vocabulary_texts is not None:
         texts += read_texts(settings.vocabulary_texts, "vocabulary_texts")
-    evaluation = [text for example in datamodule.eval_examples() for text in example.texts]
-    return plan_vocabulary(model.net, texts, evaluation)
+    evaluation = model.net.vocabulary_texts(datamodule.eval_examples())
+    return plan_vocabulary(model.net, texts, evaluation, settings.vocabulary_frequent)
 
 
 def resolve_repair(reconstruct: Reconstruct, net: PrunableModel) -> RepairMethod:

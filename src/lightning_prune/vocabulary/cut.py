@@ -19,9 +19,9 @@ from lightning_prune.errors import UsageError
 from lightning_prune.vocabulary.tokenizer import (
     EncodingComparison,
     base_alphabet,
-    cased_variants,
     close_under_merges,
     compare_encodings,
+    frequent_ids,
     id_map,
     kept_ids_for_texts,
     remap_token_ids,
@@ -34,6 +34,9 @@ if TYPE_CHECKING:
     from lightning_prune.adapters.base import PrunableModel
 
 TOKENIZER_CONFIGS = ("tokenizer_config.json", "special_tokens_map.json")
+# The tokenizer's most frequent tokens a task vocabulary keeps whatever the task (``--vocabulary_frequent``): common
+# words of unseen text stay whole (measured: benchmarks/results/vocabulary.md).
+FREQUENT_TOKENS = 16384
 
 
 @dataclass(frozen=True)
@@ -64,16 +67,17 @@ def tokenizer_json(net: PrunableModel) -> dict:
     return parsed
 
 
-def plan_vocabulary(net: PrunableModel, texts: list[str], evaluation_texts: list[str]) -> VocabularyCut:
+def plan_vocabulary(
+    net: PrunableModel, texts: list[str], evaluation_texts: list[str], frequent: int = FREQUENT_TOKENS
+) -> VocabularyCut:
     """The vocabulary of ``texts`` (what the model reads for the task, ``PrunableModel.vocabulary_texts``): their
-    tokens, those of each of their words lowercase, Capitalized and UPPER (a lowercased task set must not leave
-    names and sentence starts to fall apart into pieces), every special and added token, the tokenizer's base
-    alphabet (any text still encodes), closed under the merges that build kept tokens (kept texts segment as
+    tokens, the tokenizer's ``frequent`` most frequent tokens (``frequent_ids``), every special and added token, its
+    base alphabet (any text still encodes), closed under the merges that build kept tokens (kept texts segment as
     before). Rows the embedding has beyond the tokenizer's tokens go."""
     parsed = tokenizer_json(net)
     hf = net.weights_module
     rows = hf.get_input_embeddings().num_embeddings
-    kept = kept_ids_for_texts(net.source_tokenizer, [*texts, *cased_variants(texts)]) | base_alphabet(parsed)
+    kept = kept_ids_for_texts(net.source_tokenizer, texts) | frequent_ids(parsed, frequent) | base_alphabet(parsed)
     kept |= _config_token_ids(hf.config) | _config_token_ids(getattr(hf, "generation_config", None))
     kept = {i for i in close_under_merges(parsed, kept) if i < rows}
     trimmed = trim_tokenizer(parsed, kept)

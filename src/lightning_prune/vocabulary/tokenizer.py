@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import itertools
 import json
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -191,12 +190,21 @@ def kept_ids_for_texts(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str],
     return kept
 
 
-def cased_variants(texts: Iterable[str]) -> list[str]:
-    """Each word of the texts lowercase, Capitalized and UPPER, alone and after a space (``"Word"``,
-    ``" Word"``): a lowercased task set (SST-2) then also keeps the tokens of names and sentence starts."""
-    words = {word.lower() for text in texts for word in re.findall(r"[^\W\d_]+", text)}
-    forms = {form for word in words for form in (word, word.capitalize(), word.upper())}
-    return sorted(prefix + form for form in forms for prefix in ("", " "))
+def frequent_ids(tokenizer_json: Mapping, count: int) -> set[int]:
+    """The tokenizer's ``count`` most frequent tokens, as its own training ranked them: the results of its first
+    ``count`` BPE merges (merges are learned most frequent first), or its ``count`` best-scored Unigram pieces (a
+    piece's score is its log-probability); WordPiece keeps no frequencies: none. Common words of any text then stay
+    whole, whatever the task's data held (capitalized ones too, where the task's text is lowercased)."""
+    kind = tokenizer_kind(tokenizer_json)
+    if count <= 0 or kind == "wordpiece":
+        return set()
+    model = tokenizer_json["model"]
+    if kind == "unigram":
+        ranked = sorted(range(len(model["vocab"])), key=lambda i: -model["vocab"][i][1])
+        return set(ranked[:count])
+    vocab = model["vocab"]
+    merged = ("".join(_merge_parts(merge)) for merge in model["merges"][:count])
+    return {vocab[token] for token in merged if token in vocab}
 
 
 def _merge_parts(merge: str | list[str]) -> tuple[str, str]:
