@@ -34,7 +34,7 @@ MODELS = {
     "multitask-lm": ("multi-task SmolLM2 (LoRA merged)", ("sst2", "qnli", "mnli", "rte", "stsb", "agnews")),
 }
 COLUMNS = ["model", "task", "evaluated on", "+ its traffic", "tokens kept", "parameters full → task", "metric", "full",
-           "task", "task / full", "more tokens", "texts as before"]  # fmt: skip
+           "task", "task / full", "more tokens", "texts as before", "without frequent tokens"]  # fmt: skip
 
 
 def bench_of(model_name: str, task: str, eval_examples: int) -> TaskBench:
@@ -64,6 +64,10 @@ def row(model: str, task: str, domain: str, bench: TaskBench, sparsity: float, *
     metric = bench.model.spec.primary_metric
     full = bench.sweep("attribution", sparsity=sparsity)
     task_run = bench.sweep("attribution", sparsity=sparsity, vocabulary="task", **vocabulary)
+    # WordPiece ranks no tokens by frequency: without them only where a tokenizer has them
+    task_only = model != "minilm" and bench.sweep(
+        "attribution", sparsity=sparsity, vocabulary="task", vocabulary_frequent=0, **vocabulary
+    )
     [point_full], [point_task] = full["points"], task_run["points"]
     vocabulary = task_run["vocabulary"]
     texts = vocabulary["evaluation_texts"]
@@ -78,7 +82,20 @@ def row(model: str, task: str, domain: str, bench: TaskBench, sparsity: float, *
         "more_tokens_percent": round(100 * (tokens["task"] - tokens["full"]) / tokens["full"], 2),
         "texts_as_before": round(texts["segmented_as_before"] / texts["texts"], 4),
         "unknown_added": texts["unknown_tokens"]["task"] - texts["unknown_tokens"]["full"],
+        **(_without_frequent(task_only, metric) if task_only else {}),
     }  # fmt: skip
+
+
+def _without_frequent(result: dict[str, Any], metric: str) -> dict[str, Any]:
+    """The task vocabulary without the tokenizer's frequent tokens (``--vocabulary_frequent 0``)."""
+    [point] = result["points"]
+    texts = result["vocabulary"]["evaluation_texts"]
+    return {
+        "tokens_kept_task_only": result["vocabulary"]["tokens"]["kept"],
+        "task_only": round(point["metrics"][metric], 5),
+        "more_tokens_percent_task_only": round(100 * (texts["tokens"]["task"] / texts["tokens"]["full"] - 1), 2),
+        "texts_as_before_task_only": round(texts["segmented_as_before"] / texts["texts"], 4),
+    }
 
 
 def main() -> None:
@@ -109,13 +126,20 @@ def main() -> None:
     report(rows, args)
 
 
+def _task_only_cell(r: dict[str, Any]) -> str:
+    if "task_only" not in r:
+        return ""
+    return (f"{r['tokens_kept_task_only']:,} tokens: {r['task_only']:.4f}, +{r['more_tokens_percent_task_only']:.1f}%, "
+            f"{r['texts_as_before_task_only']:.0%}")  # fmt: skip
+
+
 def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
     table = [
         [r["model"], r["task"], r["evaluated_on"], r.get("vocabulary_texts") or "",
          f"{r['tokens_kept']:,} / {r['tokens_total']:,}",
          f"{r['parameters_full'] / 1e6:.1f}M → {r['parameters_task'] / 1e6:.1f}M", r["metric"], f"{r['full']:.4f}",
          f"{r['task_vocabulary']:.4f}", f"{r['retained']:.3f}", f"+{r['more_tokens_percent']:.1f}%",
-         f"{r['texts_as_before']:.0%}"]
+         f"{r['texts_as_before']:.0%}", _task_only_cell(r)]
         for r in rows
     ]  # fmt: skip
     write_report(
@@ -128,7 +152,8 @@ def report(rows: list[dict[str, Any]], args: argparse.Namespace) -> None:
             "texts as the model reads them, their cased forms, specials, the base alphabet); *task / full*: the "
             "metric with the task vocabulary over the metric with the full one; *more tokens*: how many more tokens "
             "the evaluation texts take with the task vocabulary; *+ its traffic*: the unseen set's other rows (not "
-            "evaluated) given as `--vocabulary_texts`; *texts as before*: the share of evaluation texts "
+            "evaluated) given as `--vocabulary_texts`; *without frequent tokens*: `--vocabulary_frequent 0` (tokens "
+            "kept, metric, more tokens, texts as before); *texts as before*: the share of evaluation texts "
             "every token of which was kept (they segment exactly as before). Written by "
             "`python benchmarks/exp_vocabulary.py`.",
             "",
