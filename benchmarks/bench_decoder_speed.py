@@ -1,5 +1,6 @@
-"""Is a pruned decoder LM faster where users feel it? Prefill latency and greedy generation speed of the multi-task
-SmolLM2 (LoRA merged), dense vs FFN-pruned, each saved by fit-free's writer and loaded back by plain
+"""Is a pruned decoder LM faster where users feel it? Prefill latency and greedy generation speed of a multi-task
+decoder LM (``--model``: SmolLM2 or Gemma 3 270M, LoRA merged), dense vs FFN-pruned, each saved by fit-free's
+writer and loaded back by plain
 ``transformers.AutoModelForCausalLM`` (as users run it), next to the FLOP ideal.
 
 For FFN sparsity 0.227 / 0.3 / 0.5 / 0.7 (every layer; magnitude scores: speed does not depend on which neurons go),
@@ -33,7 +34,7 @@ from pathlib import Path
 import torch
 from experiments import GLUE
 from results_io import write_csv, write_report
-from runner import MULTITASK_LM
+from runner import MULTITASK_GEMMA3, MULTITASK_LM
 
 from lightning_prune import load_model, load_pruned_model
 from lightning_prune.export import save_model_folder
@@ -53,6 +54,11 @@ VARIANTS = {
     "0.5 + task vocabulary": (0.5, 1, 0, 0, True),
 }  # fmt: skip
 NEW_TOKENS = 64
+# --model: (settings, result name, the reports' name of the model)
+MODELS = {
+    "smollm2": (MULTITASK_LM, "decoder_speed", "multi-task SmolLM2"),
+    "gemma3": (MULTITASK_GEMMA3, "gemma3_decoder_speed", "multi-task Gemma 3 270M"),
+}
 
 
 def flops_per_token(config, ffn_widths: list[int]) -> float:
@@ -72,6 +78,7 @@ def timed(function, *arguments) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=list(MODELS), default="smollm2")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--prompts", type=int, default=16)
@@ -80,7 +87,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     spec = TASKS["sst2"]
-    source = load_model(MULTITASK_LM["path"], spec, MULTITASK_LM["max_length"], adapter=MULTITASK_LM["adapter"])
+    settings, name_of_results, title = MODELS[args.model]
+    source = load_model(settings["path"], spec, settings["max_length"], adapter=settings["adapter"])
     examples = load_split(spec, "validation", GLUE)[: max(args.prompts, 8)]
     texts = [source.render(e) for e in examples]
     vocabulary = plan_vocabulary(source, source.vocabulary_texts(load_split(spec, "train", GLUE)), [])
@@ -88,8 +96,10 @@ def main() -> None:
     scores, head_scores = scores[: len(source.ffn_layers())], scores[len(source.ffn_layers()) :]
     models, widths, inputs = {}, {}, {}
     with tempfile.TemporaryDirectory() as tmp:
+        groups = source.attention_layers()[0].size  # a model with one key/value head has no head group to spare
+        variants = {name: v for name, v in VARIANTS.items() if v[2] < groups}
         for number, (name, (sparsity, multiple, dropped, floor, task_vocabulary)) in enumerate(
-            {"dense": (0.0, 1, 0, 0, False), **VARIANTS}.items()
+            {"dense": (0.0, 1, 0, 0, False), **variants}.items()
         ):
             folder = Path(tmp) / f"model-{number}"  # names hold "/"
             scope = {"scope": "global", "min_keep": floor} if floor else {}
@@ -151,9 +161,9 @@ def main() -> None:
             "flop_ideal": round(ideal, 3),
         })  # fmt: skip
         print(rows[-1], flush=True)
-    write_csv("decoder_speed", rows)
+    write_csv(name_of_results, rows)
     lines = [
-        "# Decoder LM speed: dense vs pruned multi-task SmolLM2",
+        f"# Decoder LM speed: dense vs pruned {title}",
         "",
         f"Saved by fit-free's writer, loaded by plain `AutoModelForCausalLM` (float32), {args.threads} CPU threads, "
         f"torch {torch.__version__}, median of {args.rounds} alternating rounds. Prefill: {args.prompts} SST-2 "
@@ -178,7 +188,7 @@ def main() -> None:
             f"{r['prefill_speedup']:.2f} | {r['tokens_per_s_b1']:.1f} | {r['generation_speedup_b1']:.2f} | "
             f"{r['tokens_per_s_b8']:.1f} | {r['generation_speedup_b8']:.2f} | {r['flop_ideal']:.2f} |"
         )
-    write_report("decoder_speed", lines)
+    write_report(name_of_results, lines)
 
 
 if __name__ == "__main__":

