@@ -226,7 +226,7 @@ def test_top_level_help_is_answered_without_importing_the_model_stack():
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    assert "{fit-free,evaluate,scorers}" in done.stdout.splitlines()[0]
+    assert "{fit-free,evaluate,export,scorers}" in done.stdout.splitlines()[0]
     # The hand-written help names exactly the CLI's commands, with their functions' first docstring lines.
     assert set(COMMANDS) == {*PruneCLI.subcommands(), "scorers"}
     from lightning_prune.commands.evaluate import evaluate

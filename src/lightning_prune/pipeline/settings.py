@@ -49,10 +49,8 @@ class FitFreeSettings:
             ``all``: also every swept point as ``model-<sparsity>/`` (``model-<target>x/``); ``none``: no model.
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide: uneven
             widths; see benchmarks/results/allocation.md for when it helps).
-        keep_rule: how the kept neurons follow from the scores: ``scores``, the best-scored ones; ``obs``, removed
-            one at a time by what the least-squares refit leaves of each (greedy structured optimal brain surgeon,
-            as ZipLM: after each removal the refit of the others and their precision are updated), the task's
-            scores deciding what that costs (``--reconstruct least_squares``; FFN neurons, sparsities only).
+        keep_rule: ``scores``: keep the best-scored neurons; ``obs``: remove them one at a time by what the
+            least-squares refit leaves, weighed by the scores (greedy structured OBS; sparsities only).
         min_keep: neurons every layer keeps at least.
         width_multiple: round every layer's kept FFN width down to a multiple of this (e.g. 8 or 64: matrix kernels
             run faster on such widths; the lowest-scored kept neurons go); 1: no rounding.
@@ -71,33 +69,21 @@ class FitFreeSettings:
         reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
             per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
         checkpoint_every: batches between two saves of the scoring progress.
-        reconstruct: how each layer's down projection is repaired after the cut, from activation statistics
-            over the calibration examples (``--data.calibration_examples``; no optimizer step): ``auto``:
-            ``bias`` where the FFN has a down bias (encoders), ``least_squares`` elsewhere (decoder LMs, T5);
-            ``bias`` replaces every removed neuron by its mean activation, folded into the down bias (as FLAP;
-            without a down bias the cut is plain); ``least_squares`` refits the kept neurons' down weights
-            (and bias) to reproduce the dense layer's output (as K-prune; needs d_ff² statistics per layer);
-            ``none``: a plain cut.
+        reconstruct: how each down projection is repaired after the cut, from the calibration examples'
+            activation statistics: ``bias`` folds each removed neuron's mean into the down bias (as FLAP);
+            ``least_squares`` refits the kept neurons' down weights (as K-prune); ``auto``: ``bias`` where there is
+            a down bias (encoders), else ``least_squares``; ``none``: a plain cut.
         damping: ``least_squares`` ridge, as a fraction of the kept activations' mean second moment: larger
             stays closer to the plain cut.
-        refit_aware: score what the ``least_squares`` refit cannot restore: each neuron is weighed by its residual
-            (its activation minus what the layer's other neurons predict of it, from the same statistics) instead
-            of its activation, so neurons the refit can stand in for go first; with Wanda this is the optimal
-            brain surgeon's criterion. Default (unset): wherever the refit runs and the scorer weighs activations
-            (attribution, fisher, wanda, activation); false: score the activations.
-        vocabulary: ``task``: also cut the embedding matrix and the output head down to the tokens the task uses
-            (every token of its scoring source, calibration and selection examples as the model reads them: prompt,
-            chat template, demonstrations and label words included; the tokenizer's most frequent tokens; every
-            special and added token; its base alphabet, so that any text still encodes, in shorter pieces where its
-            words were not seen); the saved tokenizer is trimmed to match. ``full``: keep the vocabulary.
-        vocabulary_texts: with ``vocabulary task``, a text file (UTF-8, one text per line) whose tokens are kept
-            too: the traffic the pruned model will serve.
+        refit_aware: weigh each neuron by its residual (what the ``least_squares`` refit cannot predict of it from
+            the others) instead of its activation. Default (unset): wherever the refit runs and the scorer weighs
+            activations; false: score the activations.
+        vocabulary: ``task``: also cut the embedding and output head to the tokens the task's data uses (and
+            frequent, special and byte tokens: any text still encodes), with a trimmed tokenizer; ``full``: keep it.
+        vocabulary_texts: with ``vocabulary task``, a text file (one text per line) whose tokens are kept too.
         vocabulary_frequent: with ``vocabulary task``, how many of the tokenizer's most frequent tokens are kept
-            whatever the task (its first merges for BPE, its best-scored pieces for Unigram; WordPiece has no
-            frequencies), so that common words of unseen text stay whole; 0: only the task's.
-        export_gguf: decoder LMs: also write the saved model as ``model.gguf`` beside ``model/``, in this dtype
-            (f16, q8_0, f32), for llama.cpp (``lightning-prune export`` does the same for any folder); uneven
-            layer widths of Llama-family models become llama.cpp's ``deci`` architecture.
+            too (common words of unseen text stay whole); 0: only the task's.
+        export_gguf: decoder LMs: also write ``model.gguf`` (f16, q8_0 or f32) beside ``model/``, for llama.cpp.
     """
 
     scorer: str = "attribution"
