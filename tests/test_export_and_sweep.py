@@ -228,11 +228,12 @@ def test_top_level_help_is_answered_without_importing_the_model_stack():
     assert done.returncode == 0, done.stderr
     assert "{fit-free,evaluate,export,scorers}" in done.stdout.splitlines()[0]
     # The hand-written help names exactly the CLI's commands, with their functions' first docstring lines.
-    assert set(COMMANDS) == {*PruneCLI.subcommands(), "scorers"}
+    assert set(COMMANDS) == {*PruneCLI.subcommands(), "scorers", "export"}
     from lightning_prune.commands.evaluate import evaluate
+    from lightning_prune.commands.export import export
     from lightning_prune.commands.fit_free import fit_free
 
-    for name, function in (("fit-free", fit_free), ("evaluate", evaluate)):
+    for name, function in (("fit-free", fit_free), ("evaluate", evaluate), ("export", export)):
         assert COMMANDS[name] == function.__doc__.splitlines()[0]
     assert HELP.startswith("usage: lightning-prune")
 

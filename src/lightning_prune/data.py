@@ -71,8 +71,7 @@ class TaskDataModule(LightningDataModule):
             (``seed``) are evaluated on the same examples; default: ``seed``.
         batch_size: examples per batch (scoring and evaluation).
         num_workers: data loader worker processes (0: load in the main process).
-        demonstrations: in-context examples for decoder LMs, drawn with ``seed`` from the scoring split (or
-            ``score_file``) and left out of the scoring and selection examples.
+        demonstrations: in-context examples for decoder LMs, drawn from the scoring source (not scored).
     """
 
     def __init__(

@@ -28,18 +28,14 @@ class FitFreeSettings:
     Args:
         scorer: a registered scorer (``lightning-prune scorers`` lists them): attribution (the paper's),
             activation, magnitude, wanda, random, or a plugin's (e.g. fisher).
-        scorer_options: the scorer's own settings, e.g. ``{"steps": 20, "mode": "joint"}`` for attribution.
-            They belong to the scorer: a ``--scorer`` given on the command line drops options (from a config)
-            that the new scorer does not take.
+        scorer_options: the scorer's own settings, e.g. ``{"steps": 20, "mode": "joint"}`` for attribution (a
+            ``--scorer`` on the command line drops a config's options the new scorer does not take).
         labels: ``gold`` labels (supervised) or ``pseudo``: the model's own predictions (unsupervised).
         sparsity: fraction of FFN neurons to remove, in [0, 1) (default 0.5 unless ``target_speedup`` is given);
-            or several (``0.1,0.3,0.5``): a sweep that scores and evaluates the dense model once, then prunes and
-            evaluates each, writing sweep.csv, sweep.md and sweep.png.
+            or several (``0.1,0.3,0.5``): a sweep, scored once, with sweep.csv, sweep.md and sweep.png.
         target_speedup: instead of a sparsity, how many times fewer FLOPs the pruned model needs on the task's
-            inputs (e.g. 1.6): attention head groups and FFN neurons are removed together, by score per FLOP
-            (``global`` scope) or by the same share in every layer (``layer``), counted with
-            ``torch.utils.flop_counter`` on the first evaluation examples; metrics.json reports the FLOPs. Several
-            (``1.3,1.6,2``): a sweep over FLOP budgets, like a sparsity sweep (``max_drop`` chooses among them).
+            inputs (e.g. 1.6, counted on the first evaluation examples): head groups and FFN neurons go together.
+            Several (``1.3,1.6,2``): a sweep over FLOP budgets, like a sparsity sweep.
         heads: with ``target_speedup``, also remove attention head groups (a key/value head and the query heads
             sharing it); false: FFN neurons only.
         max_drop: choose the highest swept sparsity (or FLOP target) whose primary metric on the selection examples (see
@@ -49,22 +45,20 @@ class FitFreeSettings:
             ``all``: also every swept point as ``model-<sparsity>/`` (``model-<target>x/``); ``none``: no model.
         scope: ``layer`` (every layer loses the same fraction) or ``global`` (lowest scores model-wide: uneven
             widths; see benchmarks/results/allocation.md for when it helps).
-        keep_rule: ``scores``: keep the best-scored neurons; ``obs``: remove them one at a time by what the
-            least-squares refit leaves, weighed by the scores (greedy structured OBS; sparsities only).
+        keep_rule: ``scores``: keep the best-scored neurons; ``obs``: remove them one by one by what the refit
+            leaves, weighed by their scores.
         min_keep: neurons every layer keeps at least.
         width_multiple: round every layer's kept FFN width down to a multiple of this (e.g. 8 or 64: matrix kernels
             run faster on such widths; the lowest-scored kept neurons go); 1: no rounding.
         save_dtype: dtype of the saved weights; ``auto`` keeps the dtype the model had on disk (float16 in,
             float16 out; computation always runs in float32).
-        pad_uneven_ffn: when layers keep different widths (global scope), pad each to the widest with
-            all-zero neurons (exact; the file grows) so plain Hugging Face ``from_pretrained`` loads it;
-            otherwise the weights are saved at their exact widths, loadable by lightning-prune only.
+        pad_uneven_ffn: save layers of different widths padded to the widest with all-zero neurons (exact), so
+            plain ``from_pretrained`` loads them; else at their widths (``load_pruned_model``, llama.cpp).
         output_dir: receives metrics.json, scores.safetensors, the pruned model and config.yaml, all at once;
             never an input, nor inside or above one.
         overwrite: replace an ``output_dir`` that holds an earlier run (only a folder lightning-prune wrote).
         evaluate_dense: also evaluate the model before pruning.
-        cache_dir: where scores are kept under a key of everything that produced them (model weights,
-            task, scoring examples, batch size, scorer and options, labels, precision); default
+        cache_dir: where scores are kept, under a key of everything that produced them; default
             ``$XDG_CACHE_HOME/lightning-prune/scores``.
         reuse_scores: reuse finished scores of the same key, and resume interrupted scoring from the
             per-process progress saved every ``checkpoint_every`` batches; false recomputes from scratch.
@@ -78,12 +72,11 @@ class FitFreeSettings:
         refit_aware: weigh each neuron by its residual (what the ``least_squares`` refit cannot predict of it from
             the others) instead of its activation. Default (unset): wherever the refit runs and the scorer weighs
             activations; false: score the activations.
-        vocabulary: ``task``: also cut the embedding and output head to the tokens the task's data uses (and
-            frequent, special and byte tokens: any text still encodes), with a trimmed tokenizer; ``full``: keep it.
+        vocabulary: ``task``: also cut the embedding and output head to the tokens the task uses (any text still
+            encodes); ``full``: keep them.
         vocabulary_texts: with ``vocabulary task``, a text file (one text per line) whose tokens are kept too.
-        vocabulary_frequent: with ``vocabulary task``, how many of the tokenizer's most frequent tokens are kept
-            too (common words of unseen text stay whole); 0: only the task's.
-        export_gguf: decoder LMs: also write ``model.gguf`` (f16, q8_0 or f32) beside ``model/``, for llama.cpp.
+        vocabulary_frequent: with ``vocabulary task``, the tokenizer's most frequent tokens kept too.
+        export_gguf: decoder LMs: also write ``model.gguf`` for llama.cpp, in this dtype.
     """
 
     scorer: str = "attribution"
