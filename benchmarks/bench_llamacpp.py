@@ -151,12 +151,12 @@ def main() -> None:
             llm = Llama(model_path=str(path), n_ctx=512, n_threads=args.threads, n_threads_batch=args.threads,
                         logits_all=True, verbose=False)  # fmt: skip
             answers = choices(llm, ids, candidates)
-            row[f"{dtype}_agreement"] = round(np.mean(np.equal(answers, transformers_answers)), 4)
-            row[f"{dtype}_accuracy"] = round(np.mean(np.equal(answers, labels)), 4)
+            row[f"{dtype}_agreement"] = round(float(np.mean(np.equal(answers, transformers_answers))), 4)
+            row[f"{dtype}_accuracy"] = round(float(np.mean(np.equal(answers, labels))), 4)
             if dtype == "f16":
                 llms[name], prompts[name] = llm, ids
                 row["same_tokens"] = round(same_tokens(llm, tokenizer, [e.texts[0] for e in examples[:200]]), 4)
-        row["transformers_accuracy"] = round(np.mean(np.equal(transformers_answers, labels)), 4)
+        row["transformers_accuracy"] = round(float(np.mean(np.equal(transformers_answers, labels))), 4)
         rows.append(row)
         print(row, flush=True)
     timings = speed(llms, prompts, args.rounds)
