@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -85,3 +87,20 @@ def digest(*paths: Path) -> dict[str, str]:
         if not root.exists():
             hashes[str(root)] = "missing"
     return hashes
+
+
+def install_plugin(root: Path, distribution: str, entry_points: str, module: str, source: str) -> Path:
+    """A site folder holding ``distribution`` 1.0 (its ``entry_points.txt`` text) and ``module``'s ``source``:
+    a third-party plugin as pip would install it, for ``sys.path`` or ``PYTHONPATH``."""
+    site = root / "site"
+    dist_info = site / f"{distribution.replace('-', '_')}-1.0.dist-info"
+    dist_info.mkdir(parents=True)
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 1.0\n")
+    (dist_info / "entry_points.txt").write_text(entry_points)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    return site
+
+
+def env_with(site: Path) -> dict[str, str]:
+    """The environment of a subprocess that imports from ``site`` first."""
+    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}

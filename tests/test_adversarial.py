@@ -21,7 +21,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from test_input_safety import COMMITTED_MODEL, QUIET, Inputs, assert_refused
 
-from conftest import digest, fit_free_args, run_cli
+from conftest import digest, env_with, fit_free_args, install_plugin, run_cli
 from lightning_prune.cli import main
 
 
@@ -299,13 +299,8 @@ class Faulty(AttributionScorer):
 
 @pytest.fixture
 def faulty_env(tmp_path) -> dict[str, str]:
-    site = tmp_path / "site"
-    dist_info = site / "faults_plugin-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: faults-plugin\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[lightning_prune.scorers]\nfaulty = faults_plugin:Faulty\n")
-    (site / "faults_plugin.py").write_text(textwrap.dedent(FAULTS_PLUGIN))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    entry_points = "[lightning_prune.scorers]\nfaulty = faults_plugin:Faulty\n"
+    return env_with(install_plugin(tmp_path, "faults-plugin", entry_points, "faults_plugin", FAULTS_PLUGIN))
 
 
 def _run(args: list[str], env: dict[str, str], **faults: str) -> subprocess.CompletedProcess:

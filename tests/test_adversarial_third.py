@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import textwrap
 import threading
 import time
 from pathlib import Path
@@ -26,7 +25,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 from test_input_safety import QUIET, Inputs, assert_refused
 
-from conftest import digest, fit_free_args, one_error_line, run_cli
+from conftest import digest, env_with, fit_free_args, install_plugin, one_error_line, run_cli
 from lightning_prune.io import MARKER_FILE, MARKER_TEXT
 
 RANDOM = ["--scorer", "random", "--scorer_options", "{}"]
@@ -282,13 +281,8 @@ class Stalling(AttributionScorer):
 
 @pytest.fixture
 def stalling_env(tmp_path) -> dict[str, str]:
-    site = tmp_path / "site"
-    dist_info = site / "stalling_plugin-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: stalling-plugin\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text("[lightning_prune.scorers]\nstalling = stalling_plugin:Stalling\n")
-    (site / "stalling_plugin.py").write_text(textwrap.dedent(STALLING_PLUGIN))
-    return {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    entry_points = "[lightning_prune.scorers]\nstalling = stalling_plugin:Stalling\n"
+    return env_with(install_plugin(tmp_path, "stalling-plugin", entry_points, "stalling_plugin", STALLING_PLUGIN))
 
 
 @pytest.fixture(scope="module")

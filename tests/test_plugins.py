@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
-from conftest import fit_free_args, run_cli
+from conftest import fit_free_args, install_plugin, run_cli
 from lightning_prune.cli import main
 
 ENTRY_POINTS = """\
@@ -44,12 +43,7 @@ def helper():
 @pytest.fixture
 def fake_plugins(tmp_path, monkeypatch):
     """A distribution 'fake-plugins' on sys.path, registering five scorers through entry points."""
-    site = tmp_path / "site"
-    dist_info = site / "fake_plugins-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: fake-plugins\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text(ENTRY_POINTS)
-    (site / "fake_plugin_module.py").write_text(textwrap.dedent(MODULE))
+    site = install_plugin(tmp_path, "fake-plugins", ENTRY_POINTS, "fake_plugin_module", MODULE)
     monkeypatch.syspath_prepend(str(site))
     return site
 

@@ -16,7 +16,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from conftest import fit_free_args, one_error_line, run_cli
+from conftest import env_with, fit_free_args, install_plugin, one_error_line, run_cli
 from lightning_prune.cli import main
 
 
@@ -159,15 +159,8 @@ class FailsOnRankOne(ActivationScorer):
 
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo DDP on CPU is exercised on Linux CI")
 def test_one_failing_rank_ends_the_ddp_run_without_hanging(bert_dir, glue_dir, tmp_path):
-    site = tmp_path / "site"
-    dist_info = site / "failing_plugin-1.0.dist-info"
-    dist_info.mkdir(parents=True)
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: failing-plugin\nVersion: 1.0\n")
-    (dist_info / "entry_points.txt").write_text(
-        "[lightning_prune.scorers]\nfails_on_rank_one = failing_plugin:FailsOnRankOne\n"
-    )
-    (site / "failing_plugin.py").write_text(textwrap.dedent(FAILING_PLUGIN))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")])}
+    entry_points = "[lightning_prune.scorers]\nfails_on_rank_one = failing_plugin:FailsOnRankOne\n"
+    env = env_with(install_plugin(tmp_path, "failing-plugin", entry_points, "failing_plugin", FAILING_PLUGIN))
     out = tmp_path / "run"
     args = args_for(
         bert_dir,

@@ -99,6 +99,16 @@ class ModelSource:
             ) from None
 
 
+@dataclass(frozen=True)
+class AnswerSettings:
+    """How a loaded model reads and answers its task: tokens kept per input and, for decoder LMs
+    (``answers_through_prompt``), the prompt and the in-context demonstrations."""
+
+    max_length: int
+    prompt: Prompt | None = None
+    demonstrations: list[Example] | None = None
+
+
 class UnsupportedArchitecture(UsageError):
     """A model no adapter handles: ``load_model`` adds the supported architectures to the message."""
 
@@ -135,16 +145,9 @@ class PrunableModel(nn.Module, ABC):
 
     @classmethod
     @abstractmethod
-    def load(
-        cls,
-        source: ModelSource,
-        task: TaskSpec,
-        max_length: int,
-        prompt: Prompt | None = None,
-        demonstrations: list[Example] | None = None,
-    ) -> PrunableModel:
+    def load(cls, source: ModelSource, task: TaskSpec, answer: AnswerSettings) -> PrunableModel:
         """The model at ``source`` bound to ``task`` (dense weights, or dense shapes a plan then cuts), in float32,
-        with ``source_dtype`` set; ``prompt`` and ``demonstrations`` only where ``answers_through_prompt``."""
+        with ``source_dtype`` set, answering as ``answer`` says."""
 
     def __init__(self, task: TaskSpec, tokenizer, max_length: int) -> None:
         super().__init__()

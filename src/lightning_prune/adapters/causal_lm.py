@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, BlockInput, FFNLayer, ModelSource, PrunableModel
+from lightning_prune.adapters.base import AnswerSettings, Batch, BlockInput, FFNLayer, ModelSource, PrunableModel
 from lightning_prune.adapters.hf import load_hf, load_tokenizer, stored_dtype
 from lightning_prune.attention import AttentionLayer
 from lightning_prune.cache import examples_fingerprint
@@ -85,19 +85,12 @@ class CausalLMClassifier(PrunableModel):
         self.register_buffer("candidate_mask", mask, persistent=False)
 
     @classmethod
-    def load(
-        cls,
-        source: ModelSource,
-        task: TaskSpec,
-        max_length: int,
-        prompt: Prompt | None = None,
-        demonstrations: list[Example] | None = None,
-    ) -> CausalLMClassifier:
+    def load(cls, source: ModelSource, task: TaskSpec, answer: AnswerSettings) -> CausalLMClassifier:
         from transformers import AutoModelForCausalLM
 
         tokenizer = load_tokenizer(source.path)
         decoder = load_hf(AutoModelForCausalLM, source.path, source.plan, source.adapter)
-        model = cls(decoder, task, tokenizer, max_length, prompt, demonstrations)
+        model = cls(decoder, task, tokenizer, answer.max_length, answer.prompt, answer.demonstrations)
         model.source_dtype = stored_dtype(source.folder, source.config)
         return model
 

@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 from lightning_prune.adapters.base import (
+    AnswerSettings,
     Batch,
     BlockInput,
     FFNLayer,
@@ -31,7 +32,6 @@ from lightning_prune.adapters.hf import load_hf, load_tokenizer, stored_dtype
 from lightning_prune.attention import AttentionLayer
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_path, write_json
-from lightning_prune.prompts import Prompt
 from lightning_prune.tasks import Example, TaskSpec
 
 HEADS_CONFIG = "multitask_heads.json"
@@ -93,14 +93,7 @@ class EncoderWithHeads(PrunableModel):
         return (source.folder / HEADS_CONFIG).is_file()
 
     @classmethod
-    def load(
-        cls,
-        source: ModelSource,
-        task: TaskSpec,
-        max_length: int,
-        prompt: Prompt | None = None,
-        demonstrations: list[Example] | None = None,
-    ) -> EncoderWithHeads:
+    def load(cls, source: ModelSource, task: TaskSpec, answer: AnswerSettings) -> EncoderWithHeads:
         """The heads folder's encoder (in the folder, or where ``multitask_heads.json`` points) and ``task``'s
         head; a pruned folder holds its encoder itself."""
         from transformers import AutoConfig, AutoModel
@@ -114,7 +107,7 @@ class EncoderWithHeads(PrunableModel):
         encoder = load_hf(AutoModel, encoder_folder, source.plan, source.adapter)
         tokenizer_folder = source.folder if (source.folder / "tokenizer_config.json").is_file() else encoder_folder
         pooling = heads_config.get("pooling", "mean")
-        model = cls(encoder, head, pooling, task, load_tokenizer(tokenizer_folder), max_length)
+        model = cls(encoder, head, pooling, task, load_tokenizer(tokenizer_folder), answer.max_length)
         model.source_dtype = stored_dtype(encoder_folder, AutoConfig.from_pretrained(str(encoder_folder)))
         return model
 

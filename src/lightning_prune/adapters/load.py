@@ -18,6 +18,7 @@ from safetensors.torch import load_model as load_safetensors_model
 from lightning_prune.adapters.base import (
     ANSWER_FILE,
     WEIGHTS_FILE,
+    AnswerSettings,
     ModelSource,
     PrunableModel,
     UnsupportedArchitecture,
@@ -189,7 +190,7 @@ def load_model(
         prompt, demonstrations = saved["prompt"], saved["demonstrations"]
     family = family_of(source)
     try:
-        model = family.load(source, task, max_length, prompt, demonstrations)
+        model = family.load(source, task, AnswerSettings(max_length, prompt, demonstrations))
     except UnsupportedArchitecture as error:
         raise UsageError(f"{error}; supported: {supported_architectures()}") from None
     if not family.answers_through_prompt and (prompt is not None or demonstrations):

@@ -10,9 +10,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from lightning_prune.adapters.base import Batch, FFNLayer, ModelSource, PrunableModel
+from lightning_prune.adapters.base import AnswerSettings, Batch, FFNLayer, ModelSource, PrunableModel
 from lightning_prune.adapters.hf import load_hf, load_tokenizer, stored_dtype
-from lightning_prune.prompts import Prompt
 from lightning_prune.tasks import Example, TaskSpec
 
 T5_MODEL_TYPES = ("t5", "mt5")
@@ -47,18 +46,11 @@ class T5TextToText(PrunableModel):
         return [self.format(e.texts) for e in examples] + list(self.task.t5_label_words)
 
     @classmethod
-    def load(
-        cls,
-        source: ModelSource,
-        task: TaskSpec,
-        max_length: int,
-        prompt: Prompt | None = None,
-        demonstrations: list[Example] | None = None,
-    ) -> T5TextToText:
+    def load(cls, source: ModelSource, task: TaskSpec, answer: AnswerSettings) -> T5TextToText:
         from transformers import AutoModelForSeq2SeqLM
 
         seq2seq = load_hf(AutoModelForSeq2SeqLM, source.path, source.plan, source.adapter)
-        model = cls(seq2seq, task, load_tokenizer(source.path), max_length)
+        model = cls(seq2seq, task, load_tokenizer(source.path), answer.max_length)
         model.source_dtype = stored_dtype(source.folder, source.config)
         return model
 
