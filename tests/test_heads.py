@@ -234,3 +234,29 @@ def test_t5_heads_are_refused_but_its_neurons_meet_a_budget(t5_dir, glue_dir, tm
     assert code == 0, err
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["flops"]["speedup"] >= 1.15 and "attention_heads" not in metrics
+
+
+def test_one_key_value_head_is_never_removed_the_budget_goes_to_the_ffn(glue_dir, tmp_path, capsys):
+    """Gemma 3 270M's layers have 1 key/value head shared by 4 query heads: one head group, the floor every
+    attention layer keeps. A FLOP budget is met by FFN neurons alone and the saved folder loads plainly."""
+    from transformers import AutoModelForCausalLM
+
+    from lightning_prune.testing import build_causal_lm
+
+    folder = build_causal_lm(tmp_path / "gemma", "gemma3_text", key_value_heads=1)
+    args = fit_free_args(folder, glue_dir, tmp_path / "run", *SPEEDUP)
+    code, _, err = run_cli(args, capsys)
+    assert code == 0, err
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["flops"]["speedup"] >= 1.3
+    assert {v["kept"] for v in metrics["attention_heads"].values()} == {4}
+    config = json.loads((tmp_path / "run" / "model" / "config.json").read_text())
+    assert (config["num_attention_heads"], config["num_key_value_heads"]) == (4, 1)
+    assert config["intermediate_size"] < 48
+    plain = AutoModelForCausalLM.from_pretrained(str(tmp_path / "run" / "model"), dtype=torch.float32).eval()
+    ours = load_pruned_model(str(tmp_path / "run" / "model"), "sst2")
+    batch = _batch(ours, glue_dir)
+    with torch.no_grad():
+        mine = ours.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        theirs = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)

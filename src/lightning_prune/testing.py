@@ -245,10 +245,15 @@ def decoder_tokenizer(word_level: bool = False, sentencepiece: bool = False) -> 
 
 
 def build_causal_lm(
-    folder: Path, model_type: str = "llama", seed: int = 0, word_level: bool = False, sentencepiece: bool = False
+    folder: Path,
+    model_type: str = "llama",
+    seed: int = 0,
+    word_level: bool = False,
+    sentencepiece: bool = False,
+    key_value_heads: int = 2,
 ) -> Path:
-    """A tiny random decoder LM of family ``model_type`` (2 layers, hidden 32, FFN 48, tied embeddings), with
-    the ``decoder_tokenizer`` of ``word_level`` and ``sentencepiece``."""
+    """A tiny random decoder LM of family ``model_type`` (2 layers, hidden 32, FFN 48, 4 query heads sharing
+    ``key_value_heads``, tied embeddings), with the ``decoder_tokenizer`` of ``word_level`` and ``sentencepiece``."""
     torch.manual_seed(seed)
     tokenizer = decoder_tokenizer(word_level, sentencepiece)
     config = AutoConfig.for_model(
@@ -258,7 +263,7 @@ def build_causal_lm(
         intermediate_size=48,
         num_hidden_layers=2,
         num_attention_heads=4,
-        num_key_value_heads=2,
+        num_key_value_heads=key_value_heads,
         max_position_embeddings=256,
         pad_token_id=0,
         bos_token_id=1,
