@@ -7,9 +7,10 @@ For FFN sparsity 0.227 / 0.3 / 0.5 / 0.7 (every layer; magnitude scores: speed d
 0.3 with every layer's kept width rounded down to a multiple of 8 (``0.3/8``: ``--width_multiple 8``), and
 0.3 / 0.5 with one of the three head groups (a key/value head and its 3 query heads) removed from every layer
 (``heads 2/3 + 0.3``: the shapes ``--target_speedup`` gives with layer scope), 0.5 with one ranking over the
-model and every layer keeping at least a quarter of its neurons (``0.5 global/0.25``: ``--scope global --min_keep
-384``; uneven widths, so loaded by ``lightning_prune.load_pruned_model``), and 0.5 with SST-2's task vocabulary
-(``0.5 + task vocabulary``: ``--vocabulary task``, the tokens of SST-2's training prompts), in one process:
+model and every layer keeping at least a quarter of its neurons (``0.5 global/0.25``: ``--scope global``,
+``--min_keep`` a quarter of the width; uneven widths, so loaded by ``lightning_prune.load_pruned_model``), and 0.5
+with SST-2's task vocabulary (``0.5 + task vocabulary``: ``--vocabulary task``, the tokens of SST-2's training
+prompts), in one process:
 
 - prefill latency at batch 1: ms per SST-2 prompt (the task's rendered prompt, dynamic length);
 - greedy generation, 64 new tokens (``min_new_tokens`` = 64), batch 1 and batch 8 (left-padded): tokens/s;
@@ -45,11 +46,12 @@ from lightning_prune.tasks import TASKS, load_split
 from lightning_prune.vocabulary import plan_vocabulary
 
 # name: (FFN sparsity, kept widths rounded down to a multiple of, head groups removed per layer, per-layer floor of
-# a global ranking or 0 for the same fraction from every layer, task vocabulary). "0.227": the shape
-# ``--target_speedup 1.2`` gave Fisher on SST-2 (every head kept; multitask_lm_speedup.md), which keeps 0.985.
+# a global ranking as a fraction of the width or 0 for the same fraction from every layer, task vocabulary).
+# "0.227": the shape ``--target_speedup 1.2`` gave Fisher on SST-2 (every head kept; multitask_lm_speedup.md),
+# which keeps 0.985.
 VARIANTS = {
     "0.227": (0.2272, 1, 0, 0, False), "0.3": (0.3, 1, 0, 0, False), "0.3/8": (0.3, 8, 0, 0, False),
-    "0.5": (0.5, 1, 0, 0, False), "0.5 global/0.25": (0.5, 1, 0, 384, False), "0.7": (0.7, 1, 0, 0, False),
+    "0.5": (0.5, 1, 0, 0, False), "0.5 global/0.25": (0.5, 1, 0, 0.25, False), "0.7": (0.7, 1, 0, 0, False),
     "heads 2/3 + 0.3": (0.3, 1, 1, 0, False), "heads 2/3 + 0.5": (0.5, 1, 1, 0, False),
     "0.5 + task vocabulary": (0.5, 1, 0, 0, True),
 }  # fmt: skip
@@ -76,49 +78,40 @@ def timed(function, *arguments) -> float:
     return time.perf_counter() - start
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", choices=list(MODELS), default="smollm2")
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--prompts", type=int, default=16)
-    args = parser.parse_args()
-    torch.set_num_threads(args.threads)
+def build_models(source, vocabulary, prompts: list[str], tmp: Path) -> tuple[dict, dict, dict]:
+    """Each variant saved by fit-free's writer and loaded back as users load it; its FFN widths and its inputs (the
+    prompts one by one, 8 of them left-padded together, the pad id) from its own saved tokenizer."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    spec = TASKS["sst2"]
-    settings, name_of_results, title = MODELS[args.model]
-    source = load_model(settings["path"], spec, settings["max_length"], adapter=settings["adapter"])
-    examples = load_split(spec, "validation", GLUE)[: max(args.prompts, 8)]
-    texts = [source.render(e) for e in examples]
-    vocabulary = plan_vocabulary(source, source.vocabulary_texts(load_split(spec, "train", GLUE)), [])
     (*scores,) = create_scorer("magnitude").score_units(source, None, source.unit_layers(heads=True))
     scores, head_scores = scores[: len(source.ffn_layers())], scores[len(source.ffn_layers()) :]
+    groups = source.attention_layers()[0].size  # a model with one key/value head has no head group to spare
+    variants = {"dense": (0.0, 1, 0, 0.0, False), **{n: v for n, v in VARIANTS.items() if v[2] < groups}}
     models, widths, inputs = {}, {}, {}
-    with tempfile.TemporaryDirectory() as tmp:
-        groups = source.attention_layers()[0].size  # a model with one key/value head has no head group to spare
-        variants = {name: v for name, v in VARIANTS.items() if v[2] < groups}
-        for number, (name, (sparsity, multiple, dropped, floor, task_vocabulary)) in enumerate(
-            {"dense": (0.0, 1, 0, 0, False), **variants}.items()
-        ):
-            folder = Path(tmp) / f"model-{number}"  # names hold "/"
-            scope = {"scope": "global", "min_keep": floor} if floor else {}
-            kept = round_widths(scores, keep_neurons(scores, sparsity, **scope), multiple)  # --width_multiple
-            heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
-            cut = Cut(sparsity, kept, heads if dropped else None, vocabulary=vocabulary if task_vocabulary else None)
-            with pruned(source, cut) if sparsity else contextlib.nullcontext():
-                save_model_folder(source, folder)  # with its plan: load_pruned_model rebuilds uneven widths from it
-            if floor:  # uneven widths: plain from_pretrained cannot build them
-                models[name] = load_pruned_model(str(folder), "sst2").weights_module.float().eval()
-            else:
-                models[name] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
-            widths[name] = [layer.mlp.down_proj.in_features for layer in models[name].model.layers]
-            tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")  # its own ids
-            inputs[name] = (
-                [tokenizer(text, return_tensors="pt") for text in texts[: args.prompts]],
-                tokenizer(texts[:8], return_tensors="pt", padding=True),
-                tokenizer.pad_token_id,
-            )
+    for number, (name, (sparsity, multiple, dropped, floor, task_vocabulary)) in enumerate(variants.items()):
+        folder = tmp / f"model-{number}"  # names hold "/"
+        scope = {"scope": "global", "min_keep": round(floor * scores[0].numel())} if floor else {}
+        kept = round_widths(scores, keep_neurons(scores, sparsity, **scope), multiple)  # --width_multiple
+        heads = [s.argsort(descending=True)[: s.numel() - dropped].sort().values for s in head_scores]
+        cut = Cut(sparsity, kept, heads if dropped else None, vocabulary=vocabulary if task_vocabulary else None)
+        with pruned(source, cut) if sparsity else contextlib.nullcontext():
+            save_model_folder(source, folder)  # with its plan: load_pruned_model rebuilds uneven widths from it
+        if floor:  # uneven widths: plain from_pretrained cannot build them
+            models[name] = load_pruned_model(str(folder), "sst2").weights_module.float().eval()
+        else:
+            models[name] = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+        widths[name] = [layer.mlp.down_proj.in_features for layer in models[name].model.layers]
+        tokenizer = AutoTokenizer.from_pretrained(folder, padding_side="left")  # its own ids
+        inputs[name] = (
+            [tokenizer(text, return_tensors="pt") for text in prompts],
+            tokenizer(prompts[:8], return_tensors="pt", padding=True),
+            tokenizer.pad_token_id,
+        )
+    return models, widths, inputs
+
+
+def time_models(models: dict, inputs: dict, rounds: int) -> dict[str, dict[str, float]]:
+    """Median prefill ms per prompt and generation tokens/s at batch 1 and 8, in alternating rounds."""
 
     def prefill(name: str) -> None:
         with torch.inference_mode():
@@ -132,19 +125,22 @@ def main() -> None:
                 pad_token_id=inputs[name][2],
             )  # fmt: skip
 
-    measures = {"prefill_ms": {}, "tokens_per_s_b1": {}, "tokens_per_s_b8": {}}
+    measures: dict[str, dict[str, list[float]]] = {"prefill_ms": {}, "tokens_per_s_b1": {}, "tokens_per_s_b8": {}}
     for name in models:  # warm-up
         prefill(name)
         generate(name, inputs[name][0][0])
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         for name in models:
             prompts, batch8 = inputs[name][0], inputs[name][1]
             measures["prefill_ms"].setdefault(name, []).append(1000 * timed(prefill, name) / len(prompts))
             seconds = sum(timed(generate, name, ids) for ids in prompts[:4])
             measures["tokens_per_s_b1"].setdefault(name, []).append(4 * NEW_TOKENS / seconds)
             measures["tokens_per_s_b8"].setdefault(name, []).append(8 * NEW_TOKENS / timed(generate, name, batch8))
+    return {key: {name: statistics.median(v) for name, v in values.items()} for key, values in measures.items()}
+
+
+def rows_of(models: dict, widths: dict, median: dict[str, dict[str, float]]) -> list[dict]:
     dense_flops = flops_per_token(models["dense"].config, widths["dense"])
-    median = {key: {name: statistics.median(v) for name, v in values.items()} for key, values in measures.items()}
     rows = []
     for name, model in models.items():
         ideal = dense_flops / flops_per_token(model.config, widths[name])
@@ -161,7 +157,33 @@ def main() -> None:
             "flop_ideal": round(ideal, 3),
         })  # fmt: skip
         print(rows[-1], flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", choices=list(MODELS), default="smollm2")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--prompts", type=int, default=16)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    spec = TASKS["sst2"]
+    settings, name_of_results, title = MODELS[args.model]
+    source = load_model(settings["path"], spec, settings["max_length"], adapter=settings["adapter"])
+    examples = load_split(spec, "validation", GLUE)[: max(args.prompts, 8)]
+    prompts = [source.render(e) for e in examples][: max(args.prompts, 8)]
+    vocabulary = plan_vocabulary(source, source.vocabulary_texts(load_split(spec, "train", GLUE)), [])
+    with tempfile.TemporaryDirectory() as tmp:
+        models, widths, inputs = build_models(source, vocabulary, prompts, Path(tmp))
+    for name in inputs:
+        inputs[name] = (inputs[name][0][: args.prompts], *inputs[name][1:])
+    rows = rows_of(models, widths, time_models(models, inputs, args.rounds))
     write_csv(name_of_results, rows)
+    report(rows, args, title, name_of_results, vocabulary)
+
+
+def report(rows: list[dict], args: argparse.Namespace, title: str, name_of_results: str, vocabulary) -> None:
     lines = [
         f"# Decoder LM speed: dense vs pruned {title}",
         "",
@@ -170,10 +192,10 @@ def main() -> None:
         f"prompts one by one; generation: {NEW_TOKENS} greedy new tokens, 4 prompts one by one (b=1) and 8 "
         "left-padded prompts together (b=8). FLOP ideal: projections, FFN and output head per token. `0.3/8`: 0.3 "
         "with every kept width rounded down to a multiple of 8. `0.5 global/0.25`: one magnitude ranking over the "
-        "model, every layer keeping at least 384 neurons (uneven widths; FFN width column: narrowest–widest layer), "
-        "loaded by `lightning_prune.load_pruned_model`. `0.5 + task vocabulary`: 0.5 with `--vocabulary task` "
-        f"(SST-2's training prompts: {vocabulary.kept:,} of {vocabulary.total:,} tokens). Written by "
-        "`benchmarks/bench_decoder_speed.py`.",
+        "model, every layer keeping at least a quarter of its neurons (uneven widths; FFN width column: "
+        "narrowest–widest layer), loaded by `lightning_prune.load_pruned_model`. `0.5 + task vocabulary`: 0.5 with "
+        f"`--vocabulary task` (SST-2's training prompts: {vocabulary.kept:,} of {vocabulary.total:,} tokens). "
+        "Written by `benchmarks/bench_decoder_speed.py`.",
         "",
         "| model | parameters | FFN width | query heads | prefill ms (b=1) | speedup | tokens/s (b=1) | speedup "
         "| tokens/s (b=8) | speedup | FLOP ideal |",
