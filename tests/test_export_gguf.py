@@ -72,7 +72,7 @@ def test_fit_free_writes_model_gguf_beside_the_model(llama_dir, glue_dir, tmp_pa
 @pytest.mark.parametrize(
     ("case", "message"),
     [
-        ("encoder", "export writes decoder LMs"),
+        ("encoder", "bert models have no GGUF export"),
         ("exists", "exists: choose another file"),
         ("not ours", "was not exported by lightning-prune"),
         ("input", "is the model folder"),
@@ -106,14 +106,43 @@ def test_bad_exports_are_one_line(case, message, llama_dir, bert_dir, tmp_path, 
     ("model", "extra", "message"),
     [
         ("bert", [], "writes decoder LMs"),
+        ("word_level", [], "a WordLevel tokenizer.json is not supported"),
         ("llama", ["--save_models", "none"], "saves none"),
         ("llama", ["--sparsity", "0.3,0.5"], "saves none"),
     ],
 )
 def test_fit_free_export_requests_that_cannot_be_met(model, extra, message, request, glue_dir, tmp_path, capsys):
-    folder = request.getfixturevalue(f"{model}_dir")
+    if model == "word_level":  # a tokenizer llama.cpp cannot take converted: refused before scoring
+        from lightning_prune.testing import build_causal_lm
+
+        folder = build_causal_lm(tmp_path / "word-level", word_level=True)
+    else:
+        folder = request.getfixturevalue(f"{model}_dir")
     run = tmp_path / "run"
     before = digest(folder, glue_dir)
     code, _, err = run_cli(fit_free_args(folder, glue_dir, run, "--export_gguf", "f16", *extra, *QUIET), capsys)
     assert code == 2 and message in one_error_line(err) and "scoring" not in err
     assert digest(folder, glue_dir) == before and not run.exists()
+
+
+def test_export_without_the_gguf_package_names_what_to_install(llama_dir, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)  # import gguf now fails as if it were not installed
+    out = tmp_path / "out.gguf"
+    code, _, err = run_cli(["export", "--model.path", str(llama_dir), "--output_file", str(out)], capsys)
+    assert code == 2 and "writing a .gguf file needs gguf: pip install" in one_error_line(err)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("damaged", ["model.safetensors", "tokenizer.json"])
+def test_a_damaged_model_folder_is_one_line(damaged, llama_dir, tmp_path, capsys):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(llama_dir, folder)
+    data = (folder / damaged).read_bytes()
+    (folder / damaged).write_bytes(data[: len(data) // 3])
+    out = tmp_path / "out.gguf"
+    code, _, err = run_cli(["export", "--model.path", str(folder), "--output_file", str(out)], capsys)
+    line = one_error_line(err)
+    assert code == 2 and "damaged" in line and damaged in line, err
+    assert not out.exists() and not list(tmp_path.glob("*.gguf*"))

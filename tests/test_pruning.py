@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import Tensor
 
+from conftest import fit_free_args, run_cli
 from lightning_prune import load_model
 from lightning_prune.errors import UsageError
 from lightning_prune.export import save_model_folder
@@ -315,3 +316,54 @@ def test_bias_reconstruction_needs_no_second_moments_and_least_squares_does(bert
     assert Repair("bias", means).applies_to(model.ffn_layers()[0])
     with pytest.raises(ValueError, match="second moments"):
         Repair("least_squares", means)
+
+
+def _refit_residual(weight: Tensor, moment: Tensor, kept: list[int]) -> float:
+    """Output energy the least-squares refit of ``weight`` from neurons ``kept`` leaves (second moment ``moment``)."""
+    total = torch.trace(weight @ moment @ weight.T)
+    if not kept:
+        return float(total)
+    cross = moment[:, kept]
+    explained = weight @ cross @ torch.linalg.solve(moment[kept][:, kept], cross.T) @ weight.T
+    return float(total - torch.trace(explained))
+
+
+def test_obs_removal_order_is_the_brute_force_greedy_refit_order():
+    """With scores equal to each neuron's refit-aware energy (Wanda's), each step removes the neuron whose loss the
+    least-squares refit of the others leaves the smallest: checked against re-solving the refit for every choice."""
+    from lightning_prune.pruning.obs import removal_order
+
+    torch.manual_seed(0)
+    weight = torch.randn(5, 8, dtype=torch.float64)
+    activations = torch.randn(200, 8, dtype=torch.float64) @ torch.randn(8, 8, dtype=torch.float64)
+    moment = activations.T @ activations / 200 + 1e-3 * torch.eye(8, dtype=torch.float64)
+    precision = torch.linalg.inv(moment)
+    energy = weight.pow(2).sum(0) / precision.diagonal()
+    order, costs = removal_order(weight.float(), precision, energy, 6)
+    alive, expected = list(range(8)), []
+    for _ in range(6):
+        losses = {j: _refit_residual(weight, moment, [k for k in alive if k != j]) for j in alive}
+        best = min(losses, key=losses.get)
+        expected.append(best)
+        alive.remove(best)
+    assert order.tolist() == expected
+    assert (costs >= -1e-9).all()
+
+
+def test_obs_keeps_the_removal_order_when_widths_are_rounded():
+    from lightning_prune.pruning.obs import global_removals, kept_after
+
+    orders = [torch.tensor([3, 0, 5, 1]), torch.tensor([2, 4])]
+    kept = kept_after(orders, [6, 6], [3, 1])
+    assert kept[0].tolist() == [1, 2, 4] and kept[1].tolist() == [0, 1, 3, 4, 5]
+    costs = [torch.tensor([1.0, 5.0, 2.0]), torch.tensor([3.0, 4.0])]  # layer 0's third removal comes after its 5.0
+    assert global_removals(costs, 3) == [1, 2]
+
+
+def test_fit_free_obs_rounds_widths_along_its_order(llama_dir, glue_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    extra = ["--keep_rule", "obs", "--width_multiple", "8", "--sparsity", "0.4", "--reconstruct", "least_squares"]
+    code, _, err = run_cli(fit_free_args(llama_dir, glue_dir, out, *extra), capsys)
+    assert code == 0, err
+    widths = [layer["kept"] for layer in json.loads((out / "metrics.json").read_text())["ffn_neurons"].values()]
+    assert widths and all(w % 8 == 0 and 0 < w < 48 for w in widths), widths

@@ -66,7 +66,8 @@ def _file_hash(path: Path) -> str:
     return digest.hexdigest()[:32]
 
 
-def require_gguf_extra() -> None:
+def require_gguf_extra(purpose: str = "reading a .gguf file") -> None:
+    """The optional packages GGUF files need, or one line naming what to install."""
     missing = []
     for module in GGUF_EXTRA:
         try:
@@ -74,10 +75,7 @@ def require_gguf_extra() -> None:
         except ImportError:
             missing.append(module)
     if missing:
-        raise UsageError(
-            f"reading a .gguf file needs {' and '.join(missing)}: pip install 'lightning-prune[gguf]' "
-            "(or give a model folder)"
-        )
+        raise UsageError(f"{purpose} needs {' and '.join(missing)}: pip install 'lightning-prune[gguf]'")
 
 
 def gguf_cache_folder(file: Path, cache_root: Path | None = None) -> Path:

@@ -34,6 +34,9 @@ def export(model_path: str, output_file: str, dtype: Dtype = "f16", adapter: str
 
     Returns the line the command prints.
     """
+    from lightning_prune.sources import require_gguf_extra
+
+    require_gguf_extra("writing a .gguf file")
     from lightning_prune.adapters import model_inputs
     from lightning_prune.export.gguf import export_gguf
     from lightning_prune.io import write_errors_reported
@@ -78,16 +81,15 @@ def check_export_output(output_file: str, overwrite: bool, inputs: dict) -> None
 def _decoder_folder(model_path: str, adapter: str | None) -> Iterator[tuple[Path, Path | None]]:
     """The model's Hugging Face folder (with the adapter merged in, in a temporary one) and the GGUF whose tokenizer
     travels with it: a ``.gguf`` input's own (llama.cpp's reading of it, kept as it was)."""
-    from lightning_prune.adapters.causal_lm import CAUSAL_LM_MODEL_TYPES
     from lightning_prune.adapters.load import open_source
+    from lightning_prune.export.gguf import gguf_family
     from lightning_prune.sources import gguf_input
 
     source = open_source(model_path, adapter)
-    if not source.is_folder or source.config.model_type not in CAUSAL_LM_MODEL_TYPES:
-        raise UsageError(
-            f"{model_path} is a {source.config.model_type} model: export writes decoder LMs "
-            f"({', '.join(CAUSAL_LM_MODEL_TYPES)}) for llama.cpp; encoders and T5 are not run there"
-        )
+    if not source.is_folder:
+        raise UsageError(f"{model_path} is not a local model: export reads a folder, a .gguf file or a pkg: reference")
+    text_config = source.config.get_text_config() if hasattr(source.config, "get_text_config") else source.config
+    gguf_family(text_config.model_type, source.config.model_type)
     tokenizer_source = gguf_input(model_path)
     if adapter is None:
         yield source.folder, tokenizer_source

@@ -13,11 +13,12 @@ Key names and tensor layouts follow the llama.cpp that llama-cpp-python 0.3.36 b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 import gguf
 import numpy as np
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 
 from lightning_prune.errors import UsageError
 from lightning_prune.io import atomic_path
@@ -42,6 +43,8 @@ FILE_TYPES = {
     "f16": gguf.LlamaFileType.MOSTLY_F16,
     "q8_0": gguf.LlamaFileType.MOSTLY_Q8_0,
 }
+# What a user can do when a tokenizer.json cannot be converted: have the input GGUF's tokenizer copied instead
+COPY_TOKENIZER = "export the model read from its .gguf file (its tokenizer is copied as it is), with --vocabulary full"
 EXPORTED_BY_KEY = "lightning_prune.exported_by"  # marks a file this writer made: only such a file is overwritten
 PAIRED_ROPE_ARCHES = ("llama", "deci")  # rotate adjacent pairs, where Hugging Face rotates the two halves
 T = gguf.GGUFValueType
@@ -61,7 +64,7 @@ class Family:
     gemma: bool = False  # (1 + w) norms, post-attention and post-FFN norms, sliding-window layers
 
 
-FAMILIES = {
+GGUF_FAMILIES = {
     "llama": Family("llama", "deci"),
     "mistral": Family("llama", "deci"),
     # Qwen2 is Llama with q/k/v biases: deci (and llama) read those biases too
@@ -129,7 +132,7 @@ class WeightStore:
             raise GGUFExportError(
                 f"the weights have no tensor {name!r}: the model folder is incomplete or not a causal LM"
             )
-        with safe_open(self.files[name], framework="pt") as handle:
+        with _reading(self.files[name]), safe_open(self.files[name], framework="pt") as handle:
             return tuple(handle.get_slice(self.stored_names[name]).get_shape())
 
     def alias(self, name: str, existing: str) -> WeightStore:
@@ -139,8 +142,19 @@ class WeightStore:
         )
 
     def read(self, name: str) -> np.ndarray:
-        with safe_open(self.files[name], framework="pt") as handle:
+        with _reading(self.files[name]), safe_open(self.files[name], framework="pt") as handle:
             return handle.get_tensor(self.stored_names[name]).float().numpy()
+
+
+@contextlib.contextmanager
+def _reading(path: Path) -> Iterator[None]:
+    """A damaged or unreadable weights file of the model: one line that names it."""
+    try:
+        yield
+    except (SafetensorError, OSError, ValueError, KeyError) as error:
+        raise GGUFExportError(
+            f"{path} is damaged or unreadable ({type(error).__name__}): save the model again"
+        ) from None
 
 
 def _text_model_name(name: str) -> str | None:
@@ -162,13 +176,14 @@ def open_weights(folder: Path) -> WeightStore:
     """Index the folder's safetensors: sharded, ``model.safetensors``, or ``model.per-layer-ffn.safetensors``."""
     index = folder / SHARD_INDEX
     if index.is_file():
-        located = {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
+        with _reading(index):
+            located = {name: folder / file for name, file in json.loads(index.read_text())["weight_map"].items()}
     else:
         found = [folder / file for file in WEIGHT_FILES if (folder / file).is_file()]
         if len(found) != 1:
             what = "no weights" if not found else "both plain and per-layer weights"
             raise GGUFExportError(f"{folder} has {what} ({' or '.join(WEIGHT_FILES)}): give one saved model folder")
-        with safe_open(found[0], framework="pt") as handle:
+        with _reading(found[0]), safe_open(found[0], framework="pt") as handle:
             located = dict.fromkeys(handle.keys(), found[0])
     files, stored = {}, {}
     for name, path in located.items():
@@ -522,14 +537,12 @@ def bpe_pre_name(data: dict) -> str:
     if name is None:
         raise GGUFExportError(
             f"pre-tokenizer {'+'.join(steps) or 'none'} is not one this export knows for llama.cpp (GPT-2, SmolLM, "
-            "Llama 3, Qwen2): pass tokenizer_source=<a GGUF of the same model>"
+            f"Llama 3, Qwen2): {COPY_TOKENIZER}"
         )
     if (name in IGNORE_MERGES) != bool(data["model"].get("ignore_merges")):
-        raise GGUFExportError(
-            f"tokenizer.json's ignore_merges does not match llama.cpp's {name!r}: pass a GGUF tokenizer"
-        )
+        raise GGUFExportError(f"tokenizer.json's ignore_merges does not match llama.cpp's {name!r}: {COPY_TOKENIZER}")
     if (data.get("normalizer") or {"type": "NFC"})["type"] != "NFC":
-        raise GGUFExportError("a byte-level tokenizer.json with a normalizer is not supported: pass a GGUF tokenizer")
+        raise GGUFExportError(f"a byte-level tokenizer.json with a normalizer is not supported: {COPY_TOKENIZER}")
     return name
 
 
@@ -546,7 +559,7 @@ def spm_space_prefix(data: dict) -> bool:
     # Gemma's Split on " " comes after the normalizer turned every space into U+2581: it never splits
     inert = pre is None or (pre["type"] == "Split" and pre["pattern"].get("String") == " " and replaces)
     if not (replaces and inert):
-        raise GGUFExportError("tokenizer.json is neither byte-level nor SentencePiece-style BPE: pass a GGUF tokenizer")
+        raise GGUFExportError(f"tokenizer.json is neither byte-level nor SentencePiece-style BPE: {COPY_TOKENIZER}")
     return any(s["type"] == "Prepend" for s in steps)
 
 
@@ -577,7 +590,7 @@ def _token_table(data: dict, n_rows: int, spm: bool) -> tuple[list[str], list[in
         scores.append(rank.get(text, 0.0 if len(text) == 1 or kind == gguf.TokenType.BYTE else -1e6))
     if len(set(tokens)) != len(tokens):  # llama.cpp aborts the process on a repeated token
         repeated = next(text for text in tokens if tokens.count(text) > 1)
-        raise GGUFExportError(f"token {repeated!r} has two ids in tokenizer.json: pass a GGUF tokenizer")
+        raise GGUFExportError(f"token {repeated!r} has two ids in tokenizer.json: {COPY_TOKENIZER}")
     return tokens, types, scores
 
 
@@ -635,20 +648,45 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
+def read_tokenizer_json(folder: Path) -> dict:
+    """``folder/tokenizer.json``, refused unless llama.cpp can take it converted: checked before any work."""
+    path = folder / "tokenizer.json"
+    if not path.is_file():
+        raise GGUFExportError(f"{folder} has no tokenizer.json: {COPY_TOKENIZER}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        check_convertible(data)
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError, AttributeError) as error:
+        raise GGUFExportError(f"{path} is damaged ({type(error).__name__}): save the model again") from None
+    return data
+
+
+def check_convertible(data: dict) -> None:
+    """Refuse a tokenizer.json (its parsed data) that llama.cpp could not read as this export converts it."""
+    kind = data["model"]["type"]
+    if kind != "BPE":
+        raise GGUFExportError(f"a {kind} tokenizer.json is not supported: {COPY_TOKENIZER}")
+    if not data["model"].get("vocab"):
+        raise GGUFExportError(f"tokenizer.json has no vocabulary: {COPY_TOKENIZER}")
+    if is_byte_level(data):
+        bpe_pre_name(data)
+    elif data["model"].get("byte_fallback"):
+        spm_space_prefix(data)
+    else:
+        raise GGUFExportError(f"tokenizer.json is BPE without byte-level or byte fallback: {COPY_TOKENIZER}")
+
+
+def is_byte_level(data: dict) -> bool:
+    return "bytelevel" in "".join(_pre_steps(data.get("pre_tokenizer"))) or (
+        (data.get("decoder") or {}).get("type") == "ByteLevel"
+    )
+
+
 def tokenizer_from_json(folder: Path, n_rows: int) -> tuple[list[MetaEntry], str]:
     """The llama.cpp vocabulary of ``folder/tokenizer.json``: byte-level BPE (``gpt2``, with merges and the
     pre-tokenizer's name) or SentencePiece-style BPE with byte fallback (``llama``, with scores)."""
-    path = folder / "tokenizer.json"
-    if not path.is_file():
-        raise GGUFExportError(f"{folder} has no tokenizer.json: pass tokenizer_source=<the model's GGUF or folder>")
-    data = json.loads(path.read_text(encoding="utf-8"))
-    if data["model"]["type"] != "BPE":
-        raise GGUFExportError(f"a {data['model']['type']} tokenizer.json is not supported: pass a GGUF tokenizer")
-    byte_level = "bytelevel" in "".join(_pre_steps(data.get("pre_tokenizer"))) or (
-        (data.get("decoder") or {}).get("type") == "ByteLevel"
-    )
-    if not byte_level and not data["model"].get("byte_fallback"):
-        raise GGUFExportError("tokenizer.json is BPE without byte-level or byte fallback: pass a GGUF tokenizer")
+    data = read_tokenizer_json(folder)
+    byte_level = is_byte_level(data)
     tokens, types, scores = _token_table(data, n_rows, spm=not byte_level)
     entries = [
         MetaEntry("tokenizer.ggml.tokens", tokens, T.ARRAY, T.STRING),
@@ -700,7 +738,7 @@ def tokenizer_from_gguf(path: Path, n_rows: int) -> tuple[list[MetaEntry], str]:
     ]
     tokens = next((e.value for e in entries if e.key == "tokenizer.ggml.tokens"), None)
     if tokens is None:
-        raise GGUFExportError(f"{path} has no tokenizer (tokenizer.ggml.tokens): pass another tokenizer_source")
+        raise GGUFExportError(f"{path} has no tokenizer (tokenizer.ggml.tokens): export the model from a folder")
     if len(tokens) != n_rows:
         raise GGUFExportError(
             f"{path} has {len(tokens)} tokens, the embedding {n_rows} rows: the tokenizer belongs to another model"
@@ -775,9 +813,7 @@ def plan_export(model_folder: Path) -> tuple[Layout, Any, WeightStore]:
     config = AutoConfig.from_pretrained(model_folder)
     config = config.get_text_config() if hasattr(config, "get_text_config") else config
     model_type = getattr(config, "model_type", "?")
-    family = FAMILIES.get(model_type) or FAMILIES.get(_read_json(model_folder / "config.json").get("model_type", ""))
-    if family is None:
-        raise GGUFExportError(f"model type {model_type!r} has no GGUF export (supported: {', '.join(FAMILIES)})")
+    family = gguf_family(model_type, _read_json(model_folder / "config.json").get("model_type", ""))
     if model_type == "qwen2" and getattr(config, "use_sliding_window", False):
         raise GGUFExportError("Qwen2 with use_sliding_window is not in llama.cpp: not exportable")
     head_dim = getattr(config, "head_dim", None) or config.hidden_size // config.num_attention_heads
@@ -839,12 +875,21 @@ def exported_by_lightning_prune(path: Path) -> bool:
         return False
 
 
+def gguf_family(model_type: str, outer_type: str = "") -> Family:
+    """How ``model_type`` (or the multimodal ``outer_type`` holding it) maps onto llama.cpp; refused if it does not."""
+    family = GGUF_FAMILIES.get(model_type) or GGUF_FAMILIES.get(outer_type)
+    if family is None:
+        raise GGUFExportError(
+            f"{model_type} models have no GGUF export (supported: {', '.join(GGUF_FAMILIES)}); encoders and T5 "
+            "are not run in llama.cpp"
+        )
+    return family
+
+
 def check_exportable(model_type: str, uneven: bool, padded: bool) -> None:
     """Refuse, before any work, a model this writer cannot give llama.cpp: another family, or layers of uneven
     widths (``uneven``, not ``padded``) of a family llama.cpp builds at one width only (Gemma 3, Qwen3)."""
-    family = FAMILIES.get(model_type)
-    if family is None:
-        raise GGUFExportError(f"model type {model_type!r} has no GGUF export (supported: {', '.join(FAMILIES)})")
+    family = gguf_family(model_type)
     if uneven and not padded and family.uneven_arch is None:
         raise GGUFExportError(
             f"llama.cpp builds {model_type} layers at one width only, and this run may give them different "

@@ -3,6 +3,7 @@ model. Each raises ``UsageError`` with one line; none changes anything."""
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -25,7 +26,7 @@ from lightning_prune.modules import TaskModel
 from lightning_prune.pipeline.settings import FitFreeSettings
 from lightning_prune.pruning import ActivationStatistics, Reconstruct, RepairMethod, keep_neurons
 from lightning_prune.scorers import NeuronScorer, create_scorer
-from lightning_prune.sources import require_gguf_extra
+from lightning_prune.sources import gguf_input, require_gguf_extra
 from lightning_prune.tasks import read_texts
 
 
@@ -121,7 +122,7 @@ def _check_export_request(s: FitFreeSettings) -> None:
             "export_gguf writes the saved model/ as model.gguf, and this run saves none: drop --save_models none, "
             "or choose one sparsity (or a --max_drop sweep)"
         )
-    require_gguf_extra()
+    require_gguf_extra("export_gguf")
 
 
 def check_exportable(model: TaskModel, settings: FitFreeSettings) -> None:
@@ -133,10 +134,16 @@ def check_exportable(model: TaskModel, settings: FitFreeSettings) -> None:
             f"export_gguf writes decoder LMs for llama.cpp; {model.net.architecture} models are not run there: "
             "drop --export_gguf"
         )
+    from lightning_prune.export.gguf import check_convertible
     from lightning_prune.export.gguf import check_exportable as check_family
 
     uneven = settings.scope == "global" or settings.prunes_heads
     check_family(model.net.architecture, uneven, settings.pad_uneven_ffn)
+    if settings.vocabulary == "task" or gguf_input(model.hparams.path) is None:  # converted, not copied
+        backend = getattr(model.net.source_tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise UsageError("export_gguf converts the tokenizer.json this model lacks: drop --export_gguf")
+        check_convertible(json.loads(backend.to_str()))
 
 
 def check_keep_rule(settings: FitFreeSettings, repair: RepairMethod) -> None:

@@ -20,7 +20,7 @@ from lightning_prune.pipeline.settings import FitFreeSettings
 from lightning_prune.pipeline.setup import RunSetup, unit_floors
 from lightning_prune.pruning import Cut, Repair, keep_neurons, pruned
 from lightning_prune.pruning.budget import UnitCosts
-from lightning_prune.pruning.keep import keep_for_flops, round_widths
+from lightning_prune.pruning.keep import keep_for_flops, round_widths, rounded_width
 from lightning_prune.pruning.obs import global_removals, kept_after, removal_order
 
 MODEL_DIR = "model"
@@ -71,7 +71,10 @@ def _obs_cuts(net: PrunableModel, settings: FitFreeSettings, scores: Scores, rep
     keep = [
         [max(f, round((1.0 - value) * n)) for n, f in zip(sizes, floors, strict=True)] for value in settings.sparsities
     ]
-    fewest = [min(column) for column in zip(*keep, strict=True)]  # per layer, at the highest sparsity
+    fewest = [  # per layer, at the highest sparsity, its width rounded
+        rounded_width(min(column), n, settings.width_multiple, settings.min_keep)
+        for n, column in zip(sizes, zip(*keep, strict=True), strict=True)
+    ]
     global_scope = settings.scope == "global"
     deepest = [n - (f if global_scope else k) for n, f, k in zip(sizes, floors, fewest, strict=True)]
     found = [
@@ -86,8 +89,12 @@ def _obs_cuts(net: PrunableModel, settings: FitFreeSettings, scores: Scores, rep
             removed = global_removals(costs, total)
         else:
             removed = [n - k for n, k in zip(sizes, kept_per_layer, strict=True)]
-        kept = kept_after(orders, sizes, removed)
-        cuts.append(Cut(value, round_widths(scores.layers, kept, settings.width_multiple, settings.min_keep)))
+        # widths rounded along each layer's removal order (fewer or more of its removals), not by score
+        removed = [
+            n - rounded_width(n - r, n, settings.width_multiple, settings.min_keep)
+            for n, r in zip(sizes, removed, strict=True)
+        ]
+        cuts.append(Cut(value, kept_after(orders, sizes, removed)))
     return cuts
 
 

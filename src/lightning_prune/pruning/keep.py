@@ -45,6 +45,14 @@ def _top(scores: Tensor, count: int) -> Tensor:
     return order[:count].sort().values
 
 
+def rounded_width(count: int, size: int, multiple: int, min_keep: int = 1) -> int:
+    """``count`` kept neurons of a layer of ``size`` rounded down to a multiple of ``multiple``, or up to the
+    smallest multiple at or above ``min_keep`` (at most ``size``) where rounding down would go below it."""
+    rounded = count // multiple * multiple
+    floor = min(max(min_keep, 1), size)
+    return rounded if rounded >= floor else min(size, math.ceil(floor / multiple) * multiple)
+
+
 def round_widths(scores: list[Tensor], kept: list[Tensor], multiple: int, min_keep: int = 1) -> list[Tensor]:
     """Each layer's kept neurons cut down to a multiple of ``multiple`` (its lowest-scored kept ones go): matrix
     kernels run faster on such widths. A layer that would fall below ``min_keep`` keeps the smallest multiple
@@ -53,11 +61,7 @@ def round_widths(scores: list[Tensor], kept: list[Tensor], multiple: int, min_ke
         return kept
     rounded = []
     for layer_scores, layer_kept in zip(scores, kept, strict=True):
-        size = layer_scores.numel()
-        count = len(layer_kept) // multiple * multiple
-        floor = min(max(min_keep, 1), size)
-        if count < floor:
-            count = min(size, math.ceil(floor / multiple) * multiple)
+        count = rounded_width(len(layer_kept), layer_scores.numel(), multiple, min_keep)
         if count <= len(layer_kept):
             rounded.append(layer_kept[_top(layer_scores[layer_kept], count)])
         else:  # grown to the multiple: the best of the whole layer (a superset of the kept ones)

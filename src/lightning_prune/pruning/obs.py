@@ -24,10 +24,12 @@ def removal_order(weight: Tensor, precision: Tensor, prior: Tensor, count: int) 
     """The first ``count`` neurons to remove, in order, and what each removal cost, from a down projection
     ``weight`` [out, n] with ``precision`` [n, n] of its inputs and a ``prior`` score per neuron (float64 throughout:
     the updates subtract large terms)."""
-    w = weight.detach().to(torch.float64).clone()
-    inverse = precision.to(torch.float64).clone()
+    w = weight.detach().to("cpu", torch.float64).clone()  # where the statistics are
+    inverse = precision.to("cpu", torch.float64).clone()
     energy = w.pow(2).sum(0) / inverse.diagonal()
-    value = prior.to(torch.float64).clamp(min=0) / energy.clamp(min=1e-30)  # the task's worth of its energy
+    value = prior.to("cpu", torch.float64).clamp(min=0) / energy.clamp(min=1e-30)  # the task's worth of its energy
+    # neurons the task gives no worth go first, and among them the least energy first (not in index order)
+    value = value.clamp(min=float(value.max()) * 1e-9 if bool((value > 0).any()) else 1.0)
     alive = torch.ones(w.shape[1], dtype=torch.bool)
     order, costs = [], []
     for _ in range(count):
