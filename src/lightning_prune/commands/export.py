@@ -11,14 +11,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Literal
 
 from lightning_prune.errors import UsageError
+from lightning_prune.export.dtypes import GGUFDtype
 
-Dtype = Literal["f16", "q8_0", "f32"]
 
-
-def export(model_path: str, output_file: str, dtype: Dtype = "f16", adapter: str | None = None,
+def export(model_path: str, output_file: str, dtype: GGUFDtype = "f16", adapter: str | None = None,
            overwrite: bool = False) -> str:  # fmt: skip
     """Export a decoder LM to one GGUF file that llama.cpp runs.
 
@@ -123,7 +121,7 @@ def parser():
     parser.add_argument("--model.path", required=True, help=_help("model_path"))
     parser.add_argument("--model.adapter", type=str | None, default=None, help=_help("adapter"))
     parser.add_argument("--output_file", required=True, help=_help("output_file"))
-    parser.add_argument("--dtype", type=Dtype, default="f16", help=_help("dtype"))
+    parser.add_argument("--dtype", type=GGUFDtype, default="f16", help=_help("dtype"))
     parser.add_argument("--overwrite", type=bool, default=False, help=_help("overwrite"))
     return parser
 

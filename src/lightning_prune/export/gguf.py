@@ -22,20 +22,22 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import gguf
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from lightning_prune.adapters.base import PER_LAYER_WEIGHTS_FILE, WEIGHTS_FILE
 from lightning_prune.errors import UsageError
+from lightning_prune.export.dtypes import GGUFDtype
 from lightning_prune.io import atomic_path
+from lightning_prune.pruning.plan import PLAN_FILE
+from lightning_prune.sources import GGUF_SUFFIX
+from lightning_prune.vocabulary.tokenizer import merge_parts, token_text
 
-Dtype = Literal["f16", "q8_0", "f32"]
-GGUF_SUFFIX = ".gguf"
-WEIGHT_FILES = ("model.safetensors", "model.per-layer-ffn.safetensors")  # plain save, per-layer widths
+WEIGHT_FILES = (WEIGHTS_FILE, PER_LAYER_WEIGHTS_FILE)  # plain save, per-layer widths
 SHARD_INDEX = "model.safetensors.index.json"
-PLAN_FILE = "pruning_plan.json"
 EMBEDDING = "model.embed_tokens.weight"
 Q8_0_BLOCK = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType.Q8_0][0]
 FILE_TYPES = {
@@ -109,9 +111,6 @@ class ExportReport:
     dtype: str
     tokenizer: str  # where the vocabulary came from
     ffn_widths: tuple[int, ...]
-    head_counts: tuple[int, ...]
-    kv_head_counts: tuple[int, ...]
-    tensor_count: int
     file_bytes: int
     seconds: float
 
@@ -324,7 +323,7 @@ def _cut(data: np.ndarray, rows: int | None, cols: int | None, name: str) -> np.
     return kept
 
 
-def _qtype(dtype: Dtype, shape: tuple[int, ...]) -> gguf.GGMLQuantizationType:
+def _qtype(dtype: GGUFDtype, shape: tuple[int, ...]) -> gguf.GGMLQuantizationType:
     """Matrices in ``dtype``, vectors (norms, biases) in F32 as llama.cpp's converter keeps them; Q8_0 needs
     rows of whole 32-value blocks (others stay F16)."""
     if len(shape) == 1 or dtype == "f32":
@@ -345,7 +344,7 @@ class Layout:
     tied: bool  # the output projection is the token embedding (no output.weight)
 
 
-def tensor_specs(store: WeightStore, layout: Layout, dtype: Dtype) -> list[TensorSpec]:
+def tensor_specs(store: WeightStore, layout: Layout, dtype: GGUFDtype) -> list[TensorSpec]:
     """Every tensor of the GGUF, in order, with its shape and type; data is read when written."""
     specs = []
     for source in store.files:
@@ -466,7 +465,7 @@ def gemma_entries(arch: str, config: Any, layout: Layout) -> list[MetaEntry]:
     return entries
 
 
-def model_entries(layout: Layout, config: Any, dtype: Dtype, n_vocab: int, name: str) -> list[MetaEntry]:
+def model_entries(layout: Layout, config: Any, dtype: GGUFDtype, n_vocab: int, name: str) -> list[MetaEntry]:
     """The general keys and the hyperparameters llama.cpp reads for ``layout.arch`` (arrays per layer for deci)."""
     a, shapes, per_layer = layout.arch, layout.shapes, layout.arch == "deci"
     entries = [
@@ -595,12 +594,7 @@ def _token_table(data: dict, n_rows: int, spm: bool) -> tuple[list[str], list[in
 
 
 def _merge_pairs(data: dict) -> list[tuple[str, str]]:
-    """tokenizer.json's merges ("a b" strings in older files, [a, b] pairs in newer ones)."""
-    return [tuple(m.split(" ", 1)) if isinstance(m, str) else (m[0], m[1]) for m in data["model"].get("merges", [])]
-
-
-def _token_text(value: Any) -> str | None:
-    return value.get("content") if isinstance(value, dict) else value
+    return [merge_parts(merge) for merge in data["model"].get("merges", [])]
 
 
 def special_entries(folder: Path, data: dict, lookup: dict[str, int]) -> list[MetaEntry]:
@@ -610,7 +604,7 @@ def special_entries(folder: Path, data: dict, lookup: dict[str, int]) -> list[Me
     config = _read_json(folder / "config.json")
     ids = {kind: config.get(f"{kind}_token_id") for kind in SPECIAL_KEYS}
     for kind in SPECIAL_KEYS:
-        if (text := _token_text(settings.get(f"{kind}_token"))) in lookup:
+        if (text := token_text(settings.get(f"{kind}_token"))) in lookup:
             ids[kind] = lookup[text]
     entries = [_u32(f"tokenizer.ggml.{SPECIAL_KEYS[k]}", v) for k, v in ids.items() if isinstance(v, int)]
     add_bos, add_eos = _template_adds(data.get("post_processor"))
@@ -830,7 +824,7 @@ def plan_export(model_folder: Path) -> tuple[Layout, Any, WeightStore]:
 
 
 def export_gguf(
-    model_folder: Path, output_file: Path, dtype: Dtype = "f16", tokenizer_source: Path | None = None
+    model_folder: Path, output_file: Path, dtype: GGUFDtype = "f16", tokenizer_source: Path | None = None
 ) -> ExportReport:
     """Write ``model_folder`` (a Hugging Face causal LM, pruned or not) as one GGUF file llama.cpp loads.
 
@@ -859,9 +853,6 @@ def export_gguf(
         dtype=dtype,
         tokenizer=described,
         ffn_widths=tuple(s.ffn for s in shapes),
-        head_counts=tuple(s.heads for s in shapes),
-        kv_head_counts=tuple(s.kv_heads for s in shapes),
-        tensor_count=len(specs),
         file_bytes=output_file.stat().st_size,
         seconds=round(time.perf_counter() - started, 2),
     )

@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from jsonargparse.typing import NonNegativeInt, PositiveFloat, PositiveInt
 
+from lightning_prune.export.dtypes import GGUFDtype
 from lightning_prune.modules import LabelSource
 from lightning_prune.pruning import Reconstruct, Scope
 from lightning_prune.pruning.repair import DEFAULT_DAMPING
@@ -105,7 +106,7 @@ class FitFreeSettings:
     vocabulary: Literal["full", "task"] = "full"
     vocabulary_texts: str | None = None
     vocabulary_frequent: NonNegativeInt = FREQUENT_TOKENS
-    export_gguf: Literal["f16", "q8_0", "f32"] | None = None
+    export_gguf: GGUFDtype | None = None
 
     @classmethod
     def from_namespace(cls, options: Any) -> FitFreeSettings:

@@ -95,7 +95,8 @@ def _vocabulary_summary(cut: VocabularyCut | None) -> dict[str, Any]:
         part["vocabulary"]["evaluation_texts"] = {
             "texts": e.texts,
             "tokens": {"full": e.original_tokens, "task": e.trimmed_tokens},
-            "segmented_as_before": e.identical,  # texts whose every token was kept
+            "more_tokens_percent": round(e.extra_tokens_percent, 2),
+            "segmented_as_before": e.identical,  # texts whose ids are the full vocabulary's, renumbered
             "decoded_as_before": e.same_decode,
             "unknown_tokens": {"full": e.original_unknown, "task": e.trimmed_unknown},  # WordPiece [UNK]
         }
@@ -181,8 +182,10 @@ def report_line(summary: dict[str, Any], output_dir: str) -> str:
             f"; chosen by max_drop {selection['max_drop']:g}: selection {metric} "
             f"{selection['dense_metrics'][metric]:.4f} -> {selection['chosen_metrics'][metric]:.4f}"
         )
-    tokens = (summary.get("vocabulary") or {}).get("tokens")
-    vocabulary = f", vocabulary {tokens['dense']:,} -> {tokens['kept']:,} tokens" if tokens else ""
+    cut = summary.get("vocabulary") or {}
+    vocabulary = f", vocabulary {cut['tokens']['dense']:,} -> {cut['tokens']['kept']:,} tokens" if cut else ""
+    if "evaluation_texts" in cut:
+        vocabulary += f" (evaluation texts +{cut['evaluation_texts']['more_tokens_percent']:g}% tokens)"
     return (
         f"{summary['task']}: {metric} {dense}pruned {pruned:.4f} at FFN sparsity {_reached(summary)} "
         f"({summary['scorer']}, {summary['scope']} scope); parameters {params['dense']:,} -> {params['pruned']:,}"

@@ -18,6 +18,7 @@ from torch import nn
 from lightning_prune.errors import UsageError
 from lightning_prune.vocabulary.tokenizer import (
     EncodingComparison,
+    VocabularyError,
     base_alphabet,
     close_under_merges,
     compare_encodings,
@@ -80,8 +81,11 @@ def plan_vocabulary(
     kept = kept_ids_for_texts(net.source_tokenizer, texts) | frequent_ids(parsed, frequent) | base_alphabet(parsed)
     kept |= _config_token_ids(hf.config) | _config_token_ids(getattr(hf, "generation_config", None))
     kept = {i for i in close_under_merges(parsed, kept) if i < rows}
-    trimmed = trim_tokenizer(parsed, kept)
-    tokenizer = _load_trimmed(net.source_tokenizer, trimmed)
+    try:
+        trimmed = trim_tokenizer(parsed, kept)
+        tokenizer = _load_trimmed(net.source_tokenizer, trimmed)
+    except VocabularyError as error:  # a tokenizer whose special tokens lie outside the embedding, say
+        raise VocabularyError(f"the task vocabulary cannot be cut here ({error}): use --vocabulary full") from None
     evaluation = compare_encodings(parsed, trimmed, evaluation_texts) if evaluation_texts else None
     return VocabularyCut(trimmed.old_ids, rows, tokenizer, evaluation)
 
@@ -94,11 +98,12 @@ def _load_trimmed(source, trimmed) -> Any:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         source.save_pretrained(folder)
-        (folder / "tokenizer.json").write_text(json.dumps(trimmed.tokenizer_json, ensure_ascii=False))
+        (folder / "tokenizer.json").write_text(json.dumps(trimmed.tokenizer_json, ensure_ascii=False), encoding="utf-8")
         for name in TOKENIZER_CONFIGS:
             path = folder / name
             if path.is_file():
-                path.write_text(json.dumps(remap_tokenizer_config(json.loads(path.read_text()), trimmed), indent=2))
+                config = remap_tokenizer_config(json.loads(path.read_text(encoding="utf-8")), trimmed)
+                path.write_text(json.dumps(config, indent=2), encoding="utf-8")
         tokenizer = AutoTokenizer.from_pretrained(folder)
     if len(tokenizer) != len(trimmed.old_ids):
         raise UsageError(
@@ -176,12 +181,11 @@ def cut_vocabulary(net: PrunableModel, cut: VocabularyCut) -> None:
     if head is not None:
         tied = smaller.weight if head.weight is embeddings.weight else None
         hf.set_output_embeddings(_head_rows(head, rows, tied))
-    hf.config.vocab_size = cut.kept
     for config in (hf.config, getattr(hf, "generation_config", None)):
         if config is not None:
             for name, value in remap_token_ids(_token_settings(config), mapping).items():
                 setattr(config, name, value)
-    hf.config.vocab_size = cut.kept
+    hf.config.vocab_size = cut.kept  # after the token settings, which carry the old size
     net.bind_tokenizer(cut.tokenizer)
 
 

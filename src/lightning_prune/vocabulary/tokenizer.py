@@ -158,22 +158,18 @@ def _alphabet(tokenizer_json: Mapping, kind: str) -> set[int]:
     return alphabet
 
 
-def base_alphabet(tokenizer_json: Mapping, *, added_tokens: bool = True) -> set[int]:
+def base_alphabet(tokenizer_json: Mapping) -> set[int]:
     """Ids that must stay whatever the task, so no text fails to encode and the pipeline still works.
 
     Byte-level BPE: the 256 byte tokens. Byte-fallback BPE: the 256 ``<0xXX>`` tokens and the single-character
     pieces (without them an unseen character costs one token per UTF-8 byte). WordPiece: every single character
     and its continuation (``##c``), else a word with that character becomes [UNK]. Unigram: every
     single-character piece and the lowest-scoring piece (the unknown-character penalty is the lowest score minus
-    10). Always: the post-processor's tokens, the unknown and padding tokens and, with ``added_tokens``, every added
-    token; without it only those the task's texts or the transformers tokenizer's special tokens keep
-    (``kept_ids_for_texts``): Gemma has 6,242 ``<unusedN>`` placeholders, Llama 3 250 reserved ones, but chat
-    tokens such as ``<start_of_turn>`` then stay only if the texts are the prompts as the model sees them.
+    10). Always: the post-processor's tokens, the unknown and padding tokens and every added token (Gemma's 6,242
+    ``<unusedN>`` placeholders too: a chat token such as ``<start_of_turn>`` must stay whatever the task's texts).
     """
     kept = _alphabet(tokenizer_json, tokenizer_kind(tokenizer_json)) | set(_required_ids(tokenizer_json))
-    if added_tokens:
-        kept |= {token["id"] for token in tokenizer_json.get("added_tokens", [])}
-    return kept
+    return kept | {token["id"] for token in tokenizer_json.get("added_tokens", [])}
 
 
 def kept_ids_for_texts(tokenizer: PreTrainedTokenizerBase, texts: Iterable[str], batch_size: int = 1024) -> set[int]:
@@ -203,13 +199,13 @@ def frequent_ids(tokenizer_json: Mapping, count: int) -> set[int]:
         ranked = sorted(range(len(model["vocab"])), key=lambda i: -model["vocab"][i][1])
         return set(ranked[:count])
     vocab = model["vocab"]
-    merged = ("".join(_merge_parts(merge)) for merge in model["merges"][:count])
+    merged = ("".join(merge_parts(merge)) for merge in model["merges"][:count])
     return {vocab[token] for token in merged if token in vocab}
 
 
-def _merge_parts(merge: str | list[str]) -> tuple[str, str]:
+def merge_parts(merge: str | list[str]) -> tuple[str, str]:
     """A merge's two parts, from either serialization: ``"a b"`` (older files) or ``["a", "b"]``."""
-    left, right = merge.split(" ") if isinstance(merge, str) else merge
+    left, right = merge.split(" ", 1) if isinstance(merge, str) else merge
     return left, right
 
 
@@ -217,7 +213,7 @@ def _merge_table(tokenizer_json: Mapping, vocab: Mapping[str, int]) -> dict[tupl
     """(left id, right id) -> (rank, merged id), as the BPE model builds it."""
     table: dict[tuple[int, int], tuple[int, int]] = {}
     for rank, merge in enumerate(tokenizer_json["model"]["merges"]):
-        left, right = _merge_parts(merge)
+        left, right = merge_parts(merge)
         if left in vocab and right in vocab and left + right in vocab:
             table.setdefault((vocab[left], vocab[right]), (rank, vocab[left + right]))
     return table
@@ -308,7 +304,7 @@ def _trim_model(model: Mapping, mapping: Mapping[int, int]) -> dict:
     }
     if model["type"] == "BPE":
         vocab = model["vocab"]
-        parts = [_merge_parts(merge) for merge in model["merges"]]
+        parts = [merge_parts(merge) for merge in model["merges"]]
         model["merges"] = [
             merge
             for merge, (left, right) in zip(model["merges"], parts, strict=True)
@@ -344,7 +340,7 @@ def _token_names(trimmed: TrimmedTokenizer) -> set[str]:
     return set(_vocab(trimmed.tokenizer_json)) | {t["content"] for t in trimmed.tokenizer_json["added_tokens"]}
 
 
-def _content(entry: Any) -> str | None:
+def token_text(entry: Any) -> str | None:
     """A special-token entry's text: a string, or an AddedToken dict's ``content``."""
     return entry.get("content") if isinstance(entry, dict) else entry
 
@@ -363,15 +359,15 @@ def remap_tokenizer_config(config: Mapping, trimmed: TrimmedTokenizer) -> dict:
             str(mapping[int(i)]): token for i, token in config["added_tokens_decoder"].items() if int(i) in mapping
         }
     for key in NAMED_SPECIAL_TOKENS:
-        name = _content(config.get(key))
+        name = token_text(config.get(key))
         if name is not None and name not in names:
             raise VocabularyError(f"{key} {name!r} was dropped; keep its id (kept_ids_for_texts adds special tokens)")
     for key in EXTRA_SPECIAL_TOKENS:
         extras = config.get(key)
         if isinstance(extras, list):
-            config[key] = [entry for entry in extras if _content(entry) in names]
+            config[key] = [entry for entry in extras if token_text(entry) in names]
         elif isinstance(extras, dict):
-            config[key] = {k: entry for k, entry in extras.items() if _content(entry) in names}
+            config[key] = {k: entry for k, entry in extras.items() if token_text(entry) in names}
     return config
 
 
