@@ -146,12 +146,16 @@ def main() -> None:
                 }
             )
     write_csv("inference_speed", rows)
+    report(rows, args, len(single), len(pool))
+
+
+def report(rows: list[dict], args: argparse.Namespace, latency_examples: int, throughput_examples: int) -> None:
     lines = [
         "# Inference speed: dense vs pruned",
         "",
         f"multi-task all-MiniLM-L6-v2 + SST-2 head, {args.threads} CPU threads, torch {torch.__version__}, median of "
-        f"{args.rounds} alternating rounds; latency over {len(single)} dev sentences one by one, throughput over "
-        f"{len(pool)} in batches of 32. FLOP ideal: dense / pruned FLOPs counted by `torch.utils.flop_counter` on "
+        f"{args.rounds} alternating rounds; latency over {latency_examples} dev sentences one by one, throughput over "
+        f"{throughput_examples} in batches of 32. FLOP ideal: dense / pruned FLOPs counted by `torch.utils.flop_counter` on "
         "the same batches; 'of ideal' = measured speedup / FLOP-ideal speedup. `fisher heads+ffn 1.6x`: fit-free "
         "`--scorer fisher --target_speedup 1.6` (layer scope); `ffn`: the same with `--heads false`.",
         "",

@@ -94,12 +94,8 @@ def main() -> None:
     report(raw)
 
 
-def report(raw: dict) -> None:
-    sweep_wall, sweep = raw["sweep_wall"], raw["sweep"]
-    choice_wall, choice = raw["choice_wall"], raw["choice"]
-    separate = {float(s): tuple(run) for s, run in raw["separate"].items()}
-    max_difference, dense_bytes, pruned_bytes = raw["max_difference"], raw["dense_bytes"], raw["pruned_bytes"]
-    metric = sweep["primary_metric"]
+def write_timings(sweep_wall: float, sweep: dict, choice_wall: float, choice: dict, separate: dict) -> None:
+    """benchmarks/results/sweep.csv: wall time and stage seconds of each run."""
     rows = [
         {
             "run": "sweep (5 sparsities)",
@@ -131,10 +127,9 @@ def report(raw: dict) -> None:
     columns = sorted({key for row in rows for key in row}, key=lambda k: list(rows[0]).index(k) if k in rows[0] else 99)
     write_csv("sweep", [{column: row.get(column, "") for column in columns} for row in rows])
 
-    separate_wall = sum(wall for wall, _ in separate.values())
-    by_sparsity = {point["sparsity"]: point for point in sweep["sweep"]}
-    same = all(by_sparsity[s]["metrics"] == m["pruned_metrics"] for s, (_, m) in separate.items())
-    same = same and all(p["metrics"] == by_sparsity[p["sparsity"]]["metrics"] for p in choice["sweep"])
+
+def choice_rows(sweep: dict, choice: dict, metric: str) -> list[list[str]]:
+    """The dense model and every swept point: parameters, the metric on dev and on selection, within the drop."""
     selection = choice["selection"]
     points = [
         [
@@ -153,6 +148,21 @@ def report(raw: dict) -> None:
         f"{selection['dense_metrics'][metric]:.4f}",
         "",
     ]
+    return [dense_row, *points]
+
+
+def report(raw: dict) -> None:
+    sweep_wall, sweep = raw["sweep_wall"], raw["sweep"]
+    choice_wall, choice = raw["choice_wall"], raw["choice"]
+    separate = {float(s): tuple(run) for s, run in raw["separate"].items()}
+    max_difference, dense_bytes, pruned_bytes = raw["max_difference"], raw["dense_bytes"], raw["pruned_bytes"]
+    metric = sweep["primary_metric"]
+    write_timings(sweep_wall, sweep, choice_wall, choice, separate)
+    separate_wall = sum(wall for wall, _ in separate.values())
+    by_sparsity = {point["sparsity"]: point for point in sweep["sweep"]}
+    same = all(by_sparsity[s]["metrics"] == m["pruned_metrics"] for s, (_, m) in separate.items())
+    same = same and all(p["metrics"] == by_sparsity[p["sparsity"]]["metrics"] for p in choice["sweep"])
+    selection = choice["selection"]
     chosen = selection["chosen_sparsity"]
     stage = " + ".join(f"{k} {v:.0f}" for k, v in sweep["seconds"].items())
     quick_wall, quick = separate[0.5]
@@ -202,7 +212,7 @@ def report(raw: dict) -> None:
         "",
         *markdown_table(
             ["FFN sparsity", "parameters", f"{metric} (dev)", f"{metric} (selection)", "within 0.01"],
-            [dense_row, *points],
+            choice_rows(sweep, choice, metric),
         ),
         "",
         f"Quickstart (the separate 0.5 run, cold cache): {quick_wall:.0f} s wall time; stages (s): "

@@ -160,6 +160,12 @@ def report(rows: list[dict], args: argparse.Namespace, timing: str) -> None:
     lines.append(timing)
     write_report(results_name(args), lines)
 
+    plot(rows, args, scorers, scorers_of, values)
+
+
+def plot(rows: list[dict], args: argparse.Namespace, scorers: list[str], scorers_of, values) -> None:
+    """One panel per task: each scorer's pruned metric against sparsity (random's spread shaded), dense dashed."""
+    sparsities = tuple(args.sparsities)
     figure, axes = plt.subplots(2, (len(args.tasks) + 2) // 2, figsize=(4 * ((len(args.tasks) + 2) // 2), 8))
     axes = axes.flatten()
     colors = {scorer: f"C{i}" for i, scorer in enumerate(scorers)}  # the same colour in every panel

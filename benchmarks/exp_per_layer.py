@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib
@@ -94,6 +95,28 @@ def main() -> None:
         scope_rows.append((b, metric, own, glob))
         print(b, row, glob, flush=True)
 
+    found = PerLayer(tasks, layers, fraction, overlap, cross, scope_rows)
+    write_results(found, args, time.perf_counter() - start)
+
+
+@dataclass(frozen=True)
+class PerLayer:
+    """What the experiment measured: kept fractions per layer (global), overlaps, cross-task metrics, scopes."""
+
+    tasks: list[str]
+    layers: list[str]
+    fraction: list[list[float]]
+    overlap: list[list[float]]
+    cross: list[list[float]]
+    scope_rows: list[tuple[str, str, float, float]]
+
+
+def write_results(found: PerLayer, args: argparse.Namespace, elapsed: float) -> None:
+    """benchmarks/results/per_layer.{csv,md,png}."""
+    tasks, sparsity = found.tasks, args.sparsity
+    fraction, overlap, cross, layers = found.fraction, found.overlap, found.cross, found.layers
+    chance = (1 - sparsity) / (1 + sparsity)
+
     def cells(table: str, matrix: list[list[float]], columns: list[str]) -> list[dict]:
         return [
             {"table": table, "row": t, "column": c, "value": round(v, 5)}
@@ -103,10 +126,21 @@ def main() -> None:
 
     rows = cells("kept_fraction_global", fraction, layers) + cells("overlap_jaccard", overlap, tasks)
     rows += cells("cross_task_relative", cross, tasks)  # row: evaluated task, column: task whose neurons are kept
-    rows += cells("scope", [[own, glob] for _, _, own, glob in scope_rows], ["layer", "global"])
+    rows += cells("scope", [[own, glob] for _, _, own, glob in found.scope_rows], ["layer", "global"])
     write_csv("per_layer", rows)
+    write_report("per_layer", report_lines(found, args, elapsed))
+    figure, axes = plt.subplots(1, 3, figsize=(19, 5))
+    heat_map(axes[0], fraction, tasks, layers, f"kept fraction per layer (global scope, {sparsity:.0%})", ".2f")
+    heat_map(axes[1], overlap, tasks, tasks, f"Jaccard of kept sets (chance {chance:.2f}; diagonal: 2 halves)", ".2f")
+    heat_map(axes[2], cross, tasks, tasks, "row task's metric with column task's neurons / own", ".2f")
+    write_figure("per_layer", figure)
+
+
+def report_lines(found: PerLayer, args: argparse.Namespace, elapsed: float) -> list[str]:
+    tasks, sparsity = found.tasks, args.sparsity
+    fraction, overlap, cross, layers = found.fraction, found.overlap, found.cross, found.layers
     chance = (1 - sparsity) / (1 + sparsity)
-    lines = [
+    return [
         "# Per-layer picture: task-specific neurons",
         "",
         f"Model `{model_name(args.model)}`; attribution scores (m = {ATTRIBUTION['steps']}, {args.examples} "
@@ -133,18 +167,11 @@ def main() -> None:
         "",
         *markdown_table(
             ["task", "metric", "layer scope", "global scope"],
-            [[t, metric, f"{own:.4f}", f"{glob:.4f}"] for t, metric, own, glob in scope_rows],
+            [[t, metric, f"{own:.4f}", f"{glob:.4f}"] for t, metric, own, glob in found.scope_rows],
         ),
         "",
-        f"Wall time {(time.perf_counter() - start) / 60:.1f} min on this 2-core CPU.",
+        f"Wall time {elapsed / 60:.1f} min on this 2-core CPU.",
     ]
-    write_report("per_layer", lines)
-
-    figure, axes = plt.subplots(1, 3, figsize=(19, 5))
-    heat_map(axes[0], fraction, tasks, layers, f"kept fraction per layer (global scope, {sparsity:.0%})", ".2f")
-    heat_map(axes[1], overlap, tasks, tasks, f"Jaccard of kept sets (chance {chance:.2f}; diagonal: 2 halves)", ".2f")
-    heat_map(axes[2], cross, tasks, tasks, "row task's metric with column task's neurons / own", ".2f")
-    write_figure("per_layer", figure)
 
 
 if __name__ == "__main__":
