@@ -155,9 +155,10 @@ def report(rows: list[dict], args: argparse.Namespace, latency_examples: int, th
         "",
         f"multi-task all-MiniLM-L6-v2 + SST-2 head, {args.threads} CPU threads, torch {torch.__version__}, median of "
         f"{args.rounds} alternating rounds; latency over {latency_examples} dev sentences one by one, throughput over "
-        f"{throughput_examples} in batches of 32. FLOP ideal: dense / pruned FLOPs counted by `torch.utils.flop_counter` on "
-        "the same batches; 'of ideal' = measured speedup / FLOP-ideal speedup. `fisher heads+ffn 1.6x`: fit-free "
-        "`--scorer fisher --target_speedup 1.6` (layer scope); `ffn`: the same with `--heads false`.",
+        f"{throughput_examples} in batches of 32. FLOP ideal: dense / pruned FLOPs counted by "
+        "`torch.utils.flop_counter` on the same batches; 'of ideal' = measured speedup / FLOP-ideal speedup. "
+        "`fisher heads+ffn 1.6x`: fit-free `--scorer fisher --target_speedup 1.6` (layer scope); `ffn`: the same "
+        "with `--heads false`.",
         "",
         "| model | FFN neurons | heads | parameters | file MiB | latency ms (b=1) | speedup | FLOP ideal | of ideal "
         "| throughput/s (b=32) | speedup | FLOP ideal | of ideal |",
