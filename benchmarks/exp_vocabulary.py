@@ -20,7 +20,7 @@ from typing import Any
 
 from exp_decoder_lm import DOMAINS, data_of, labels_of
 from experiments import ATTRIBUTION, DATA, MODEL
-from results_io import markdown_table, write_csv, write_report
+from results_io import markdown_table, read_csv, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, MULTITASK_LM, RUNS, TaskBench, glue_data
 
 from lightning_prune.data import TaskDataModule
@@ -62,6 +62,7 @@ def traffic_file(bench: TaskBench, name: str) -> str:
 def row(model: str, task: str, domain: str, bench: TaskBench, sparsity: float, **vocabulary: Any) -> dict[str, Any]:
     """The full and the task vocabulary (with ``vocabulary``'s texts) on one evaluation set, the same FFN cut."""
     metric = bench.model.spec.primary_metric
+    with_traffic = "yes" if vocabulary else ""
     full = bench.sweep("attribution", sparsity=sparsity)
     task_run = bench.sweep("attribution", sparsity=sparsity, vocabulary="task", **vocabulary)
     # WordPiece ranks no tokens by frequency: without them only where a tokenizer has them
@@ -74,7 +75,7 @@ def row(model: str, task: str, domain: str, bench: TaskBench, sparsity: float, *
     tokens = texts["tokens"]
     return {
         "model": model, "task": task, "evaluated_on": domain, "sparsity": sparsity, "metric": metric,
-        "vocabulary_texts": "yes" if vocabulary else "",
+        "vocabulary_texts": with_traffic,
         "tokens_kept": vocabulary["tokens"]["kept"], "tokens_total": vocabulary["tokens"]["dense"],
         "parameters_full": point_full["parameters"], "parameters_task": point_task["parameters"],
         "full": round(point_full["metrics"][metric], 5), "task_vocabulary": round(point_task["metrics"][metric], 5),
@@ -105,8 +106,9 @@ def main() -> None:
     parser.add_argument("--sparsity", type=float, default=0.5)
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--no-domains", action="store_true", help="skip the unseen sentiment sets")
+    parser.add_argument("--add", action="store_true", help="keep the CSV's rows of models and tasks not run now")
     args = parser.parse_args()
-    rows: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = kept_rows(args) if args.add else []
     for name in args.models:
         for task in args.tasks or MODELS[name][1]:
             bench = bench_of(name, task, args.eval_examples)
@@ -126,8 +128,15 @@ def main() -> None:
     report(rows, args)
 
 
+def kept_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The CSV's rows of the models and tasks this run does not measure again."""
+    again = {(model, task) for model in args.models for task in args.tasks or MODELS[model][1]}
+    texts = ("model", "task", "evaluated_on", "metric", "vocabulary_texts")
+    return [r for r in read_csv(EXPERIMENT, texts) if (r["model"], r["task"]) not in again]
+
+
 def _task_only_cell(r: dict[str, Any]) -> str:
-    if "task_only" not in r:
+    if r.get("task_only") in (None, ""):
         return ""
     return (f"{r['tokens_kept_task_only']:,} tokens: {r['task_only']:.4f}, +{r['more_tokens_percent_task_only']:.1f}%, "
             f"{r['texts_as_before_task_only']:.0%}")  # fmt: skip

@@ -13,7 +13,8 @@ RESULTS = Path(__file__).parent / "results"
 
 def write_csv(name: str, rows: list[dict]) -> None:
     with atomic_path(RESULTS / f"{name}.csv") as tmp, tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        columns = list(dict.fromkeys(key for row in rows for key in row))  # rows may lack some (left empty)
+        writer = csv.DictWriter(handle, fieldnames=columns, restval="")
         writer.writeheader()
         writer.writerows(rows)
 
