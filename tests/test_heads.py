@@ -260,3 +260,19 @@ def test_one_key_value_head_is_never_removed_the_budget_goes_to_the_ffn(glue_dir
         mine = ours.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         theirs = plain(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
     torch.testing.assert_close(theirs, mine, atol=1e-5, rtol=1e-5)
+
+
+def test_attribution_rates_a_head_group_by_its_columns_magnitudes(bert_dir, glue_dir):
+    """Each column of a head group's output is attributed as a neuron is, and the group's score sums their
+    magnitudes (weighed by the example's tokens): heads and neurons of equal FLOPs are measured alike."""
+    model = load_model(bert_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir)
+    scorer = create_scorer("attribution", {"steps": 4})
+    layer = model.attention_layers()[0]
+    columns = scorer.per_example(model, batch, layer)
+    assert columns.shape == (6, layer.size * layer.columns_per_unit)
+    weights = model.example_tokens(batch).to(columns.dtype).unsqueeze(1)
+    expected = layer.per_unit((columns.abs() * weights).sum(0))
+    [score] = scorer.score_units(model, batch, [layer])
+    torch.testing.assert_close(score, expected)
+    assert bool((score >= layer.per_unit(columns).abs().mul(weights).sum(0) - 1e-9).all())
