@@ -42,7 +42,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
         dense = dense_metrics(EXPERIMENT, model, data)[metric]
         bench = TaskBench(EXPERIMENT, model, data)
         for scorer in args.scorers:
-            for heads in (True, False):
+            for heads in (units == "heads+ffn" for units in args.units):
                 for scope in args.scopes:
                     for target in args.targets:
                         settings = {"target_speedup": target, "heads": heads, "scope": scope, "sparsity": None}
@@ -53,7 +53,7 @@ def measure(args: argparse.Namespace) -> list[dict]:
                             continue
                         rows.append(speedup_row(result, task, metric, dense, scope=scope))
                         print(rows[-1], flush=True)
-                        write_csv(EXPERIMENT, rows)
+                        write_csv(args.results, rows)
     return rows
 
 
@@ -91,7 +91,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
         *markdown_table(["scorer", "units", "scope", "target", "FLOP speedup", "retained", "loss (points)"], table),
         "",
     ]
-    write_report(EXPERIMENT, lines)
+    write_report(args.results, lines)
     figure, axis = plt.subplots(figsize=(6.5, 4.2))
     for variant in variants:
         points = [
@@ -105,7 +105,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
             axis.plot(*zip(*points, strict=True), style, marker="o", label=" ".join(variant))
     axis.set(xlabel="FLOP speedup (dense / pruned)", ylabel="retained (average over tasks)", title="Multi-task MiniLM")
     axis.legend(fontsize=7)
-    write_figure(EXPERIMENT, figure)
+    write_figure(args.results, figure)
 
 
 def main() -> None:
@@ -114,10 +114,13 @@ def main() -> None:
     parser.add_argument("--tasks", nargs="+", default=list(LEARNED))
     parser.add_argument("--scorers", nargs="+", default=["attribution", "fisher", "activation", "random"])
     parser.add_argument("--scopes", nargs="+", default=["layer", "global"])
+    parser.add_argument("--units", nargs="+", choices=["heads+ffn", "ffn"], default=["heads+ffn", "ffn"])
     parser.add_argument("--targets", nargs="+", type=float, default=[1.3, 1.6, 2.0])
     parser.add_argument("--report-only", action="store_true")
+    parser.add_argument("--results", default=EXPERIMENT, help="name of the results files (default: speedup)")
     args = parser.parse_args()
-    rows = read_csv(EXPERIMENT, ("task", "scorer", "units", "scope", "metric")) if args.report_only else measure(args)
+    texts = ("task", "scorer", "units", "scope", "metric")
+    rows = read_csv(args.results, texts) if args.report_only else measure(args)
     report(rows, args)
 
 
