@@ -33,6 +33,7 @@ MODELS = {
     "minilm": ("MiniLM multi-task encoder", ("sst2", "mrpc", "stsb", "rte", "qnli", "mnli")),
     "multitask-lm": ("multi-task SmolLM2 (LoRA merged)", ("sst2", "qnli", "mnli", "rte", "stsb", "agnews")),
 }
+TEXT_COLUMNS = ("model", "task", "evaluated_on", "metric", "vocabulary_texts")
 COLUMNS = ["model", "task", "evaluated on", "+ its traffic", "tokens kept", "parameters full → task", "metric", "full",
            "task", "task / full", "more tokens", "texts as before", "without frequent tokens"]  # fmt: skip
 
@@ -107,7 +108,11 @@ def main() -> None:
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--no-domains", action="store_true", help="skip the unseen sentiment sets")
     parser.add_argument("--add", action="store_true", help="keep the CSV's rows of models and tasks not run now")
+    parser.add_argument("--report-only", action="store_true", help="rebuild the .md from the CSV")
     args = parser.parse_args()
+    if args.report_only:
+        report(read_csv(EXPERIMENT, TEXT_COLUMNS), args)
+        return
     rows: list[dict[str, Any]] = kept_rows(args) if args.add else []
     for name in args.models:
         for task in args.tasks or MODELS[name][1]:
@@ -131,8 +136,7 @@ def main() -> None:
 def kept_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The CSV's rows of the models and tasks this run does not measure again."""
     again = {(model, task) for model in args.models for task in args.tasks or MODELS[model][1]}
-    texts = ("model", "task", "evaluated_on", "metric", "vocabulary_texts")
-    return [r for r in read_csv(EXPERIMENT, texts) if (r["model"], r["task"]) not in again]
+    return [r for r in read_csv(EXPERIMENT, TEXT_COLUMNS) if (r["model"], r["task"]) not in again]
 
 
 def _task_only_cell(r: dict[str, Any]) -> str:
