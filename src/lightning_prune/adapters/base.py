@@ -74,12 +74,14 @@ class BlockInput:
 @dataclass(frozen=True)
 class ModelSource:
     """Where a model is read from: a local folder (or, online, a hub id) with its pruning plan if lightning-prune
-    wrote it, and the LoRA adapter to merge into a dense one."""
+    wrote it, and the LoRA adapter to merge into a dense one; ``given``: the path as the user gave it (a ``.gguf``
+    file or ``pkg:`` reference read from a cached folder), for messages."""
 
     path: str
     folder: Path
     plan: dict | None
     adapter: str | None
+    given: str
 
     @property
     def is_folder(self) -> bool:

@@ -89,7 +89,7 @@ class CausalLMClassifier(PrunableModel):
         from transformers import AutoModelForCausalLM
 
         tokenizer = load_tokenizer(source.path)
-        decoder = load_hf(AutoModelForCausalLM, source.path, source.plan, source.adapter)
+        decoder = load_hf(AutoModelForCausalLM, source.path, source.plan, source.adapter, source.given)
         model = cls(decoder, task, tokenizer, answer.max_length, answer.prompt, answer.demonstrations)
         model.source_dtype = stored_dtype(source.folder, source.config)
         return model

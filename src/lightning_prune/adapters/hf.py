@@ -26,9 +26,10 @@ def load_tokenizer(source: str | Path):
         raise UsageError(f"could not load the tokenizer from {source}: {first_line}") from None
 
 
-def load_hf(loader, source: str | Path, plan: dict | None, adapter: str | None = None):
+def load_hf(loader, source: str | Path, plan: dict | None, adapter: str | None = None, named: str | None = None):
     """A Hugging Face model: ``from_pretrained`` when dense (with a LoRA ``adapter`` merged in), rebuilt from
-    config when it carries a plan (its weights are loaded at the pruned shapes afterwards).
+    config when it carries a plan (its weights are loaded at the pruned shapes afterwards). ``named``: the model as
+    the user named it, in messages about the adapter (``source`` may be a cached folder).
 
     Weights that do not fit the config (missing, unexpected or mismatched keys: e.g. a DistilBERT config
     over BERT weights) are an error: transformers would fill the gaps with random weights.
@@ -50,7 +51,7 @@ def load_hf(loader, source: str | Path, plan: dict | None, adapter: str | None =
     finally:
         hf_logging.set_verbosity(verbosity)
     _check_loading_info(model, info, source)
-    return model if adapter is None else merge_lora(model, adapter, str(source))
+    return model if adapter is None else merge_lora(model, adapter, named or str(source))
 
 
 def _check_loading_info(model, info: dict, source: str | Path) -> None:

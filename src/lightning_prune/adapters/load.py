@@ -78,7 +78,7 @@ def open_source(path: str | Path, adapter: str | Path | None = None) -> ModelSou
     if adapter is not None:
         adapter = str(check_adapter_folder(adapter)[0])
         require_peft()
-    path = resolve_model_source(str(path))
+    given, path = str(path), resolve_model_source(str(path))
     folder = Path(path).expanduser()
     if _is_local(path):
         path = str(folder)
@@ -93,7 +93,7 @@ def open_source(path: str | Path, adapter: str | Path | None = None) -> ModelSou
         raise UsageError(
             f"{path} is a pruned model; a LoRA adapter fits the dense model it was trained on: give that model"
         )
-    return ModelSource(path, folder, plan, None if adapter is None else str(adapter))
+    return ModelSource(path, folder, plan, None if adapter is None else str(adapter), given)
 
 
 def family_of(source: ModelSource) -> type[PrunableModel]:

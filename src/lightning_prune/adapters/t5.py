@@ -49,7 +49,7 @@ class T5TextToText(PrunableModel):
     def load(cls, source: ModelSource, task: TaskSpec, answer: AnswerSettings) -> T5TextToText:
         from transformers import AutoModelForSeq2SeqLM
 
-        seq2seq = load_hf(AutoModelForSeq2SeqLM, source.path, source.plan, source.adapter)
+        seq2seq = load_hf(AutoModelForSeq2SeqLM, source.path, source.plan, source.adapter, source.given)
         model = cls(seq2seq, task, load_tokenizer(source.path), answer.max_length)
         model.source_dtype = stored_dtype(source.folder, source.config)
         return model

@@ -103,7 +103,7 @@ def _save_merged(source, folder: Path) -> None:
 
     from lightning_prune.adapters.hf import load_hf, load_tokenizer
 
-    merged = load_hf(AutoModelForCausalLM, source.path, None, source.adapter)
+    merged = load_hf(AutoModelForCausalLM, source.path, None, source.adapter, source.given)
     merged.save_pretrained(folder)
     load_tokenizer(source.path).save_pretrained(folder)
 
