@@ -99,6 +99,8 @@ def main() -> None:
                             "evaluation": round(point["metrics"][metric], 5),
                             "reconstruct": result["reconstruct"], "refit_aware": result["refit_aware"],
                             "seconds": round(time.perf_counter() - start, 1),
+                            "score_seconds": round(result["seconds"]["score"], 1),
+                            "select_seconds": round(result["seconds"].get("select", float("nan")), 1),
                         })  # fmt: skip
                         print(rows[-1], flush=True)
                     write_csv(EXPERIMENT, rows)

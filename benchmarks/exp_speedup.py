@@ -34,6 +34,9 @@ EXPERIMENT = "speedup"
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
+    changed = dict(option.split("=", 1) for option in args.attribution)
+    attribution = {**ATTRIBUTION, **changed}
+    label = "".join(f" {key}={value}" for key, value in changed.items())
     rows = []
     for task in args.tasks:
         model = TaskModel(task=task, path=str(args.model))
@@ -47,11 +50,12 @@ def measure(args: argparse.Namespace) -> list[dict]:
                     for target in args.targets:
                         settings = {"target_speedup": target, "heads": heads, "scope": scope, "sparsity": None}
                         try:
-                            result = bench.sweep(scorer, **scorer_options(scorer, 0, ATTRIBUTION), **settings)
+                            result = bench.sweep(scorer, **scorer_options(scorer, 0, attribution), **settings)
                         except UsageError as error:  # unreachable with FFN neurons only
                             print(f"{task} {scorer} heads={heads} {scope} {target}: {error}", flush=True)
                             continue
                         rows.append(speedup_row(result, task, metric, dense, scope=scope))
+                        rows[-1]["scorer"] += label if scorer == "attribution" else ""
                         print(rows[-1], flush=True)
                         write_csv(args.results, rows)
     return rows
@@ -116,6 +120,14 @@ def main() -> None:
     parser.add_argument("--scopes", nargs="+", default=["layer", "global"])
     parser.add_argument("--units", nargs="+", choices=["heads+ffn", "ffn"], default=["heads+ffn", "ffn"])
     parser.add_argument("--targets", nargs="+", type=float, default=[1.3, 1.6, 2.0])
+    parser.add_argument(
+        "--attribution",
+        nargs="*",
+        default=[],
+        metavar="KEY=VALUE",
+        help="attribution options other than the main "
+        "table's, e.g. aggregate=square_sum (rows name them beside the scorer)",
+    )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--results", default=EXPERIMENT, help="name of the results files (default: speedup)")
     args = parser.parse_args()

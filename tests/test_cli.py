@@ -40,7 +40,8 @@ def test_fit_free_writes_every_output(request, glue_dir, tmp_path, fixture):
     assert metrics["parameters"]["pruned"] < metrics["parameters"]["dense"]
     assert all(v["kept"] == v["dense"] // 2 for v in metrics["ffn_neurons"].values())
     statistics = {"statistics"} if metrics["reconstruct"] != "none" else set()  # for the repair of the cut
-    assert set(metrics["seconds"]) == {"evaluate_dense", "score", "prune", "evaluate_pruned", "save", *statistics}
+    stages = {"evaluate_dense", "score", "select", "prune", "evaluate_pruned", "save", *statistics}
+    assert set(metrics["seconds"]) == stages
     assert metrics["examples_scored"] == 48
     scores = load_file(str(out / "scores.safetensors"))
     assert sorted(scores) == sorted(metrics["ffn_neurons"])

@@ -276,3 +276,19 @@ def test_attribution_rates_a_head_group_by_its_columns_magnitudes(bert_dir, glue
     [score] = scorer.score_units(model, batch, [layer])
     torch.testing.assert_close(score, expected)
     assert bool((score >= layer.per_unit(columns).abs().mul(weights).sum(0) - 1e-9).all())
+
+
+def test_attribution_square_sum_squares_each_groups_effect_per_example(bert_dir, glue_dir):
+    """``square_sum``: per example, a head group's signed column attributions summed (its own removal effect),
+    then squared: effects of independent sign add up in squares, so units of different sizes compare alike."""
+    model = load_model(bert_dir, TASKS["sst2"])
+    batch = _batch(model, glue_dir)
+    scorer = create_scorer("attribution", {"steps": 4, "aggregate": "square_sum"})
+    layer = model.attention_layers()[0]
+    columns = scorer.per_example(model, batch, layer)
+    weights = model.example_tokens(batch).to(columns.dtype).unsqueeze(1)
+    [score] = scorer.score_units(model, batch, [layer])
+    torch.testing.assert_close(score, (layer.per_unit(columns).square() * weights).sum(0))
+    ffn = model.ffn_layers()[0]
+    neurons = scorer.per_example(model, batch, ffn)
+    torch.testing.assert_close(scorer.score_units(model, batch, [ffn])[0], (neurons.square() * weights).sum(0))

@@ -37,6 +37,7 @@ def stage_seconds(outcome: Outcome) -> dict[str, float]:
         "evaluate_selection": selection,
         "statistics": outcome.statistics.seconds,
         "score": outcome.scores.seconds,
+        "select": sweep.select_seconds,
         "prune": sweep.prune_seconds,
         "evaluate_pruned": sweep.evaluate_seconds,
     }

@@ -44,6 +44,7 @@ class Sweep:
     """Every point of a run, lowest sparsity (or FLOP target) first, and the seconds its steps took in all."""
 
     points: list[SweepPoint]
+    select_seconds: float
     prune_seconds: float
     evaluate_seconds: float
     selection_seconds: float | None
@@ -140,7 +141,10 @@ def measure_cuts(
     ``max_drop``), and put it back: every point prunes the same dense model, without reloading it."""
     metric = model.spec.primary_metric
     points, seconds = [], {"prune": 0.0, "evaluate": 0.0, "selection": 0.0}
-    for cut in plan_cuts(model.net, setup, scores, repair):
+    start = time.perf_counter()
+    cuts = plan_cuts(model.net, setup, scores, repair)  # which units go: with keep_rule obs, its removal orders
+    select_seconds = time.perf_counter() - start
+    for cut in cuts:
         start = time.perf_counter()
         with pruned(model.net, cut, repair):
             seconds["prune"] += time.perf_counter() - start
@@ -156,7 +160,7 @@ def measure_cuts(
         if setup.settings.points > 1:
             rank_zero_info(_progress_line(point, metric))
     selection = seconds["selection"] if setup.selection is not None else None
-    return Sweep(points, seconds["prune"], seconds["evaluate"], selection)
+    return Sweep(points, select_seconds, seconds["prune"], seconds["evaluate"], selection)
 
 
 def _progress_line(point: SweepPoint, metric: str) -> str:

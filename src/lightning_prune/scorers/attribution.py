@@ -12,7 +12,7 @@ from lightning_prune.adapters.base import Batch, BlockInput, PrunableModel, Unit
 from lightning_prune.errors import UsageError
 from lightning_prune.scorers.base import UnitScorer
 
-Aggregate = Literal["sum", "abs_sum"]
+Aggregate = Literal["sum", "abs_sum", "square_sum"]
 Mode = Literal["exact", "joint"]
 ExampleWeight = Literal["tokens", "uniform"]
 
@@ -81,8 +81,8 @@ class AttributionScorer(UnitScorer):
             )
         if not isinstance(reuse_prefix, bool):
             raise ValueError(f"reuse_prefix must be true or false, not {reuse_prefix!r}")
-        if aggregate not in ("sum", "abs_sum"):
-            raise ValueError(f"aggregate must be 'sum' or 'abs_sum', not {aggregate!r}")
+        if aggregate not in ("sum", "abs_sum", "square_sum"):
+            raise ValueError(f"aggregate must be 'sum', 'abs_sum' or 'square_sum', not {aggregate!r}")
         if mode not in ("exact", "joint"):
             raise ValueError(f"mode must be 'exact' or 'joint', not {mode!r}")
         if example_weight not in ("tokens", "uniform"):
@@ -194,7 +194,10 @@ class AttributionScorer(UnitScorer):
         for layer, attributions in zip(layers, per_layer, strict=True):
             if self.aggregate == "abs_sum":
                 attributions = attributions.abs()
+            per_unit = layer.per_unit(attributions)  # a head group's columns summed per example
+            if self.aggregate == "square_sum":
+                per_unit = per_unit.square()
             if words is not None:
-                attributions = attributions * words.to(attributions.dtype).unsqueeze(1)
-            scores.append(layer.per_unit(attributions.sum(0)))
+                per_unit = per_unit * words.to(per_unit.dtype).unsqueeze(1)
+            scores.append(per_unit.sum(0))
         return scores
