@@ -263,11 +263,11 @@ def test_one_key_value_head_is_never_removed_the_budget_goes_to_the_ffn(glue_dir
 
 
 def test_attribution_rates_a_head_group_by_its_columns_magnitudes(bert_dir, glue_dir):
-    """Each column of a head group's output is attributed as a neuron is, and the group's score sums their
-    magnitudes (weighed by the example's tokens): heads and neurons of equal FLOPs are measured alike."""
+    """Each column of a head group's output is attributed as a neuron is; with ``abs_sum`` the group's score sums
+    their magnitudes (weighed by the example's tokens)."""
     model = load_model(bert_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
-    scorer = create_scorer("attribution", {"steps": 4})
+    scorer = create_scorer("attribution", {"steps": 4, "aggregate": "abs_sum"})
     layer = model.attention_layers()[0]
     columns = scorer.per_example(model, batch, layer)
     assert columns.shape == (6, layer.size * layer.columns_per_unit)
@@ -280,7 +280,8 @@ def test_attribution_rates_a_head_group_by_its_columns_magnitudes(bert_dir, glue
 
 def test_attribution_square_sum_squares_each_groups_effect_per_example(bert_dir, glue_dir):
     """``square_sum``: per example, a head group's signed column attributions summed (its own removal effect),
-    then squared: effects of independent sign add up in squares, so units of different sizes compare alike."""
+    then squared: effects of independent sign add up in squares, so units of different sizes compare alike. The
+    default (``auto``) squares when head groups are scored, and sums magnitudes for FFN neurons alone."""
     model = load_model(bert_dir, TASKS["sst2"])
     batch = _batch(model, glue_dir)
     scorer = create_scorer("attribution", {"steps": 4, "aggregate": "square_sum"})
@@ -292,3 +293,9 @@ def test_attribution_square_sum_squares_each_groups_effect_per_example(bert_dir,
     ffn = model.ffn_layers()[0]
     neurons = scorer.per_example(model, batch, ffn)
     torch.testing.assert_close(scorer.score_units(model, batch, [ffn])[0], (neurons.square() * weights).sum(0))
+    auto = create_scorer("attribution", {"steps": 4})
+    assert auto.aggregate == "auto"
+    both = auto.score_units(model, batch, [ffn, layer])
+    torch.testing.assert_close(both[1], score)
+    torch.testing.assert_close(both[0], (neurons.square() * weights).sum(0))
+    torch.testing.assert_close(auto.score_units(model, batch, [ffn])[0], (neurons.abs() * weights).sum(0))
