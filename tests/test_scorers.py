@@ -226,8 +226,9 @@ def test_bad_scores_are_refused_naming_the_scorer(bert_dir, scores, message):
 def test_refit_aware_scoring_weighs_what_residuals_give(request, glue_dir, fixture, name):
     """Every scorer that declares ``scores_residuals`` weighs neurons through ``weighed_activations`` only, never
     changing what the model computes: residuals that return the activations give the plain scores; residuals of
-    twice the activations double the scores of attribution and activation (linear in them) and quadruple
-    Wanda's and Fisher's (quadratic); head groups, which have no residuals, score as before."""
+    twice the activations double the scores of activation (linear in them) and quadruple Wanda's, Fisher's and,
+    with head groups scored too (its ``auto`` aggregate sums squares then), attribution's; head groups, which have
+    no residuals, score as before."""
     model = load_model(request.getfixturevalue(fixture), TASKS["sst2"])
     batch = model.collate(_examples(glue_dir))
     scorer = create_scorer(name, {"steps": 3} if name == "attribution" else None)
@@ -237,7 +238,7 @@ def test_refit_aware_scoring_weighs_what_residuals_give(request, glue_dir, fixtu
     ffn = len(model.ffn_layers())
     for residual, factor in (
         (lambda a: a, 1.0),
-        (lambda a: 2 * a, 2.0 if name in ("attribution", "activation") else 4.0),
+        (lambda a: 2 * a, 2.0 if name == "activation" else 4.0),
     ):
         refit_aware = scorer.with_residuals({layer.name: residual for layer in model.ffn_layers()})
         assert scorer.residuals is None  # the run's scorer stays as it is
