@@ -268,8 +268,12 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
 
 
 def rerun_report(args: argparse.Namespace) -> None:
-    """``main``'s report from ``multitask_lm_main.csv`` (e.g. after a run was stopped, or a change of the text)."""
+    """``main``'s report from its CSV (e.g. after a run was stopped, or a change of the text), and
+    ``unseen-domain``'s where it has one."""
     report_main(read_csv(f"{args.prefix}_main", ("task", "scorer", "metric", "reconstruct")), args)
+    if (RESULTS / f"{args.prefix}_unseen_domain{args.suffix}.csv").is_file():
+        texts = ("task", "scorer", "metric", "reconstruct", "domain")
+        report_unseen_domain(read_csv(f"{args.prefix}_unseen_domain{args.suffix}", texts), args)
 
 
 def run_unseen_domain(args: argparse.Namespace) -> None:
@@ -289,6 +293,10 @@ def run_unseen_domain(args: argparse.Namespace) -> None:
             rows += rows_of(result, "sst2", 0, dense, metric, domain=name)
             print(rows[-1], flush=True)
             write_csv(f"{args.prefix}_unseen_domain{args.suffix}", rows)
+    report_unseen_domain(rows, args)
+
+
+def report_unseen_domain(rows: list[dict], args: argparse.Namespace) -> None:
     scorers = list(dict.fromkeys(r["scorer"] for r in rows))
     table = []
     for name in dict.fromkeys(r["domain"] for r in rows):
@@ -296,7 +304,8 @@ def run_unseen_domain(args: argparse.Namespace) -> None:
         cells = {(r["scorer"], r["sparsity"]): r for r in mine}
         table.append([
             name, f"{mine[0]['dense']:.3f}",
-            *(f"{cells[s, p]['pruned']:.3f} ({cells[s, p]['retained']:.3f})" for s in scorers for p in args.sparsities),
+            *(f"{c['pruned']:.3f} ({c['retained']:.3f})" if (c := cells.get((s, p))) else "—"
+              for s in scorers for p in args.sparsities),
         ])  # fmt: skip
     header = ["evaluated on", "dense", *(f"{s} {p:g}" for s in scorers for p in args.sparsities)]
     scope = args.fit_free.get("scope", "layer")
