@@ -19,6 +19,7 @@ import statistics
 from pathlib import Path
 
 import matplotlib
+import yaml
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -34,7 +35,7 @@ EXPERIMENT = "speedup"
 
 
 def measure(args: argparse.Namespace) -> list[dict]:
-    changed = dict(option.split("=", 1) for option in args.attribution)
+    changed = {key: yaml.safe_load(value) for key, value in (option.split("=", 1) for option in args.attribution)}
     attribution = {**ATTRIBUTION, **changed}
     label = "".join(f" {key}={value}" for key, value in changed.items())
     rows = []
@@ -125,8 +126,7 @@ def main() -> None:
         nargs="*",
         default=[],
         metavar="KEY=VALUE",
-        help="attribution options other than the main "
-        "table's, e.g. aggregate=square_sum (rows name them beside the scorer)",
+        help="attribution options other than the main table's, e.g. aggregate=square_sum (rows name them)",
     )
     parser.add_argument("--report-only", action="store_true")
     parser.add_argument("--results", default=EXPERIMENT, help="name of the results files (default: speedup)")

