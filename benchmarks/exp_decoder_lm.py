@@ -169,7 +169,7 @@ def run_main(args: argparse.Namespace) -> None:
     # Every task's first draw first (a complete table early), then the other draws, then the first draw of some
     # scorers again cut plainly and refitted without refit-aware scoring: how much the repair carries, and how much
     # scoring for it adds.
-    comparisons = [{"reconstruct": "none"}, {"refit_aware": False}]
+    comparisons = [{"reconstruct": "none"}, {"refit_aware": False}] if args.comparisons else []
     for seed, repair in [(seed, {}) for seed in range(args.draws)] + [(0, changed) for changed in comparisons]:
         for task in tasks:
             wanted = [
@@ -478,6 +478,9 @@ def main() -> None:
     )
     parser.add_argument("--scope", choices=["layer", "global"], default="layer", help="fit-free's --scope")
     parser.add_argument("--min-keep", type=int, default=1, help="fit-free's --min_keep (with --scope global)")
+    parser.add_argument(
+        "--comparisons", action=argparse.BooleanOptionalAction, default=True, help="main: the repair comparisons"
+    )
     parser.add_argument("--suffix", default="", help="unseen-domain: results name suffix (e.g. _floor)")
     args = parser.parse_args()
     if args.scope != "layer" and args.experiment != "unseen-domain":

@@ -160,6 +160,26 @@ def test_multi_token_label_words_sum_their_tokens(llama_dir, glue_dir):
         )
 
 
+def test_label_words_read_as_one_sequence_share_one_pass(llama_dir, glue_dir):
+    """Words that differ only in their last token ("very bad" / "very good") are one sequence for the model: one
+    row per prompt serves both (STS-B's 26 numbers are 6 rows, not 26), with the scores of a row per word."""
+    prompt = Prompt(label_words=[" very bad", " very good"])
+    model = load_model(llama_dir, TASKS["sst2"], prompt=prompt)
+    words = zip(model.candidate_ids, model.candidate_mask, strict=True)
+    first, second = (row[mask.bool()].tolist() for row, mask in words)
+    assert len(first) > 1 and first[:-1] == second[:-1] and first != second
+    batch = _batch(model, glue_dir)
+    rows = []
+    model.model.model.register_forward_pre_hook(
+        lambda _m, _a, kw: rows.append(kw["input_ids"].shape[0]), with_kwargs=True
+    )
+    with torch.no_grad():
+        scores = model.label_word_scores(batch)
+    assert rows == [len(batch["input_ids"])]
+    with torch.no_grad():
+        torch.testing.assert_close(scores, _reference_log_probs(model, batch), rtol=1e-4, atol=1e-4)
+
+
 def test_prefix_reuse_gives_the_same_attributions_and_skips_the_prefix(family_dir, glue_dir):
     """Gemma's sliding-window layers get other masks than its full-attention layers: each keeps its own."""
     model = load_model(family_dir, TASKS["stsb"])  # multi-token label words for qwen2 (digits split off)

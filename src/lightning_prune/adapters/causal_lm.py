@@ -83,6 +83,14 @@ class CausalLMClassifier(PrunableModel):
             mask[row, : len(word_ids)] = 1
         self.register_buffer("candidate_ids", candidates, persistent=False)
         self.register_buffer("candidate_mask", mask, persistent=False)
+        # Words whose tokens differ only in the last one are read as the same sequence: one pass serves them all
+        # (STS-B's 26 words "0.0" ... "5.0" are 6 sequences, one per first digit).
+        reads = [tuple(word_ids[:-1]) for word_ids in ids]
+        first_of_read = {read: word for word, read in reversed(list(enumerate(reads)))}
+        representatives = sorted(first_of_read.values())
+        self.register_buffer("read_words", torch.tensor(representatives), persistent=False)
+        group = [representatives.index(first_of_read[read]) for read in reads]
+        self.register_buffer("candidate_read", torch.tensor(group), persistent=False)
 
     @classmethod
     def load(cls, source: ModelSource, task: TaskSpec, answer: AnswerSettings) -> CausalLMClassifier:
@@ -247,11 +255,15 @@ class CausalLMClassifier(PrunableModel):
             logits = torch.tanh(logits / softcap) * softcap
         return torch.log_softmax(logits, dim=-1)
 
+    def _position_log_probs(self, hidden: Tensor, positions: Tensor) -> Tensor:
+        """``[rows, answer tokens, vocabulary]`` log-probabilities at the positions that predict answer tokens."""
+        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
+        return self._vocabulary_log_probs(picked)
+
     def _answer_log_prob(self, hidden: Tensor, sequences: dict[str, Tensor]) -> Tensor:
         """Summed log-probabilities of the answer tokens, from the final hidden states at their positions."""
-        positions = sequences["positions"]
-        picked = hidden.gather(1, positions.unsqueeze(-1).expand(-1, -1, hidden.shape[-1]))
-        token_log_probs = self._vocabulary_log_probs(picked).gather(2, sequences["targets"].unsqueeze(-1)).squeeze(-1)
+        log_probs = self._position_log_probs(hidden, sequences["positions"])
+        token_log_probs = log_probs.gather(2, sequences["targets"].unsqueeze(-1)).squeeze(-1)
         return (token_log_probs * sequences["target_mask"]).sum(1)
 
     def _log_prob_of_words(self, batch: Batch, words: Tensor) -> Tensor:
@@ -265,18 +277,20 @@ class CausalLMClassifier(PrunableModel):
         return self._log_prob_of_words(batch, self.candidate_index(labels))
 
     def label_word_scores(self, batch: Batch) -> Tensor:
-        """``[batch, label words]`` log-probabilities: one pass when every word is one token."""
-        rows, num_words = batch["input_ids"].shape[0], self.candidate_ids.shape[0]
-        if self.candidate_ids.shape[1] == 1:
-            hidden = self.model.model(
-                input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False
-            ).last_hidden_state
-            last = batch["attention_mask"].sum(1) - 1
-            picked = hidden[torch.arange(rows, device=hidden.device), last]
-            return self._vocabulary_log_probs(picked)[:, self.candidate_ids[:, 0]]
-        expanded = {key: batch[key].repeat_interleave(num_words, 0) for key in ("input_ids", "attention_mask")}
-        words = torch.arange(num_words, device=batch["input_ids"].device).repeat(rows)
-        return self._log_prob_of_words(expanded, words).view(rows, num_words)
+        """``[batch, label words]`` log-probabilities: one pass per sequence the words are read as (one when every
+        word is one token)."""
+        rows = batch["input_ids"].shape[0]
+        reads = len(self.read_words)
+        expanded = {key: batch[key].repeat_interleave(reads, 0) for key in ("input_ids", "attention_mask")}
+        sequences = self._sequences(expanded, self.read_words.repeat(rows))
+        hidden = self.model.model(
+            input_ids=sequences["input_ids"], attention_mask=sequences["attention_mask"], use_cache=False
+        ).last_hidden_state
+        log_probs = self._position_log_probs(hidden, sequences["positions"])
+        log_probs = log_probs.view(rows, reads, *log_probs.shape[1:])  # [rows, reads, answer tokens, vocabulary]
+        steps = torch.arange(self.candidate_ids.shape[1], device=log_probs.device)
+        per_token = log_probs[:, self.candidate_read.unsqueeze(1), steps, self.candidate_ids]  # [rows, words, tokens]
+        return (per_token * self.candidate_mask).sum(-1)
 
     def predict(self, batch: Batch) -> Tensor:
         best = self.label_word_scores(batch).argmax(-1)
