@@ -172,8 +172,11 @@ def run_main(args: argparse.Namespace) -> None:
     comparisons = [{"reconstruct": "none"}, {"refit_aware": False}] if args.comparisons else []
     for seed, repair in [(seed, {}) for seed in range(args.draws)] + [(0, changed) for changed in comparisons]:
         for task in tasks:
+            drawn = task in (args.draw_tasks or tasks)
             wanted = [
-                s for s in scorers if (seed == 0 or s in args.draw_scorers) and (not repair or s in PLAIN_CUT_SCORERS)
+                s
+                for s in scorers
+                if (seed == 0 or (drawn and s in args.draw_scorers)) and (not repair or s in PLAIN_CUT_SCORERS)
             ]
             if not wanted:
                 continue
@@ -469,6 +472,9 @@ def main() -> None:
     parser.add_argument("--scorers", nargs="+", default=None)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--draw-scorers", nargs="+", default=["attribution", "random"])
+    parser.add_argument(
+        "--draw-tasks", nargs="+", default=None, help="main: the tasks drawn --draws times (default: all)"
+    )
     parser.add_argument("--eval-examples", type=int, default=300)
     parser.add_argument("--sparsities", nargs="+", type=float, default=[0.5])
     parser.add_argument("--counts", nargs="+", type=int, default=[64, 256])
