@@ -24,6 +24,11 @@ Experiments:
 Writes ``benchmarks/results/<prefix>_<name>.{csv,md}`` (and ``.png`` for ``main``). Re-run, e.g.:
 
     OMP_NUM_THREADS=2 python benchmarks/exp_decoder_lm.py main --tasks sst2 agnews
+    OMP_NUM_THREADS=1 python benchmarks/exp_decoder_lm.py main --model gemma3 --tasks rte --no-comparisons --add
+
+``main --add`` keeps the CSV's rows of the tasks × scorers it does not run (a table built in parts, e.g. one task
+per process); cells are cached under the package's code fingerprint, so a table run across a code change keeps its
+earlier rows this way, not by reading their cells back.
     OMP_NUM_THREADS=2 python benchmarks/exp_decoder_lm.py main --model zero-shot --tasks sst2 --eval-examples 872
 """
 
@@ -42,7 +47,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from experiments import DATA, chance, spread
-from results_io import RESULTS, markdown_table, read_csv, write_csv, write_figure, write_report
+from results_io import RESULTS, markdown_table, read_csv, rows_not_run_again, write_csv, write_figure, write_report
 from runner import (
     DECODER_LM_SCORING,
     JOINT_ATTRIBUTION,
@@ -76,6 +81,7 @@ SPARSITIES = [0.3, 0.5, 0.7]
 ABOVE_CHANCE = 0.05  # dense − chance on the primary metric for a task to enter the main table
 # main, first draw: these scorers also cut without repair, and repaired but scoring activations, not residuals
 PLAIN_CUT_SCORERS = ("attribution", "wanda", "fisher")
+MAIN_TEXTS = ("task", "scorer", "metric", "reconstruct")  # main's CSV columns that are text
 DOMAINS = {
     **{f"sentiment_domains/{d}": d for d in ("yelp", "amazon_sentences", "vader_amazon", "vader_nyt", "vader_tweets")},
     **{f"sentiment_long/{d}": d for d in ("druglib_drugs", "tripadvisor_hotels")},
@@ -163,7 +169,8 @@ def rows_of(result: dict[str, Any], task: str, seed: int, dense: float, metric: 
 def run_main(args: argparse.Namespace) -> None:
     tasks = args.tasks or main_tasks(args)
     scorers = args.scorers or sorted(scorer_infos())
-    rows: list[dict] = []
+    again = {(task, scorer) for task in tasks for scorer in scorers}
+    rows = rows_not_run_again(f"{args.prefix}_main", MAIN_TEXTS, ("task", "scorer"), again) if args.add else []
     models: dict[str, TaskModel] = {}
     first_draws: dict[str, TaskBench] = {}  # the comparisons reuse their statistics (d_ff² x layers, ~0.3 GB each)
     # Every task's first draw first (a complete table early), then the other draws, then the first draw of some
@@ -273,7 +280,7 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
 def rerun_report(args: argparse.Namespace) -> None:
     """``main``'s report from its CSV (e.g. after a run was stopped, or a change of the text), and
     ``unseen-domain``'s where it has one."""
-    report_main(read_csv(f"{args.prefix}_main", ("task", "scorer", "metric", "reconstruct")), args)
+    report_main(read_csv(f"{args.prefix}_main", MAIN_TEXTS), args)
     if (RESULTS / f"{args.prefix}_unseen_domain{args.suffix}.csv").is_file():
         texts = ("task", "scorer", "metric", "reconstruct", "domain")
         report_unseen_domain(read_csv(f"{args.prefix}_unseen_domain{args.suffix}", texts), args)
@@ -472,6 +479,7 @@ def main() -> None:
     parser.add_argument("--scorers", nargs="+", default=None)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--draw-scorers", nargs="+", default=["attribution", "random"])
+    parser.add_argument("--add", action="store_true", help="main: keep the CSV's rows of tasks × scorers not run now")
     parser.add_argument(
         "--draw-tasks", nargs="+", default=None, help="main: the tasks drawn --draws times (default: all)"
     )

@@ -20,7 +20,7 @@ from typing import Any
 
 from exp_decoder_lm import DOMAINS, data_of, labels_of
 from experiments import ATTRIBUTION, DATA, MODEL
-from results_io import markdown_table, read_csv, write_csv, write_report
+from results_io import markdown_table, read_csv, rows_not_run_again, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, MULTITASK_LM, RUNS, TaskBench, glue_data
 
 from lightning_prune.data import TaskDataModule
@@ -136,7 +136,7 @@ def main() -> None:
 def kept_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
     """The CSV's rows of the models and tasks this run does not measure again."""
     again = {(model, task) for model in args.models for task in args.tasks or MODELS[model][1]}
-    return [r for r in read_csv(EXPERIMENT, TEXT_COLUMNS) if (r["model"], r["task"]) not in again]
+    return rows_not_run_again(EXPERIMENT, TEXT_COLUMNS, ("model", "task"), again)
 
 
 def _task_only_cell(r: dict[str, Any]) -> str:

@@ -40,6 +40,12 @@ def read_csv(name: str, texts: tuple[str, ...]) -> list[dict]:
     return [{key: parse(key, value) for key, value in row.items()} for row in rows]
 
 
+def rows_not_run_again(name: str, texts: tuple[str, ...], columns: tuple[str, ...], again: set[tuple]) -> list[dict]:
+    """The rows of ``<name>.csv`` whose ``columns`` are not among ``again``: an experiment run in parts (``--add``)
+    keeps what it does not measure again."""
+    return [r for r in read_csv(name, texts) if tuple(r[c] for c in columns) not in again]
+
+
 def write_report(name: str, lines: list[str]) -> None:
     with atomic_path(RESULTS / f"{name}.md") as tmp:
         tmp.write_text("\n".join(lines) + "\n")
