@@ -25,11 +25,11 @@ Writes ``benchmarks/results/<prefix>_<name>.{csv,md}`` (and ``.png`` for ``main`
 
     OMP_NUM_THREADS=2 python benchmarks/exp_decoder_lm.py main --tasks sst2 agnews
     OMP_NUM_THREADS=1 python benchmarks/exp_decoder_lm.py main --model gemma3 --tasks rte --no-comparisons --add
+    OMP_NUM_THREADS=2 python benchmarks/exp_decoder_lm.py main --model zero-shot --tasks sst2 --eval-examples 872
 
 ``main --add`` keeps the CSV's rows of the tasks × scorers it does not run (a table built in parts, e.g. one task
 per process); cells are cached under the package's code fingerprint, so a table run across a code change keeps its
 earlier rows this way, not by reading their cells back.
-    OMP_NUM_THREADS=2 python benchmarks/exp_decoder_lm.py main --model zero-shot --tasks sst2 --eval-examples 872
 """
 
 from __future__ import annotations

@@ -162,7 +162,7 @@ def test_multi_token_label_words_sum_their_tokens(llama_dir, glue_dir):
 
 def test_label_words_read_as_one_sequence_share_one_pass(llama_dir, glue_dir):
     """Words that differ only in their last token ("very bad" / "very good") are one sequence for the model: one
-    row per prompt serves both (STS-B's 26 numbers are 6 rows, not 26), with the scores of a row per word."""
+    row per prompt serves both (Gemma's STS-B words " 0" ... " 5": one row, not six), each word scored as alone."""
     prompt = Prompt(label_words=[" very bad", " very good"])
     model = load_model(llama_dir, TASKS["sst2"], prompt=prompt)
     words = zip(model.candidate_ids, model.candidate_mask, strict=True)

@@ -84,7 +84,7 @@ class CausalLMClassifier(PrunableModel):
         self.register_buffer("candidate_ids", candidates, persistent=False)
         self.register_buffer("candidate_mask", mask, persistent=False)
         # Words whose tokens differ only in the last one are read as the same sequence: one pass serves them all
-        # (STS-B's 26 words "0.0" ... "5.0" are 6 sequences, one per first digit).
+        # (STS-B's words " 0" ... " 5", "▁" then a digit for Gemma, are one sequence).
         reads = [tuple(word_ids[:-1]) for word_ids in ids]
         first_of_read = {read: word for word, read in reversed(list(enumerate(reads)))}
         representatives = sorted(first_of_read.values())
