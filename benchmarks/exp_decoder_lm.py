@@ -28,8 +28,8 @@ Writes ``benchmarks/results/<prefix>_<name>.{csv,md}`` (and ``.png`` for ``main`
     OMP_NUM_THREADS=2 python benchmarks/exp_decoder_lm.py main --model zero-shot --tasks sst2 --eval-examples 872
 
 ``main --add`` keeps the CSV's rows of the tasks × scorers it does not run (a table built in parts, e.g. one task
-per process); cells are cached under the package's code fingerprint, so a table run across a code change keeps its
-earlier rows this way, not by reading their cells back.
+per process, several at once: the CSV is read and written under a lock); cells are cached under the package's code
+fingerprint, so a table run across a code change keeps its earlier rows this way, not by reading their cells back.
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from experiments import DATA, chance, spread
-from results_io import RESULTS, markdown_table, read_csv, rows_not_run_again, write_csv, write_figure, write_report
+from results_io import RESULTS, add_rows, markdown_table, read_csv, write_csv, write_figure, write_report
 from runner import (
     DECODER_LM_SCORING,
     JOINT_ATTRIBUTION,
@@ -170,7 +170,7 @@ def run_main(args: argparse.Namespace) -> None:
     tasks = args.tasks or main_tasks(args)
     scorers = args.scorers or sorted(scorer_infos())
     again = {(task, scorer) for task in tasks for scorer in scorers}
-    rows = rows_not_run_again(f"{args.prefix}_main", MAIN_TEXTS, ("task", "scorer"), again) if args.add else []
+    rows: list[dict] = []  # this run's
     models: dict[str, TaskModel] = {}
     first_draws: dict[str, TaskBench] = {}  # the comparisons reuse their statistics (d_ff² x layers, ~0.3 GB each)
     # Every task's first draw first (a complete table early), then the other draws, then the first draw of some
@@ -201,8 +201,12 @@ def run_main(args: argparse.Namespace) -> None:
                 )
                 rows += rows_of(result, task, seed, dense, metric, default_repair=not repair)
                 print(f"{task} {scorer} {repair} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
-                write_csv(f"{args.prefix}_main", rows)
-                report_main(rows, args)
+                name = f"{args.prefix}_main"
+                if args.add:
+                    report_main(add_rows(name, MAIN_TEXTS, ("task", "scorer"), again, rows), args)
+                else:
+                    write_csv(name, rows)
+                    report_main(rows, args)
 
 
 def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 
 from exp_decoder_lm import DOMAINS, data_of, labels_of
 from experiments import ATTRIBUTION, DATA, MODEL
-from results_io import markdown_table, read_csv, rows_not_run_again, write_csv, write_report
+from results_io import add_rows, markdown_table, read_csv, write_csv, write_report
 from runner import JOINT_ATTRIBUTION, MULTITASK_LM, RUNS, TaskBench, glue_data
 
 from lightning_prune.data import TaskDataModule
@@ -113,13 +113,13 @@ def main() -> None:
     if args.report_only:
         report(read_csv(EXPERIMENT, TEXT_COLUMNS), args)
         return
-    rows: list[dict[str, Any]] = kept_rows(args) if args.add else []
+    rows: list[dict[str, Any]] = []  # this run's
     for name in args.models:
         for task in args.tasks or MODELS[name][1]:
             bench = bench_of(name, task, args.eval_examples)
             rows.append(row(name, task, task, bench, args.sparsity))
             print(rows[-1], flush=True)
-            write_csv(EXPERIMENT, rows)
+            save_rows(rows, args)
             if task != "sst2" or args.no_domains:
                 continue
             for folder, domain in DOMAINS.items():
@@ -129,14 +129,18 @@ def main() -> None:
                 rows.append(row(name, task, domain, on_domain, args.sparsity,
                                 vocabulary_texts=traffic_file(on_domain, domain)))  # fmt: skip
                 print(rows[-2:], flush=True)
-                write_csv(EXPERIMENT, rows)
-    report(rows, args)
+                save_rows(rows, args)
+    report(save_rows(rows, args), args)
 
 
-def kept_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
-    """The CSV's rows of the models and tasks this run does not measure again."""
+def save_rows(rows: list[dict[str, Any]], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The CSV written with this run's ``rows`` (with ``--add``, after its rows of the models and tasks this run
+    does not measure again); the rows written."""
+    if not args.add:
+        write_csv(EXPERIMENT, rows)
+        return rows
     again = {(model, task) for model in args.models for task in args.tasks or MODELS[model][1]}
-    return rows_not_run_again(EXPERIMENT, TEXT_COLUMNS, ("model", "task"), again)
+    return add_rows(EXPERIMENT, TEXT_COLUMNS, ("model", "task"), again, rows)
 
 
 def _task_only_cell(r: dict[str, Any]) -> str:

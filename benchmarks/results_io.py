@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import fcntl
 from pathlib import Path
 
 from lightning_prune.io import atomic_path
@@ -40,10 +41,17 @@ def read_csv(name: str, texts: tuple[str, ...]) -> list[dict]:
     return [{key: parse(key, value) for key, value in row.items()} for row in rows]
 
 
-def rows_not_run_again(name: str, texts: tuple[str, ...], columns: tuple[str, ...], again: set[tuple]) -> list[dict]:
-    """The rows of ``<name>.csv`` whose ``columns`` are not among ``again``: an experiment run in parts (``--add``)
-    keeps what it does not measure again."""
-    return [r for r in read_csv(name, texts) if tuple(r[c] for c in columns) not in again]
+def add_rows(
+    name: str, texts: tuple[str, ...], columns: tuple[str, ...], again: set[tuple], rows: list[dict]
+) -> list[dict]:
+    """``<name>.csv`` rewritten as its rows whose ``columns`` are not among ``again`` followed by ``rows``, read and
+    written under a lock: runs in parts (``--add``) keep each other's rows even when several processes write at
+    once. Returns the rows written."""
+    with (RESULTS / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        written = [r for r in read_csv(name, texts) if tuple(r[c] for c in columns) not in again] + rows
+        write_csv(name, written)
+    return written
 
 
 def write_report(name: str, lines: list[str]) -> None:
