@@ -27,9 +27,10 @@ Writes ``benchmarks/results/<prefix>_<name>.{csv,md}`` (and ``.png`` for ``main`
     OMP_NUM_THREADS=1 python benchmarks/exp_decoder_lm.py main --model gemma3 --tasks rte --no-comparisons --add
     OMP_NUM_THREADS=2 python benchmarks/exp_decoder_lm.py main --model zero-shot --tasks sst2 --eval-examples 872
 
-``main --add`` keeps the CSV's rows of the tasks × scorers it does not run (a table built in parts, e.g. one task
-per process, several at once: the CSV is read and written under a lock); cells are cached under the package's code
-fingerprint, so a table run across a code change keeps its earlier rows this way, not by reading their cells back.
+``main --add`` keeps the CSV's rows of the tasks × scorers × draws it does not run (a table built in parts, e.g.
+one task per process, several at once: the CSV is read and written under a lock); cells are cached under the
+package's code fingerprint, so a table run across a code change keeps its earlier rows this way (``--first-draw 1``:
+further draws beside a first draw of earlier code), not by reading their cells back.
 """
 
 from __future__ import annotations
@@ -154,14 +155,17 @@ def main_tasks(args: argparse.Namespace) -> list[str]:
 def rows_of(result: dict[str, Any], task: str, seed: int, dense: float, metric: str, **extra: Any) -> list[dict]:
     rows = []
     for point in result["points"]:
-        value = point["metrics"][metric]
+        value, positive = point["metrics"][metric], point["metrics"].get("positive_rate")
         rows.append({
             "task": task, "scorer": result["scorer"], "seed": seed, "sparsity": point["sparsity"], "metric": metric,
             "dense": round(dense, 5), "pruned": round(value, 5), "retained": round(value / dense, 5),
             "reconstruct": result["reconstruct"], "refit_aware": result["refit_aware"],
             "calibration_examples": result["calibration_examples"],
             "score_examples": result["examples_scored"], "score_seconds": round(result["seconds"]["score"], 1),
-            "statistics_seconds": round(result["seconds"]["statistics"], 1), **extra,
+            "statistics_seconds": round(result["seconds"]["statistics"], 1),
+            # two-class tasks: the share of class-1 answers (a pruned model drifting to one answer shows here)
+            "positive_rate": None if positive is None else round(positive, 5),
+            **extra,
         })  # fmt: skip
     return rows
 
@@ -169,15 +173,16 @@ def rows_of(result: dict[str, Any], task: str, seed: int, dense: float, metric: 
 def run_main(args: argparse.Namespace) -> None:
     tasks = args.tasks or main_tasks(args)
     scorers = args.scorers or sorted(scorer_infos())
-    again = {(task, scorer) for task in tasks for scorer in scorers}
+    seeds = range(args.first_draw, args.draws)
+    again = {(task, scorer, seed) for task in tasks for scorer in scorers for seed in seeds}
     rows: list[dict] = []  # this run's
     models: dict[str, TaskModel] = {}
     first_draws: dict[str, TaskBench] = {}  # the comparisons reuse their statistics (d_ff² x layers, ~0.3 GB each)
     # Every task's first draw first (a complete table early), then the other draws, then the first draw of some
     # scorers again cut plainly and refitted without refit-aware scoring: how much the repair carries, and how much
-    # scoring for it adds.
-    comparisons = [{"reconstruct": "none"}, {"refit_aware": False}] if args.comparisons else []
-    for seed, repair in [(seed, {}) for seed in range(args.draws)] + [(0, changed) for changed in comparisons]:
+    # scoring for it adds (first-draw cells: not when the first draw is skipped).
+    comparisons = [{"reconstruct": "none"}, {"refit_aware": False}] if args.comparisons and 0 in seeds else []
+    for seed, repair in [(seed, {}) for seed in seeds] + [(0, changed) for changed in comparisons]:
         for task in tasks:
             drawn = task in (args.draw_tasks or tasks)
             wanted = [
@@ -190,7 +195,9 @@ def run_main(args: argparse.Namespace) -> None:
             model = models.setdefault(task, model_of(task, args.model))
             data = data_of(task, args.eval_examples, seed)
             metric = model.spec.primary_metric
-            dense = dense_metrics(args.prefix, model, data_of(task, args.eval_examples, 0))[metric]
+            dense_all = dense_metrics(args.prefix, model, data_of(task, args.eval_examples, 0))
+            dense, dense_positive = dense_all[metric], dense_all.get("positive_rate")
+            dense_positive = None if dense_positive is None else round(dense_positive, 5)
             bench = TaskBench(args.prefix, model, data, **args.fit_free)
             if seed == 0:
                 bench = first_draws.setdefault(task, bench)
@@ -199,11 +206,13 @@ def run_main(args: argparse.Namespace) -> None:
                 result = bench.sweep(
                     scorer, **scorer_options(scorer, seed, JOINT_ATTRIBUTION), **repair, sparsity=SPARSITIES
                 )
-                rows += rows_of(result, task, seed, dense, metric, default_repair=not repair)
+                rows += rows_of(
+                    result, task, seed, dense, metric, default_repair=not repair, dense_positive_rate=dense_positive
+                )
                 print(f"{task} {scorer} {repair} seed {seed}: {time.perf_counter() - start:.0f} s", flush=True)
                 name = f"{args.prefix}_main"
                 if args.add:
-                    report_main(add_rows(name, MAIN_TEXTS, ("task", "scorer"), again, rows), args)
+                    report_main(add_rows(name, MAIN_TEXTS, ("task", "scorer", "seed"), again, rows), args)
                 else:
                     write_csv(name, rows)
                     report_main(rows, args)
@@ -246,19 +255,49 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
         lines += [f"## {task} ({mine[0]['metric']}, dense {mine[0]['dense']:.3f})", ""]
         table = [[s, *(spread(values(task, s, p)) for p in SPARSITIES)] for s in scorers]
         lines += [*markdown_table(["scorer", *(f"{p:g}" for p in SPARSITIES)], table), ""]
+        lines += answer_shares(mine, scorers)
     repairs = [r for r in all_rows if r["scorer"] in PLAIN_CUT_SCORERS and r["seed"] == 0]
+    if len({repair_of(r) for r in repairs}) > 1:  # the comparisons ran (not with --no-comparisons)
+        lines += repair_section(repairs, tasks)
+    write_report(f"{args.prefix}_main", lines)
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for scorer in scorers:
+        points = [(p, a) for p in SPARSITIES if (a := average(scorer, p)) is not None]
+        if points:
+            axis.plot(*zip(*points, strict=True), marker="o", label=scorer)
+    axis.set(xlabel="FFN sparsity", ylabel="retained (average over tasks)", title=args.title)
+    axis.legend()
+    write_figure(f"{args.prefix}_main", figure)
 
-    def repair_of(row: dict) -> str:
-        return f"{row['reconstruct']}{', refit-aware' if row.get('refit_aware') else ''}"
 
-    methods = list(dict.fromkeys(repair_of(r) for r in repairs))
-    lines += [
-        "## Repair after the cut, and scoring for it (first draw)",
+def answer_shares(rows: list[dict], scorers: list[str]) -> list[str]:
+    """A two-class task's share of class-1 answers, dense and pruned (mean over draws): whether a pruned model
+    drifts to one answer, or away from it."""
+    shares = [r for r in rows if r.get("positive_rate") is not None]
+    if not shares:
+        return []
+
+    def mean_share(scorer: str, sparsity: float) -> str:
+        values = [r["positive_rate"] for r in shares if (r["scorer"], r["sparsity"]) == (scorer, sparsity)]
+        return f"{statistics.mean(values):.3f}" if values else "—"
+
+    table = [[s, *(mean_share(s, p) for p in SPARSITIES)] for s in scorers]
+    dense = shares[0].get("dense_positive_rate")
+    return [
+        f"Share of answers of class 1{'' if dense is None else f' (dense {dense:.3f})'}:",
         "",
-        "Retained fraction with the plain cut (`none`), the least-squares refit of the kept down-projection "
-        "columns with neurons scored by their activations (`least_squares`), and the same refit with neurons scored "
-        "by their residuals, what the refit cannot predict of them (`least_squares, refit-aware`, the default).",
+        *markdown_table(["scorer", *(f"{p:g}" for p in SPARSITIES)], table),
+        "",
     ]
+
+
+def repair_of(row: dict) -> str:
+    return f"{row['reconstruct']}{', refit-aware' if row.get('refit_aware') else ''}"
+
+
+def repair_section(repairs: list[dict], tasks: list[str]) -> list[str]:
+    """The first draw cut plainly, refitted scoring activations, and refitted with refit-aware scoring."""
+    methods = list(dict.fromkeys(repair_of(r) for r in repairs))
     table = []
     for task in tasks:
         for scorer in dict.fromkeys(r["scorer"] for r in repairs if r["task"] == task):
@@ -269,16 +308,16 @@ def report_main(all_rows: list[dict], args: argparse.Namespace) -> None:
                 for m in methods
                 if any((m, p) in cells for p in SPARSITIES)
             ]
-    lines += ["", *markdown_table(["task", "scorer", "repair", *(f"{p:g}" for p in SPARSITIES)], table), ""]
-    write_report(f"{args.prefix}_main", lines)
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for scorer in scorers:
-        points = [(p, a) for p in SPARSITIES if (a := average(scorer, p)) is not None]
-        if points:
-            axis.plot(*zip(*points, strict=True), marker="o", label=scorer)
-    axis.set(xlabel="FFN sparsity", ylabel="retained (average over tasks)", title=args.title)
-    axis.legend()
-    write_figure(f"{args.prefix}_main", figure)
+    return [
+        "## Repair after the cut, and scoring for it (first draw)",
+        "",
+        "Retained fraction with the plain cut (`none`), the least-squares refit of the kept down-projection "
+        "columns with neurons scored by their activations (`least_squares`), and the same refit with neurons scored "
+        "by their residuals, what the refit cannot predict of them (`least_squares, refit-aware`, the default).",
+        "",
+        *markdown_table(["task", "scorer", "repair", *(f"{p:g}" for p in SPARSITIES)], table),
+        "",
+    ]
 
 
 def rerun_report(args: argparse.Namespace) -> None:
@@ -483,6 +522,12 @@ def main() -> None:
     parser.add_argument("--scorers", nargs="+", default=None)
     parser.add_argument("--draws", type=int, default=3)
     parser.add_argument("--draw-scorers", nargs="+", default=["attribution", "random"])
+    parser.add_argument(
+        "--first-draw",
+        type=int,
+        default=0,
+        help="main: the first draw run; with --add the CSV keeps the earlier draws' rows (e.g. from earlier code)",
+    )
     parser.add_argument("--add", action="store_true", help="main: keep the CSV's rows of tasks × scorers not run now")
     parser.add_argument(
         "--draw-tasks", nargs="+", default=None, help="main: the tasks drawn --draws times (default: all)"
