@@ -548,6 +548,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.scope != "layer" and args.experiment != "unseen-domain":
         parser.error("--scope global is measured by unseen-domain here (allocation: benchmarks/exp_allocation.py)")
+    if not 0 <= args.first_draw < args.draws:
+        parser.error(f"--first-draw {args.first_draw} is not one of the --draws {args.draws} (0 to {args.draws - 1})")
     # fit-free's defaults (reconstruction included); only options that differ enter the cells' cache keys
     args.fit_free = {} if args.scope == "layer" else {"scope": args.scope, "min_keep": args.min_keep}
     _, args.prefix, args.title = MODELS[args.model]
