@@ -528,7 +528,9 @@ def main() -> None:
         default=0,
         help="main: the first draw run; with --add the CSV keeps the earlier draws' rows (e.g. from earlier code)",
     )
-    parser.add_argument("--add", action="store_true", help="main: keep the CSV's rows of tasks × scorers not run now")
+    parser.add_argument(
+        "--add", action="store_true", help="main: keep the CSV's rows of tasks × scorers × draws not run now"
+    )
     parser.add_argument(
         "--draw-tasks", nargs="+", default=None, help="main: the tasks drawn --draws times (default: all)"
     )
